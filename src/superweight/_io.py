@@ -1,0 +1,73 @@
+"""Small file helpers shared by every feature: the cache directory, atomic writes, hashing.
+
+Outputs are written to a temporary file in the same directory and renamed into place, so an
+interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+
+
+def cache_dir(*parts: str) -> Path:
+    """The tool's cache: `$SUPERWEIGHT_CACHE`, else `$XDG_CACHE_HOME/superweight`, else ~/.cache."""
+    root = os.environ.get("SUPERWEIGHT_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "superweight")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` and rename the result onto `path`; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def result_header(kind: str, **fields: Any) -> dict:
+    """The fields every result file starts with: schema and tool versions, what made it."""
+    from superweight import __version__
+
+    return {"schema_version": SCHEMA_VERSION, "tool": "superweight", "tool_version": __version__,
+            "kind": kind, **fields}
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")

@@ -1,0 +1,56 @@
+"""Arguments and rendering helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from superweight.errors import SuperweightError
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The model reference and how to load it (the same flags for every command)."""
+    parser.add_argument("model", nargs="?", default="smollm2-135m",
+                        help="hub id, local directory, .gguf file or built-in alias (default: smollm2-135m)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weights dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code from the hub (off unless asked)")
+    parser.add_argument("--layers", dest="layers_path", metavar="PATH",
+                        help="override: dotted path of the decoder layer list (e.g. model.layers)")
+    parser.add_argument("--down-proj", dest="down_proj_path", metavar="PATH",
+                        help="override: dotted path of the MLP down projection within a layer")
+
+
+def load_from_args(args: argparse.Namespace):
+    from superweight.model import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      trust_remote_code=args.trust_remote_code, layers=args.layers_path,
+                      down_proj=args.down_proj_path, quiet=False)
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, width=max(100, Console().width))
+
+
+def parse_list(text: str, kind=str, what: str = "value") -> list:
+    """'a,b,c' → [a, b, c], converting each item; a clear error for a bad item."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(kind(item))
+        except ValueError:
+            raise SuperweightError(f"{what} {item!r} is not a valid {kind.__name__}") from None
+    if not out:
+        raise SuperweightError(f"no {what} given")
+    return out
+
+
+def eprint(*a) -> None:
+    print(*a, file=sys.stderr)

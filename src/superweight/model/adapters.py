@@ -1,0 +1,211 @@
+"""Architecture knowledge, declared as data: the only place that knows module paths.
+
+Every other module asks an `Adapter` for the decoder layers, each layer's MLP down projection(s)
+read as `W[row=output channel, col=input channel]`, and any norm applied to the MLP output before
+the residual add. Adding an architecture means adding one `Adapter(...)` entry to `ADAPTERS`.
+
+| layout    | module                        | stored weight     | W[row, col] is            |
+|-----------|-------------------------------|-------------------|---------------------------|
+| "linear"  | nn.Linear                     | [out, in]         | weight                    |
+| "conv1d"  | GPT-2 Conv1D                  | [in, out]         | weight.T (a view)         |
+| "experts" | fused MoE experts (3-D param) | [experts, out, in]| param[expert] (a view)    |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from superweight.errors import SuperweightError
+
+LAYOUTS = ("linear", "conv1d", "experts")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where a family of models keeps the pieces super weight analysis needs.
+
+    Paths are dotted attribute paths: `layers` from the model root, the others from one decoder layer.
+    """
+
+    model_types: tuple[str, ...]
+    layers: str = "model.layers"
+    down_proj: str = "mlp.down_proj"
+    layout: str = "linear"
+    post_mlp_norm: str | None = None  # norm applied to the MLP output before the residual add
+    norm_gain_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    shared_down_proj: str | None = None  # a dense shared expert beside routed ones (Qwen2-MoE)
+    expert_param: str = "down_proj"  # for layout "experts": the 3-D down projection parameter
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
+    Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear"),
+    Adapter(("olmo",)),
+    Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm"),
+    Adapter(("gemma",)),
+    Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0),
+    Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d"),
+    Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h"),
+    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2"),
+    Adapter(("mixtral",), down_proj="mlp.experts", layout="experts"),
+    Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
+            shared_down_proj="mlp.shared_expert.down_proj"),
+)
+
+HOW_TO_ADD = (
+    "add an Adapter(...) entry for it to superweight/model/adapters.py, or try it anyway with "
+    "--layers PATH --down-proj PATH (e.g. --layers model.layers --down-proj mlp.down_proj)"
+)
+
+
+def known_model_types() -> list[str]:
+    return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for(model_type: str, layers: str | None = None, down_proj: str | None = None) -> Adapter:
+    """The adapter for a `config.model_type`, with optional path overrides for unknown ones."""
+    base = next((a for a in ADAPTERS if model_type in a.model_types), None)
+    if base is None:
+        if not (layers and down_proj):
+            raise SuperweightError(
+                f"unsupported architecture {model_type!r} (known: {', '.join(known_model_types())}); "
+                + HOW_TO_ADD)
+        return Adapter((model_type,), layers=layers, down_proj=down_proj)
+    if layers or down_proj:
+        return Adapter(base.model_types, layers=layers or base.layers,
+                       down_proj=down_proj or base.down_proj, layout=base.layout,
+                       post_mlp_norm=base.post_mlp_norm, norm_gain_offset=base.norm_gain_offset,
+                       shared_down_proj=base.shared_down_proj, expert_param=base.expert_param)
+    return base
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module:
+    obj = root
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            raise SuperweightError(f"module path {path!r} not found in {type(root).__name__} (no {part!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class DownProj:
+    """One down projection: `matrix()` is W[row=out, col=in], a view sharing the module's storage."""
+
+    layer: int
+    module: nn.Module
+    layout: str
+    expert: int | None = None
+    param: str = "weight"
+    shared: bool = False
+    _name: str = field(default="", repr=False)
+
+    def matrix(self) -> torch.Tensor:
+        w = getattr(self.module, self.param)
+        if self.layout == "conv1d":
+            return w.T
+        if self.layout == "experts":
+            return w[self.expert]
+        return w
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix().shape)  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+class ModelView:
+    """A loaded model seen through its adapter: layers, down projections, post-MLP norms."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter):
+        self.model = model
+        self.adapter = adapter
+        layers = get_path(model, adapter.layers)
+        if not isinstance(layers, (nn.ModuleList, list, tuple)):
+            raise SuperweightError(f"{adapter.layers!r} is a {type(layers).__name__}, not a list of layers")
+        self.layers = list(layers)
+        if not self.layers:
+            raise SuperweightError("the model has no decoder layers")
+        for i in range(len(self.layers)):  # fail early, with the path in the message
+            self.down_projs(i)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise SuperweightError(f"layer {layer} out of range: the model has {self.num_layers} layers "
+                                   f"(0..{self.num_layers - 1})")
+
+    def down_module(self, layer: int) -> nn.Module:
+        self.check_layer(layer)
+        return get_path(self.layers[layer], self.adapter.down_proj)
+
+    def down_projs(self, layer: int) -> list[DownProj]:
+        """All down projections of a layer: one for dense MLPs, one per expert (+ shared) for MoE."""
+        a = self.adapter
+        module = self.down_module(layer)
+        name = f"{a.layers}.{layer}.{a.down_proj}"
+        if a.layout == "experts":
+            param = getattr(module, a.expert_param, None)
+            if not isinstance(param, torch.Tensor) or param.dim() != 3:
+                raise SuperweightError(f"{name}.{a.expert_param} is not a 3-D expert weight")
+            out = [DownProj(layer, module, "experts", expert=e, param=a.expert_param,
+                            _name=f"{name}.{a.expert_param}[{e}]") for e in range(param.shape[0])]
+            if a.shared_down_proj:
+                shared = get_path(self.layers[layer], a.shared_down_proj)
+                out.append(DownProj(layer, shared, "linear", shared=True,
+                                    _name=f"{a.layers}.{layer}.{a.shared_down_proj}"))
+            return out
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise SuperweightError(f"{name} ({type(module).__name__}) has no weight matrix")
+        return [DownProj(layer, module, a.layout, _name=name)]
+
+    def down_proj(self, layer: int, expert: int | None = None) -> DownProj:
+        projs = self.down_projs(layer)
+        if expert is None:
+            dense = [p for p in projs if p.expert is None]
+            if len(dense) != 1:
+                raise SuperweightError(f"layer {layer} is a mixture of experts: give an expert index")
+            return dense[0]
+        for p in projs:
+            if p.expert == expert:
+                return p
+        raise SuperweightError(f"expert {expert} out of range for layer {layer} "
+                               f"({sum(p.expert is not None for p in projs)} experts)")
+
+    def post_mlp_norm(self, layer: int) -> nn.Module | None:
+        if self.adapter.post_mlp_norm is None:
+            return None
+        return get_path(self.layers[layer], self.adapter.post_mlp_norm)
+
+    def norm_gain(self, layer: int) -> torch.Tensor | None:
+        """The post-MLP norm's effective per-channel gain, [hidden], or None."""
+        norm = self.post_mlp_norm(layer)
+        if norm is None or getattr(norm, "weight", None) is None:
+            return None
+        return norm.weight.detach().float() + self.adapter.norm_gain_offset
+
+    def iter_down_projs(self) -> Iterator[DownProj]:
+        for i in range(self.num_layers):
+            yield from self.down_projs(i)
+
+    def decoder_linears(self) -> Iterator[tuple[str, nn.Module]]:
+        """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""
+        for i, layer in enumerate(self.layers):
+            for name, mod in layer.named_modules():
+                if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D":
+                    yield f"{self.adapter.layers}.{i}.{name}", mod
