@@ -21,7 +21,9 @@ Coord = tuple  # (layer, row, col) or (layer, row, col, expert)
 def _as_key(c) -> tuple[int, int, int, int | None]:
     if isinstance(c, SuperWeight):
         return c.key
-    c = tuple(int(v) for v in c)
+    c = tuple(None if v is None else int(v) for v in c)
+    if None in c[:3]:
+        raise SuperweightError(f"a coordinate needs a layer, a row and a column, got {c}")
     if len(c) == 3:
         return (*c, None)
     if len(c) == 4:

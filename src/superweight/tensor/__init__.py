@@ -1,0 +1,1 @@
+"""Pure tensor math: statistics of outliers and quantization. Knows nothing of models."""
