@@ -1,0 +1,246 @@
+"""Interventions on tiny planted models: each edit touches exactly what it names, and every
+context restores the exact original bits on exit, also when the body raises."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import pytest
+import torch
+
+from planted import COL, LAYER, ROW, SW_VALUE, planted_lm
+from superweight.errors import SuperweightError
+from superweight.interventions import (check_coords, measure_super_activations, prune, prune_top_k,
+                                       restore_super_activation, scale, top_k_weights)
+from superweight.model.hooks import observe_down_projs
+from superweight.records import SuperWeight
+
+SW = SuperWeight(LAYER, ROW, COL)
+TEXT = "The quick brown fox. It jumps over the lazy dog, and again."
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return planted_lm()
+
+
+def snapshot(lm) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+
+
+def changed(lm, before) -> dict[str, torch.Tensor]:
+    """name → flat indices of the entries that differ from `before`."""
+    out = {}
+    for n, p in lm.model.named_parameters():
+        diff = (p.detach() != before[n]).flatten().nonzero().flatten()
+        if diff.numel():
+            out[n] = diff
+    return out
+
+
+def assert_identical(lm, before) -> None:
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)), n
+
+
+DOWN = f"model.layers.{LAYER}.mlp.down_proj.weight"
+SW_FLAT = ROW * 128 + COL
+
+
+def test_prune_zeroes_exactly_the_super_weight(lm):
+    before = snapshot(lm)
+    with prune(lm.view, [SW]):
+        assert {n: i.tolist() for n, i in changed(lm, before).items()} == {DOWN: [SW_FLAT]}
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == 0.0
+    assert_identical(lm, before)
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 2, 3.0, "1.5"])
+def test_scale_multiplies_exactly_the_super_weight(lm, factor):
+    before = snapshot(lm)
+    with scale(lm.view, [(LAYER, ROW, COL)], factor):
+        diff = changed(lm, before)
+        assert set(diff) <= {DOWN}
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == pytest.approx(SW_VALUE * float(factor))
+    assert_identical(lm, before)
+
+
+@pytest.mark.parametrize("factor", ["abc", None, float("nan"), float("inf"), "", True])
+def test_scale_rejects_a_factor_that_is_not_a_number(lm, factor):
+    before = snapshot(lm)
+    with pytest.raises(SuperweightError, match="factor"):
+        with scale(lm.view, [SW], factor):
+            pass
+    assert_identical(lm, before)
+
+
+@pytest.mark.parametrize("coord", [(LAYER, 64, 0), (LAYER, 0, 128), (6, 0, 0), (-1, 0, 0), (LAYER, -1, 3)])
+def test_coordinates_outside_the_model_are_refused(lm, coord):
+    with pytest.raises(SuperweightError, match="out of range|outside"):
+        check_coords(lm.view, [coord])
+    for ctx in (lambda: prune(lm.view, [coord]), lambda: scale(lm.view, [coord], 2.0),
+                lambda: prune_top_k(lm.view, 10, exclude=[coord]),
+                lambda: restore_super_activation(lm.view, [coord], positions=[0])):
+        with pytest.raises(SuperweightError):
+            with ctx():
+                pass
+
+
+def test_prune_top_k_zeroes_the_k_largest_other_weights(lm):
+    k = 500
+    before = snapshot(lm)
+    linears = {f"{n}.weight" for n, _ in lm.view.decoder_linears()}
+    with prune_top_k(lm.view, k, exclude=[SW]) as info:
+        diff = changed(lm, before)
+        assert set(diff) <= linears
+        assert sum(i.numel() for i in diff.values()) == k == sum(info.per_module.values())
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == SW_VALUE  # excluded
+        pruned = torch.cat([before[n].flatten()[i].abs() for n, i in diff.items()])
+        assert (pruned > 0).all()
+        # brute force: every weight left in place is no larger than the smallest one pruned
+        kept_max = max(float(torch.where(p.detach() == 0, torch.zeros(()), before[n].abs()).flatten()
+                             .sort().values[-2 if n == DOWN else -1])
+                       for n, p in lm.model.named_parameters() if n in linears)
+        assert kept_max <= pruned.min().item() == info.smallest
+    assert_identical(lm, before)
+
+
+def test_prune_top_k_without_exclusion_takes_the_super_weight_first(lm):
+    before = snapshot(lm)
+    with prune_top_k(lm.view, 1) as info:
+        assert {n: i.tolist() for n, i in changed(lm, before).items()} == {DOWN: [SW_FLAT]}
+        assert info.largest == SW_VALUE
+    assert_identical(lm, before)
+
+
+def test_prune_top_k_on_a_subset_of_modules(lm):
+    before = snapshot(lm)
+    with prune_top_k(lm.view, 50, exclude=[SW], modules=["*.mlp.down_proj"]):
+        diff = changed(lm, before)
+        assert diff and all(n.endswith("mlp.down_proj.weight") for n in diff)
+    assert_identical(lm, before)
+    with pytest.raises(SuperweightError, match="no decoder linear layer matches"):
+        top_k_weights(lm.view, 5, modules=["*.nothing"])
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, "7000"])
+def test_prune_top_k_rejects_a_bad_k(lm, k):
+    with pytest.raises(SuperweightError, match="K must be"):
+        with prune_top_k(lm.view, k):
+            pass
+
+
+def test_prune_top_k_refuses_k_larger_than_the_model(lm):
+    before = snapshot(lm)
+    total = sum(m.weight.numel() for _, m in lm.view.decoder_linears())
+    with pytest.raises(SuperweightError, match="larger than the"):
+        with prune_top_k(lm.view, total, exclude=[SW]):  # one too many: the SW is excluded
+            pass
+    assert_identical(lm, before)
+    with prune_top_k(lm.view, total - 1, exclude=[SW]):
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == SW_VALUE
+    assert_identical(lm, before)
+
+
+def contexts(lm):
+    return [lambda: prune(lm.view, [SW]), lambda: scale(lm.view, [SW], 3.0),
+            lambda: prune_top_k(lm.view, 300, exclude=[SW]),
+            lambda: restore_super_activation(lm.view, [SW], positions=[0])]
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_every_context_restores_bit_identical_weights_when_the_body_raises(lm, i):
+    before = snapshot(lm)
+    with pytest.raises(RuntimeError, match="boom"):
+        with contexts(lm)[i]():
+            assert changed(lm, before)
+            raise RuntimeError("boom")
+    assert_identical(lm, before)
+    assert not any(m._forward_hooks for m in lm.model.modules())
+
+
+def test_contexts_compose_and_unwind_exactly(lm):
+    before = snapshot(lm)
+    with pytest.raises(KeyError):
+        with ExitStack() as stack:
+            for make in contexts(lm):
+                stack.enter_context(make())
+            stack.enter_context(scale(lm.view, [SW], 5.0))
+            ids = lm.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+            lm.model(input_ids=ids)
+            raise KeyError("x")
+    assert_identical(lm, before)
+
+
+def down_outputs(lm, text=TEXT) -> dict[int, torch.Tensor]:
+    """Every down projection's output [tokens, hidden] on `text`."""
+    out = {}
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad(), observe_down_projs(lm.view, lambda p, x, y, pos: out.__setitem__(p.layer, y.clone())):
+        lm.model(input_ids=ids)
+    return out
+
+
+def test_restore_sa_reproduces_the_unpruned_activation_exactly_and_nothing_else(lm):
+    text = "abc" + lm.tokenizer.bos_token + "def"  # the trigger at positions 0 and 4
+    before = snapshot(lm)
+    orig = down_outputs(lm, text)
+    with prune(lm.view, [SW]):
+        pruned = down_outputs(lm, text)
+    sws = measure_super_activations(lm, [SW], text)
+    top = int(orig[LAYER][:, ROW].abs().argmax())
+    assert top in (0, 4) and sws[0].output_value == orig[LAYER][top, ROW].item() == sws[0].output_value
+    assert sws[0].position == top
+    with restore_super_activation(lm.view, sws) as log:
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == 0.0  # pruned meanwhile
+        restored = down_outputs(lm, text)
+    assert_identical(lm, before)
+    assert log.calls == 1 and log.restored == 2
+    sa = [0, 4]
+    y, yo, yp = restored[LAYER], orig[LAYER], pruned[LAYER]
+    assert torch.equal(y[sa, ROW], yo[sa, ROW])  # exactly the unpruned activation
+    assert not torch.equal(yp[sa, ROW], yo[sa, ROW])
+    others = [t for t in range(y.shape[0]) if t not in sa]
+    assert torch.equal(y[others, ROW], yp[others, ROW])  # everywhere else: the pruned model
+    rest = [c for c in range(y.shape[1]) if c != ROW]
+    assert torch.equal(y[:, rest], yp[:, rest])
+    for layer in range(LAYER):
+        assert torch.equal(restored[layer], orig[layer])
+    # downstream the restored model is the unpruned one again (only the SA mattered here)
+    assert torch.allclose(restored[LAYER + 1], orig[LAYER + 1], atol=1e-3)
+
+
+def test_restore_sa_at_given_positions(lm):
+    orig = down_outputs(lm)
+    with prune(lm.view, [SW]):
+        pruned = down_outputs(lm)
+    with restore_super_activation(lm.view, [SW], positions=[0, 3]) as log:
+        restored = down_outputs(lm)
+    y = restored[LAYER]
+    assert torch.equal(y[[0, 3], ROW], orig[LAYER][[0, 3], ROW])
+    assert torch.equal(y[4:, ROW], pruned[LAYER][4:, ROW])
+    assert log.restored == 2 and log.sites == [{"layer": LAYER, "channel": ROW, "positions": [0, 3]}]
+
+
+def test_restore_sa_needs_to_know_what_a_super_activation_is(lm):
+    with pytest.raises(SuperweightError, match="no super activation size known"):
+        with restore_super_activation(lm.view, [SW]):
+            pass
+    with pytest.raises(SuperweightError, match="no super weights"):
+        with restore_super_activation(lm.view, [], positions=[0]):
+            pass
+
+
+def test_restore_sa_with_a_threshold_and_batches(lm):
+    ids = lm.tokenizer(["one two", "three four five"], return_tensors="pt", padding=True)
+    orig_logits = lm.model(**ids).logits
+    with restore_super_activation(lm.view, [SW], threshold=100.0) as log:
+        logits = lm.model(**ids).logits
+    assert log.restored == 2  # position 0 of each row
+    assert torch.allclose(logits, orig_logits, atol=1e-4)
+
+
+def test_measure_super_activations_fills_the_records(lm):
+    (rec,) = measure_super_activations(lm, [(LAYER, ROW, COL)])
+    assert rec.coord == (LAYER, ROW, COL) and rec.value == SW_VALUE and rec.position == 0
+    assert rec.output_value > 1e4 and rec.input_value > 1e3
