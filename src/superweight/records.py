@@ -35,7 +35,8 @@ class SuperWeight:
     norm_gain_median: float | None = None  # ... and its median gain over channels
     prompts_found: int | None = None  # for multi-prompt runs: in how many prompts it appeared
     verdict: str | None = None  # "super weight" | "spike only" when verified causally
-    ppl_ratio: float | None = None  # perplexity with it zeroed / without
+    ppl_ratio: float | None = None  # perplexity with it zeroed alone / unedited
+    ppl_ratio_given_others: float | None = None  # with all early ones zeroed / all but this one
 
     @property
     def coord(self) -> tuple[int, int, int]:

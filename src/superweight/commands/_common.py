@@ -31,10 +31,14 @@ def load_from_args(args: argparse.Namespace):
                       down_proj=args.down_proj_path, quiet=False)
 
 
+WIDE = 160  # columns when output is not a terminal (files, pipes, CI logs)
+
+
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, width=max(100, Console().width))
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else WIDE)
 
 
 def parse_list(text: str, kind=str, what: str = "value") -> list:

@@ -70,6 +70,7 @@ class LoadedModel:
     kind: str  # "alias" | "gguf" | "local" | "hub" | "memory"
     source: str  # the resolved path or hub id
     weight_files: list[Path] = field(default_factory=list)
+    model_id: str | None = None  # the exact hub id, for the catalog (None if unknown)
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -93,7 +94,7 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"ref": self.ref, "kind": self.kind, "source": self.source,
-                "model_type": self.model_type, "num_layers": self.view.num_layers,
+                "model_id": self.model_id, "model_type": self.model_type, "num_layers": self.view.num_layers,
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
                 "weights_sha256": self.weights_hash()}
 
@@ -127,7 +128,8 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     model.to(device).eval()
     view = ModelView(model, adapter_for(model.config.model_type, layers, down_proj))
     files = sorted(path.glob("*.safetensors")) if path else []
-    return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files)
+    model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
+    return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id)
 
 
 def wrap_model(model: nn.Module, tokenizer: object = None, ref: str = "<in-memory>",

@@ -1,0 +1,105 @@
+"""`superweight detect`: find the super weights and super activations of a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from superweight.commands._common import add_model_args, console, load_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detect", help="find super weights and super activations (data-free)",
+                       description="Find super weights with one forward pass per round: spikes in "
+                                   "each layer's down projection input and output.")
+    add_model_args(p)
+    add_detect_args(p)
+    p.add_argument("--verify", action="store_true",
+                   help="zero each candidate and measure perplexity on a short real text")
+    p.add_argument("--verify-threshold", type=float, default=3.0, metavar="X",
+                   help="perplexity ratio that makes a spike a super weight (default 3)")
+    p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
+    p.add_argument("--save-catalog", action="store_true",
+                   help="add the early super weights found to your local catalog")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (Figure 3 style) here")
+    p.set_defaults(func=run)
+
+
+def add_detect_args(p: argparse.ArgumentParser) -> None:
+    """Prompt and threshold flags, shared by `detect` and `trace`."""
+    from superweight.detect import DEFAULT_PROMPT, DetectConfig
+
+    d = DetectConfig()
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help=f"prompt to run (repeatable; default {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompts", action="store_true",
+                   help="run the built-in set of varied prompts and report which coordinates all share")
+    p.add_argument("--min-output", type=float, default=d.min_output, metavar="X",
+                   help=f"absolute floor for an output spike (default {d.min_output:g})")
+    p.add_argument("--output-ratio", type=float, default=d.output_ratio, metavar="X",
+                   help=f"output spike must be this many times the median layer's (default {d.output_ratio:g})")
+    p.add_argument("--min-input", type=float, default=d.min_input, metavar="X",
+                   help=f"absolute floor for the input spike (default {d.min_input:g})")
+    p.add_argument("--input-ratio", type=float, default=d.input_ratio, metavar="X",
+                   help=f"input spike must be this many times the median layer's (default {d.input_ratio:g})")
+    p.add_argument("--max-rounds", type=int, default=d.max_rounds, metavar="N",
+                   help=f"zero what was found and search again up to N times (default {d.max_rounds})")
+    p.add_argument("--late-fraction", type=float, default=d.late_fraction, metavar="F",
+                   help=f"layers past this fraction of depth hold late spikes (default {d.late_fraction:g})")
+
+
+def config_from_args(args):
+    from superweight.detect import DetectConfig
+
+    return DetectConfig(min_output=args.min_output, output_ratio=args.output_ratio,
+                        min_input=args.min_input, input_ratio=args.input_ratio,
+                        max_rounds=args.max_rounds, late_fraction=args.late_fraction)
+
+
+def prompts_from_args(args) -> list[str]:
+    from superweight.detect import DEFAULT_PROMPT, PROMPT_SET
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += [p for p in PROMPT_SET if p not in prompts]
+    return prompts or [DEFAULT_PROMPT]
+
+
+def run(args) -> int:
+    from superweight import catalog
+    from superweight._io import result_header, write_json
+    from superweight.detect import detect
+    from superweight.render import render_detection
+
+    config = config_from_args(args)  # validate before the (slow) load
+    prompts = prompts_from_args(args)
+    out = console()
+    lm = load_from_args(args)
+    with console(stderr=True).status(f"Detecting on {len(prompts)} prompt(s)…"):
+        result = detect(lm, prompts, config)
+    verification = None
+    if args.verify:
+        from superweight.verify import verify
+
+        with console(stderr=True).status("Verifying: zeroing each candidate…"):
+            verification = verify(lm, result.super_weights, threshold=args.verify_threshold)
+    model_id = args.model_id or lm.model_id
+    comparison = catalog.compare(model_id, result.early)
+    render_detection(out, lm, result, comparison, verification)
+    if args.save_catalog and result.early:
+        path = catalog.add(model_id or lm.ref, [s.coord for s in result.early],
+                           f"superweight detect on {lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
+        out.print(f"Added to the local catalog: {path}")
+    if args.plot:
+        from superweight.report.detect_plots import plot_down_proj
+
+        png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
+                             args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
+        out.print(f"Plot: {png}")
+    if args.json:
+        payload = result_header("detect", model=lm.describe(), catalog=comparison.to_dict(),
+                                verification=verification.to_dict() if verification else None,
+                                **result.to_dict())
+        out.print(f"JSON: {write_json(args.json, payload)}")
+    return 0

@@ -1,0 +1,57 @@
+"""`superweight trace`: the super activation through the residual stream, original vs pruned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from superweight.commands._common import add_model_args, console, load_from_args
+from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("trace", help="follow super activations through the residual stream",
+                       description="Per layer: the residual stream's max |value|, its channel and "
+                                   "position, with and without the super weights (Figure 4).")
+    add_model_args(p)
+    add_detect_args(p)
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (Figures 3 and 4) here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from superweight._io import result_header, write_json
+    from superweight.activations import trace
+    from superweight.render import trace_table
+
+    config = config_from_args(args)
+    prompts = prompts_from_args(args)
+    out = console()
+    lm = load_from_args(args)
+    results = []
+    for prompt in prompts:
+        t = trace(lm, prompt, config)
+        results.append(t)
+        out.print(trace_table(t, lm))
+        if t.activation is None:
+            out.print("No super activation: no early super weight was found for this prompt.")
+        else:
+            a = t.activation
+            out.print(f"Super activation at channel {a.channel}, token {a.token!r} (position {a.position}): "
+                      f"first in the residual stream after layer {t.first_layer}, carried through layer "
+                      f"{t.last_layer} (≥ half its peak); the layer max sits on it in "
+                      f"{len(t.same_channel_layers)}/{len(t.original)} layers.")
+    if args.plot:
+        from superweight.report.detect_plots import plot_down_proj, plot_residual
+
+        t = results[0]
+        a = plot_down_proj(t.detection.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
+                           args.plot / "down_proj_maxima.png", sorted({s.layer for s in t.detection.early}))
+        b = plot_residual(t.original, t.pruned, f"{lm.ref}: residual stream",
+                          args.plot / "residual_maxima.png", t.activation.channel if t.activation else None)
+        out.print(f"Plots: {a}, {b}")
+    if args.json:
+        payload = result_header("trace", model=lm.describe(), config=config.to_dict(),
+                                traces=[t.to_dict() for t in results])
+        out.print(f"JSON: {write_json(args.json, payload)}")
+    return 0

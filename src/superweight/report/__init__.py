@@ -1,0 +1,1 @@
+"""Figures for people: PNG plots (matplotlib, headless Agg backend)."""
