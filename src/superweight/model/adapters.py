@@ -3,6 +3,9 @@
 Every other module asks an `Adapter` for the decoder layers, each layer's MLP down projection(s)
 read as `W[row=output channel, col=input channel]`, and any norm applied to the MLP output before
 the residual add. Adding an architecture means adding one `Adapter(...)` entry to `ADAPTERS`.
+The adapter also says which projections produce the down projection's input features (gate/up,
+fc1, fused gate_up, expert gate_up) and where a mixture-of-experts router is: `superweight.testing`
+uses that to plant super weights in tiny models, with no per-architecture code.
 
 | layout    | module                        | stored weight     | W[row, col] is            |
 |-----------|-------------------------------|-------------------|---------------------------|
@@ -13,7 +16,7 @@ the residual add. Adding an architecture means adding one `Adapter(...)` entry t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -22,6 +25,45 @@ from torch import nn
 from superweight.errors import SuperweightError
 
 LAYOUTS = ("linear", "conv1d", "experts")
+
+
+@dataclass(frozen=True)
+class UpProj:
+    """A projection that produces the down projection's input features (gate, up, fc1, ...).
+
+    `path` is from one decoder layer; `layout` is read like the down projection's (linear: weight
+    [out, in]; conv1d: [in, out]; experts: a 3-D parameter [experts, out, in]). A fused projection
+    (`chunks` > 1, e.g. Phi-3's gate_up_proj, split with `.chunk(chunks)`) holds intermediate feature
+    `c` at output rows `c, I + c, ...` where I is the intermediate size.
+    """
+
+    path: str
+    layout: str = "linear"
+    param: str = "weight"
+    chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.chunks < 1:
+            raise ValueError(f"chunks must be at least 1, got {self.chunks}")
+
+
+GATED = (UpProj("mlp.gate_proj"), UpProj("mlp.up_proj"))  # Llama-style: act(gate(x)) * up(x)
+FUSED_EXPERTS = (UpProj("mlp.experts", layout="experts", param="gate_up_proj", chunks=2),)
+
+
+@dataclass
+class FeatureRow:
+    """The weights that produce one intermediate feature in one projection, as views.
+
+    `weight` is [hidden] (the row of W_up that makes the feature), `bias` a 1-element view or None.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    name: str
+    module: nn.Module  # the module whose forward input is the MLP input
 
 
 @dataclass(frozen=True)
@@ -40,6 +82,9 @@ class Adapter:
     shared_down_proj: str | None = None  # a dense shared expert beside routed ones (Qwen2-MoE)
     expert_param: str = "down_proj"  # for layout "experts": the 3-D down projection parameter
     notes: str = ""
+    up_projs: tuple[UpProj, ...] = GATED  # what produces the down projection's input features
+    shared_up_projs: tuple[UpProj, ...] = ()  # ... of the shared expert (Qwen2-MoE)
+    router: str | None = None  # MoE router: a module whose `weight` [experts, hidden] scores experts
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -48,17 +93,24 @@ class Adapter:
 
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
-    Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear"),
+    Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
+            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),)),
     Adapter(("olmo",)),
     Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm"),
     Adapter(("gemma",)),
     Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0),
-    Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d"),
-    Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h"),
-    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2"),
-    Adapter(("mixtral",), down_proj="mlp.experts", layout="experts"),
+    Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
+            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),)),
+    Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
+            up_projs=(UpProj("mlp.dense_h_to_4h"),)),
+    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),)),
+    Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
+            router="mlp.gate"),
     Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
-            shared_down_proj="mlp.shared_expert.down_proj"),
+            shared_down_proj="mlp.shared_expert.down_proj", up_projs=FUSED_EXPERTS,
+            shared_up_projs=(UpProj("mlp.shared_expert.gate_proj"),
+                             UpProj("mlp.shared_expert.up_proj")),
+            router="mlp.gate"),
 )
 
 HOW_TO_ADD = (
@@ -81,10 +133,7 @@ def adapter_for(model_type: str, layers: str | None = None, down_proj: str | Non
                 + HOW_TO_ADD)
         return Adapter((model_type,), layers=layers, down_proj=down_proj)
     if layers or down_proj:
-        return Adapter(base.model_types, layers=layers or base.layers,
-                       down_proj=down_proj or base.down_proj, layout=base.layout,
-                       post_mlp_norm=base.post_mlp_norm, norm_gain_offset=base.norm_gain_offset,
-                       shared_down_proj=base.shared_down_proj, expert_param=base.expert_param)
+        return replace(base, layers=layers or base.layers, down_proj=down_proj or base.down_proj)
     return base
 
 
@@ -198,6 +247,53 @@ class ModelView:
         if norm is None or getattr(norm, "weight", None) is None:
             return None
         return norm.weight.detach().float() + self.adapter.norm_gain_offset
+
+    def feature_rows(self, layer: int, col: int, expert: int | None = None) -> list[FeatureRow]:
+        """Views of the weights (and biases) that produce intermediate feature `col` of a layer.
+
+        For a dense MLP: the adapter's `up_projs`; for a routed expert: that expert's slice of them;
+        for a MoE layer with `expert=None`: the shared expert's `shared_up_projs`.
+        """
+        a = self.adapter
+        self.check_layer(layer)
+        moe = a.layout == "experts"
+        specs = a.up_projs if (expert is not None or not moe) else a.shared_up_projs
+        if not specs:
+            raise SuperweightError(f"the {a.model_types[0]} adapter declares no projections that "
+                                   f"produce the down projection's input"
+                                   + (" of a shared expert" if moe else ""))
+        rows = []
+        for spec in specs:
+            module = get_path(self.layers[layer], spec.path)
+            w = getattr(module, spec.param, None)
+            name = f"{a.layers}.{layer}.{spec.path}.{spec.param}"
+            if not isinstance(w, torch.Tensor):
+                raise SuperweightError(f"{name} is not a weight")
+            if spec.layout == "experts":
+                if expert is None or not 0 <= expert < w.shape[0]:
+                    raise SuperweightError(f"{name}: expert {expert} out of range ({w.shape[0]} experts)")
+                w, name = w[expert], f"{name}[{expert}]"  # [out, in]
+            out_dim = 1 if spec.layout == "conv1d" else 0
+            inter = w.shape[out_dim] // spec.chunks
+            if not 0 <= col < inter:
+                raise SuperweightError(f"feature {col} out of range for {name} ({inter} features)")
+            bias = getattr(module, "bias", None) if spec.layout != "experts" else None
+            for j in range(spec.chunks):
+                r = j * inter + col
+                row = w[:, r] if spec.layout == "conv1d" else w[r]  # [hidden]
+                b = bias[r:r + 1] if isinstance(bias, torch.Tensor) else None
+                rows.append(FeatureRow(row, b, f"{name}[{r}]", module))
+        return rows
+
+    def router_weight(self, layer: int) -> torch.Tensor | None:
+        """The MoE router's weight [experts, hidden] of a layer, or None for dense models."""
+        if self.adapter.router is None:
+            return None
+        self.check_layer(layer)
+        w = getattr(get_path(self.layers[layer], self.adapter.router), "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise SuperweightError(f"{self.adapter.router} of layer {layer} has no 2-D router weight")
+        return w
 
     def iter_down_projs(self) -> Iterator[DownProj]:
         for i in range(self.num_layers):

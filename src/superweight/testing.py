@@ -1,0 +1,266 @@
+"""Tiny models of every supported architecture, an offline byte tokenizer, and planted super weights.
+
+Real weights exist here for one architecture only (Llama-style SmolLM2), so every other layout is
+tested on tiny randomly initialised models built from a `transformers` config. A random model has no
+super weight; `plant_super_weight` writes one into the weights (no hooks), and detection must then
+find exactly that coordinate. Which projections make the down projection's input, and where a MoE
+router is, come from the architecture adapter (`Adapter.up_projs`, `.router`), so planting has no
+per-architecture code. Importable by tests and benchmarks; nothing here needs pytest or a network.
+
+>>> model = tiny_model("llama")
+>>> sw = plant_super_weight(model, layer=2, row=7, col=11)
+>>> sw.coord
+(2, 7, 11)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from superweight.errors import SuperweightError
+from superweight.model.adapters import FeatureRow, ModelView, adapter_for, get_path
+from superweight.model.hooks import hooked
+from superweight.records import SuperWeight
+
+HIDDEN, INTERMEDIATE, HEADS, KV_HEADS = 64, 128, 4, 2
+SPECIALS = ("<s>", "</s>", "<pad>")  # ids 256, 257, 258 after the 256 bytes
+BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
+VOCAB = 256 + len(SPECIALS)
+
+_IDS = dict(vocab_size=VOCAB, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+_DECODER = dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, head_dim=HIDDEN // HEADS, max_position_embeddings=256)
+_MOE = dict(num_experts_per_tok=2)
+
+# config keyword arguments per model_type; `num_hidden_layers` is added by `tiny_model`
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": _DECODER,
+    "gemma2": {**_DECODER, "query_pre_attn_scalar": HIDDEN // HEADS},
+    "gemma3_text": {**_DECODER, "query_pre_attn_scalar": HIDDEN // HEADS},
+    "phi3": _DECODER,
+    "olmo": _DECODER,
+    "olmo2": _DECODER,
+    "gpt2": dict(n_embd=HIDDEN, n_inner=INTERMEDIATE, n_head=HEADS, n_positions=256,
+                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "gpt_neox": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_attention_heads=HEADS,
+                     max_position_embeddings=256),
+    "opt": dict(hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, word_embed_proj_dim=HIDDEN,
+                num_attention_heads=HEADS, max_position_embeddings=256),
+    "mixtral": {**_DECODER, **_MOE, "num_local_experts": 4},
+    "qwen2_moe": {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": INTERMEDIATE,
+                  "shared_expert_intermediate_size": INTERMEDIATE, "decoder_sparse_step": 1},
+}
+TINY_TYPES: tuple[str, ...] = tuple(TINY_CONFIGS)
+
+
+def tiny_model(model_type: str, *, num_layers: int = 6, seed: int = 0, **overrides) -> nn.Module:
+    """A tiny randomly initialised causal LM (hidden 64, intermediate 128, float32, eval mode).
+
+    Deterministic from `seed` (the global RNG is left as it was); `overrides` go to the config.
+
+    >>> tiny_model("gpt2").config.n_layer
+    6
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type not in TINY_CONFIGS:
+        raise SuperweightError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_TYPES)}")
+    kwargs = {**_IDS, **TINY_CONFIGS[model_type], "num_hidden_layers": num_layers, **overrides}
+    config = AutoConfig.for_model(model_type, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (what the ByteLevel pre-tokenizer emits)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def tiny_tokenizer():
+    """An offline byte-level tokenizer: token id = byte value, then <s> (prepended), </s>, <pad>.
+
+    >>> tiny_tokenizer()("hi").input_ids
+    [256, 104, 105]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab.update({s: 256 + i for i, s in enumerate(SPECIALS)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIALS))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", BOS_ID)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", add_bos_token=True)
+
+
+# --- planting --------------------------------------------------------------------------------------
+
+_STATE = "_superweight_planted"  # attribute on the model: what was planted, for re-planting
+ROUTER_LOGIT = 10.0  # the planted expert's router logit (random ones are ~0.2): routed at every token
+SHIFT_RATIO = 4.0  # the shared direction's size over the largest per-token residual norm
+
+
+@dataclass(frozen=True)
+class _Plant:
+    layer: int
+    row: int
+    col: int
+    expert: int | None
+    weight: float
+    input_scale: float
+
+
+@dataclass
+class _State:
+    plants: list[_Plant]
+    direction: torch.Tensor | None = None  # [hidden] unit vector added to every token embedding
+
+
+def plant_super_weight(model: nn.Module, layer: int, row: int, col: int, *, expert: int | None = None,
+                       weight: float = 50.0, input_scale: float = 100.0, view: ModelView | None = None
+                       ) -> SuperWeight:
+    """Write a super weight into the model's weights: W[row, col] = `weight`, input feature `col` ≈
+    `input_scale` at every token, so the down projection's output[row] ≈ weight · input_scale.
+
+    Feature `col` is made large by setting the rows of the projections that produce it (gate and up,
+    fc1, fused gate_up, an expert's gate_up; `Adapter.up_projs`):
+    - if they all have a bias: weight row 0, bias b with act(b)·... = input_scale, for every token;
+    - otherwise the rows read a direction that every token shares. A random model has none, so one
+      is added, once, to every token embedding (a unit vector `u` scaled well above the per-token
+      residual); a feature reading `u` plus the channels of earlier-layer planted super activations
+      (which take over the normalised residual after them) is positive at every token, and its size
+      is measured with one forward pass and scaled to `input_scale`. For a routed expert the router's
+      row reads the same direction, so the expert is chosen at every token.
+    Zeroing W[row, col] removes the spike; everything else stays O(1). Plants of earlier calls are
+    re-planted (in layer order) so that any order of calls works. Returns the planted record.
+    """
+    view = view or ModelView(model, adapter_for(model.config.model_type))
+    rows, cols = view.down_proj(layer, expert).shape
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise SuperweightError(f"({layer}, {row}, {col}) outside the {rows} x {cols} down projection")
+    state: _State = getattr(model, _STATE, None) or _State([])
+    plant = _Plant(layer, row, col, expert, float(weight), float(input_scale))
+    state.plants = [p for p in state.plants if (p.layer, p.row, p.col, p.expert) !=
+                    (layer, row, col, expert)] + [plant]
+    object.__setattr__(model, _STATE, state)  # a plain attribute, not a submodule or buffer
+    with torch.no_grad():
+        view.down_proj(layer, expert).matrix()[row, col] = plant.weight
+        for p in sorted(state.plants, key=lambda p: p.layer):
+            _make_feature(model, view, state, p)
+    return SuperWeight(layer, row, col, expert=expert, value=plant.weight, input_value=plant.input_scale,
+                       output_value=plant.weight * plant.input_scale)
+
+
+def planted(model: nn.Module) -> list[SuperWeight]:
+    """The super weights planted in a model so far, in layer order."""
+    state: _State | None = getattr(model, _STATE, None)
+    plants = sorted(state.plants, key=lambda p: (p.layer, p.row, p.col)) if state else []
+    return [SuperWeight(p.layer, p.row, p.col, expert=p.expert, value=p.weight,
+                        input_value=p.input_scale) for p in plants]
+
+
+def _make_feature(model: nn.Module, view: ModelView, state: _State, p: _Plant) -> None:
+    """Make intermediate feature p.col of layer p.layer (of p.expert) ≈ p.input_scale at every token."""
+    feats = view.feature_rows(p.layer, p.col, p.expert)
+    per_row = p.input_scale ** (1 / len(feats))  # gated: act(g)·u with g ≈ u ≈ per_row ≫ 1
+    if all(f.bias is not None for f in feats) and p.expert is None:
+        for f in feats:
+            f.weight.zero_()
+            f.bias.fill_(per_row)
+        return
+    if state.direction is None:
+        state.direction = _add_shared_direction(model, view)
+    v = state.direction.clone()
+    for q in state.plants:  # after an earlier super activation, the normalised residual is mostly it
+        if q.layer < p.layer:
+            v[q.row] += math.copysign(1.0, q.weight)
+    v /= v.norm()
+    for f in feats:
+        f.weight.copy_(v)
+        if f.bias is not None:
+            f.bias.zero_()
+    s = _read_along(model, view, feats[0], v)  # [tokens] the feature's pre-activation, per unit row
+    if not bool((s > 0).all()):
+        raise SuperweightError(f"could not plant at layer {p.layer}: no direction shared by all tokens "
+                               f"(projection min {float(s.min()):.3g})")
+    scale = float(s.median())
+    for f in feats:
+        f.weight.mul_(per_row / scale)
+    router = view.router_weight(p.layer)
+    if router is not None and p.expert is not None:
+        router[p.expert].copy_(v * (ROUTER_LOGIT / scale))
+
+
+def _probe_ids(model: nn.Module) -> torch.Tensor:
+    """A fixed probe sequence [1, 48] of token ids spread over the vocabulary."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(1234)
+    return torch.randperm(vocab, generator=g)[:48].unsqueeze(0)
+
+
+def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Tensor) -> torch.Tensor:
+    """The input of the projection holding `feat`, projected on `v`, for every probe token."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        x = inputs[0].detach()
+        seen.append(x.reshape(-1, x.shape[-1]) @ v)
+
+    with hooked([(feat.module, hook)]):
+        model(input_ids=_probe_ids(model))
+    return seen[0]
+
+
+def _add_shared_direction(model: nn.Module, view: ModelView) -> torch.Tensor:
+    """Add c·u to every token embedding, c well above the largest per-token residual norm; return u."""
+    emb = model.get_input_embeddings().weight  # [vocab, hidden]
+    hidden = emb.shape[1]
+    g = torch.Generator().manual_seed(4321)
+    u = torch.randn(hidden, generator=g)
+    u = u - u.mean()  # survives LayerNorm's mean subtraction
+    u = u / u.norm()
+    ids = _probe_ids(model)
+    before = model(input_ids=ids, output_hidden_states=True).hidden_states
+    typical = max(float(h.norm(dim=-1).max()) for h in before[:view.num_layers])
+    emb += u
+    after = model(input_ids=ids, output_hidden_states=True).hidden_states[0]
+    per_unit = float(((after - before[0]) @ u).mean())  # embedding multipliers (Gemma: sqrt(hidden))
+    emb += u * (SHIFT_RATIO * typical / per_unit - 1)
+    _project_out(view, u)
+    return u
+
+
+def _project_out(view: ModelView, u: torch.Tensor) -> None:
+    """Make every feature-producing row orthogonal to `u`, so that features not planted ignore the
+    shared direction (models without a norm before the MLP, like OLMo 2, would otherwise grow
+    O(10) features everywhere and hide the planted one from a ratio test)."""
+    a = view.adapter
+    for layer in view.layers:
+        for spec in a.up_projs + a.shared_up_projs:
+            w = getattr(get_path(layer, spec.path), spec.param)
+            if spec.layout == "conv1d":  # [in, out]
+                w -= u[:, None] * (u @ w)[None, :]
+            else:  # [..., out, in]
+                w -= (w @ u)[..., None] * u
