@@ -1,0 +1,100 @@
+"""Did a quantized (or fine-tuned, or llama.cpp) copy keep the super weights of its original?
+
+For each super weight of the original: its value in the other copy and the relative error, and
+whether its super activation survives — the other copy's largest |down projection output| on that
+channel, on the same prompt, against the original's. Both copies must have the same architecture and
+shapes; anything loadable (hub id, folder, .gguf) can be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from superweight.errors import SuperweightError
+from superweight.model.hooks import observe_down_projs
+from superweight.model.load import LoadedModel
+from superweight.records import SuperWeight
+
+SURVIVE_RATIO = 0.5  # the other's super activation keeps at least this share of the original's, same sign
+
+
+@dataclass
+class CheckRow:
+    layer: int
+    row: int
+    col: int
+    expert: int | None
+    original: float
+    other: float
+    rel_error: float  # |other − original| / |original|
+    activation_original: float  # signed down-projection output of largest |value| on channel `row`
+    activation_other: float
+    activation_ratio: float  # other / original (negative: the sign flipped)
+    survives: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_compatible(a: LoadedModel, b: LoadedModel) -> None:
+    """One-line error unless both models have the same architecture and weight shapes."""
+    if a.model_type != b.model_type:
+        raise SuperweightError(f"different architectures: {a.model_type!r} vs {b.model_type!r}")
+    if a.view.num_layers != b.view.num_layers:
+        raise SuperweightError(f"different depths: {a.view.num_layers} vs {b.view.num_layers} layers")
+    shapes_a = {n: tuple(m.weight.shape) for n, m in a.view.decoder_linears()}
+    shapes_b = {n: tuple(m.weight.shape) for n, m in b.view.decoder_linears()}
+    for name, shape in shapes_a.items():
+        if shapes_b.get(name) != shape:
+            raise SuperweightError(f"different shapes: {name} is {shape} vs {shapes_b.get(name)}")
+    if set(shapes_b) != set(shapes_a):
+        raise SuperweightError("different layer structure: the two models' linear layers differ")
+
+
+def channel_activations(lm: LoadedModel, ids: torch.Tensor, coords: Sequence[SuperWeight]) -> dict:
+    """{(layer, row, expert): signed down-projection output of largest |value| on channel `row`}."""
+    wanted = {(s.layer, s.row, s.expert) for s in coords}
+    out: dict = {}
+
+    def on_down(proj, x, y, positions):
+        for layer, row, expert in wanted:
+            if layer == proj.layer and expert == proj.expert:
+                col = y[:, row]  # [tokens]
+                v = float(col[col.abs().argmax()]) if col.numel() else 0.0
+                key = (layer, row, expert)
+                if key not in out or abs(v) > abs(out[key]):
+                    out[key] = v
+
+    with observe_down_projs(lm.view, on_down, layers=sorted({s.layer for s in coords})), torch.inference_mode():
+        lm.model(ids.to(lm.device))
+    return out
+
+
+def check_models(original: LoadedModel, other: LoadedModel,
+                 super_weights: Sequence[SuperWeight] | None = None,
+                 prompt: str | None = None) -> list[CheckRow]:
+    """Compare each super weight of `original` (detected unless given) with its value in `other`."""
+    from superweight.detect import DEFAULT_PROMPT, encode, find_super_weights
+
+    check_compatible(original, other)
+    prompt = prompt or DEFAULT_PROMPT
+    sws = list(super_weights) if super_weights is not None else find_super_weights(original, prompt)
+    if not sws:
+        raise SuperweightError("detection found no super weight in the original model")
+    ids = encode(original, prompt)
+    act_a = channel_activations(original, ids, sws)
+    act_b = channel_activations(other, ids, sws)
+    rows = []
+    for sw in sws:
+        a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col])
+        b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col])
+        key = (sw.layer, sw.row, sw.expert)
+        ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
+        ratio = yb / ya if ya else float("nan")
+        rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
+                             abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
+                             bool(ratio >= SURVIVE_RATIO)))
+    return rows

@@ -1,0 +1,175 @@
+"""Apply a weight quantization config to a loaded model: which tensors, which super weights, restore.
+
+The targets are every linear weight inside the decoder layers (nn.Linear, and GPT-2's Conv1D read
+transposed so that blocks always run along the input dimension of W[out, in]); the LM head and the
+input embeddings only when the config's `include` asks (tied embeddings are quantized once). Fused
+mixture-of-experts parameters are not linear modules and are left alone.
+
+`quantized(lm, config)` is a context manager that writes the fake-quantized weights and restores the
+exact original bits on exit; `quantize_(lm, config)` does the same in place, keeping no copies.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from superweight.errors import SuperweightError
+from superweight.model.load import LoadedModel
+from superweight.quantize.rtn import RTNConfig
+from superweight.records import SuperWeight
+
+
+@dataclass
+class Target:
+    """One weight to quantize: `matrix()` is W[out, in] (a view for transposed Conv1D)."""
+
+    name: str
+    param: nn.Parameter
+    transposed: bool = False
+
+    def matrix(self) -> torch.Tensor:
+        return self.param.T if self.transposed else self.param
+
+    def write(self, w: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.matrix().copy_(w)
+
+
+@dataclass
+class TensorStats:
+    """What quantization did to one weight."""
+
+    name: str
+    shape: tuple[int, int]
+    blocks: int
+    ragged: bool
+    clipped: int
+    rel_error: float  # ‖Ŵ − W‖ / ‖W‖ (Frobenius)
+    kept: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class QuantReport:
+    """The config, the super weights kept, and per-tensor statistics of one quantization."""
+
+    config: dict
+    super_weights: list[SuperWeight]
+    tensors: list[TensorStats]
+    seconds: float
+
+    def summary(self) -> dict:
+        n = sum(t.shape[0] * t.shape[1] for t in self.tensors)
+        return {"tensors": len(self.tensors), "params": n,
+                "ragged_tensors": sum(t.ragged for t in self.tensors),
+                "clipped": sum(t.clipped for t in self.tensors),
+                "kept": sum(len(t.kept) for t in self.tensors),
+                "mean_rel_error": (sum(t.rel_error for t in self.tensors) / len(self.tensors)
+                                   if self.tensors else 0.0),
+                "seconds": round(self.seconds, 3)}
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "super_weights": [s.to_dict() for s in self.super_weights],
+                "summary": self.summary(), "tensors": [asdict(t) for t in self.tensors]}
+
+
+def weight_targets(lm: LoadedModel, include: Sequence[str] = ()) -> list[Target]:
+    """The weights a config quantizes, in model order, each once."""
+    out, seen = [], set()
+    for name, module in lm.view.decoder_linears():
+        out.append(Target(name, module.weight, transposed=type(module).__name__ == "Conv1D"))
+    extra = {"lm_head": lm.model.get_output_embeddings, "embed": lm.model.get_input_embeddings}
+    for key in include:
+        module = extra[key]()
+        if module is None or getattr(module, "weight", None) is None:
+            raise SuperweightError(f"the model has no {key} weight to include")
+        out.append(Target(key, module.weight))
+    unique = []
+    for t in out:
+        if id(t.param) not in seen:  # tied lm_head / embeddings: one parameter
+            seen.add(id(t.param))
+            unique.append(t)
+    return unique
+
+
+def keep_map(lm: LoadedModel, targets: list[Target],
+             super_weights: Sequence[SuperWeight]) -> dict[str, list[tuple[int, int]]]:
+    """{target name: [(row, col)]} for the super weights that live in a quantized weight."""
+    by_param = {id(t.param): t.name for t in targets}
+    out: dict[str, list[tuple[int, int]]] = {}
+    for sw in super_weights:
+        proj = lm.view.down_proj(sw.layer, sw.expert)
+        param = getattr(proj.module, proj.param)
+        if proj.layout == "experts" or id(param) not in by_param:
+            continue  # fused experts are not quantized, so nothing to restore
+        rows, cols = proj.shape
+        if not (0 <= sw.row < rows and 0 <= sw.col < cols):
+            raise SuperweightError(f"super weight {sw.label()} is outside the down projection "
+                                   f"of layer {sw.layer} ({rows} x {cols})")
+        out.setdefault(by_param[id(param)], []).append((sw.row, sw.col))
+    return out
+
+
+def resolve_super_weights(lm: LoadedModel, config: RTNConfig,
+                          super_weights: Sequence[SuperWeight] | None) -> list[SuperWeight]:
+    """The super weights to restore: given ones, else detection's (only for the 'superweight' method)."""
+    if config.method != "superweight":
+        return list(super_weights or [])
+    if super_weights is not None:
+        return list(super_weights)
+    from superweight.detect import find_super_weights
+
+    found = find_super_weights(lm)
+    if not found:
+        raise SuperweightError("detection found no super weight to keep; give coordinates "
+                               "with --keep LAYER,ROW,COL or use --method rtn-clip")
+    return found
+
+
+def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[SuperWeight] | None,
+                  saved: list | None) -> QuantReport:
+    start = time.perf_counter()
+    sws = resolve_super_weights(lm, config, super_weights)
+    targets = weight_targets(lm, config.include)
+    keeps = keep_map(lm, targets, sws) if config.method == "superweight" else {}
+    stats_out = []
+    for t in targets:
+        w = t.matrix().detach()  # [out, in]
+        keep = keeps.get(t.name, [])
+        stats: dict = {}
+        q = config.quantize_matrix(w, keep, stats)
+        err = float((q.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30))
+        if saved is not None:
+            saved.append((t, w.clone()))
+        t.write(q)
+        stats_out.append(TensorStats(t.name, tuple(w.shape), stats.get("blocks", 0),
+                                     bool(stats.get("ragged", False)), int(stats.get("clipped", 0)),
+                                     err, keep))
+    return QuantReport(config.to_dict(), sws, stats_out, time.perf_counter() - start)
+
+
+@contextmanager
+def quantized(lm: LoadedModel, config: RTNConfig,
+              super_weights: Sequence[SuperWeight] | None = None) -> Iterator[QuantReport]:
+    """Fake-quantize the model's weights for the block; restore the exact originals after.
+
+    >>> with quantized(lm, SuperWeightQuantConfig(bits=4, block=16384)) as report:
+    ...     ppl = perplexity(lm, "wiki")
+    """
+    saved: list = []
+    try:
+        yield _quantize_all(lm, config, super_weights, saved)
+    finally:
+        for target, original in reversed(saved):
+            target.write(original)
+
+
+def quantize_(lm: LoadedModel, config: RTNConfig,
+              super_weights: Sequence[SuperWeight] | None = None) -> QuantReport:
+    """Fake-quantize the model's weights in place (no copies kept; for saving a quantized model)."""
+    return _quantize_all(lm, config, super_weights, None)
