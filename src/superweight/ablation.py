@@ -1,0 +1,449 @@
+"""The paper's ablations on any model: Table 1 (what pruning a super weight does, against pruning
+7,000 other large weights and against restoring only its super activation), Figure 5 (which
+next-token probabilities move when it is pruned) and Figure 6 (scaling it up or down).
+
+Everything here is an intervention from `superweight.interventions` wrapped around an evaluation;
+the evaluation is a plain callable `lm -> {"arc_easy": acc, ..., "average": x, "wiki_ppl": y}`, so
+tests can pass a cheap one and the CLI passes `superweight.evaluate.evaluate` with its settings.
+Results are plain dataclasses with `to_dict()` and `markdown()`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from superweight.errors import SuperweightError
+from superweight.interventions import (check_coords, check_factor, measure_super_activations,
+                                       prune, prune_top_k, restore_super_activation, scale)
+from superweight.records import SuperWeight
+
+Evaluator = Callable[[object], dict]  # lm -> summary {"arc_easy": acc, ..., "average", "wiki_ppl"}
+
+ORIGINAL, PRUNE_SW, PRUNE_NON_SW, RESTORE_SA = ("Original", "Prune SW", "Prune Non-SW",
+                                                "Prune SW + restore SA")
+CONDITIONS = (ORIGINAL, PRUNE_SW, PRUNE_NON_SW, RESTORE_SA)
+DEFAULT_K = 7000  # the paper's "Prune Non-SW": the 7,000 largest-magnitude other weights
+TASK_LABELS = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "hellaswag": "HellaSwag",
+               "lambada": "LAMBADA", "piqa": "PIQA", "sciq": "SciQ", "winogrande": "Wino"}
+PPL_LABELS = {"wiki": "Wiki-2 ppl", "c4": "C4 ppl", "ptb": "PTB ppl"}
+NO_SUPER_WEIGHT = "no super weight found"
+
+
+# --- Table 1 -----------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One condition of the table: its figures (None when it could not run) and why not."""
+
+    condition: str
+    summary: dict | None = None
+    seconds: float = 0.0
+    note: str = ""
+    detail: dict = field(default_factory=dict)  # e.g. what Prune Non-SW zeroed, what restore wrote
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AblationResult:
+    """The paper's Table 1 on one model."""
+
+    rows: list[Row]
+    super_weights: list[SuperWeight]
+    k: int
+    config: dict = field(default_factory=dict)
+
+    def row(self, condition: str) -> Row:
+        return next(r for r in self.rows if r.condition == condition)
+
+    def columns(self) -> list[str]:
+        keys: list[str] = []
+        for r in self.rows:
+            for key in (r.summary or {}):
+                if key not in keys:
+                    keys.append(key)
+        return order_columns(keys)
+
+    def to_dict(self) -> dict:
+        return {"rows": [r.to_dict() for r in self.rows], "k": self.k,
+                "super_weights": [s.to_dict() for s in self.super_weights], "config": self.config}
+
+    def markdown(self) -> str:
+        return summary_table([(r.condition, r.summary, r.note) for r in self.rows], self.columns())
+
+
+def order_columns(keys: Iterable[str]) -> list[str]:
+    """Tasks in the registry's order, then the average, then perplexities, then anything else."""
+    keys = list(keys)
+    tasks = [k for k in TASK_LABELS if k in keys]
+    ppl = [k for k in keys if k.endswith("_ppl")]
+    rest = [k for k in keys if k not in tasks and k not in ppl and k != "average"]
+    return tasks + (["average"] if "average" in keys else []) + rest + ppl
+
+
+def column_label(key: str) -> str:
+    if key in TASK_LABELS:
+        return TASK_LABELS[key]
+    if key == "average":
+        return "Avg"
+    if key.endswith("_ppl"):
+        return PPL_LABELS.get(key[:-4], f"{key[:-4]} ppl")
+    return key
+
+
+def format_value(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key.endswith("_ppl"):
+        return f"{value:.4g}" if value < 1e4 else f"{value:.3g}"
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return f"{100 * value:.2f}"  # accuracies in percent, as in the paper
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_table(rows: Sequence[tuple[str, dict | None, str]], columns: Sequence[str],
+                  first: str = "Condition") -> str:
+    """A markdown table: one line per (label, summary, note); a note fills rows that did not run."""
+    head = [first] + [column_label(c) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    for label, summary, note in rows:
+        if summary is None:
+            cells = [f"— ({note})" if note else "—"] + ["—"] * (len(columns) - 1) if columns else []
+        else:
+            cells = [format_value(c, summary.get(c)) for c in columns]
+        lines.append("| " + " | ".join([label] + cells) + " |")
+    return "\n".join(lines)
+
+
+def with_activation_sizes(lm, super_weights: Sequence[SuperWeight]) -> list[SuperWeight]:
+    """Records that carry their super activation's size, measured on a probe text when missing."""
+    sws = list(super_weights)
+    missing = [i for i, s in enumerate(sws) if not s.output_value]
+    if missing:
+        measured = measure_super_activations(lm, [sws[i] for i in missing])
+        for i, m in zip(missing, measured):
+            sws[i] = m
+    return sws
+
+
+def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator, *, k: int = DEFAULT_K,
+                   modules: Sequence[str] | None = None,
+                   conditions: Sequence[str] = CONDITIONS,
+                   on_row: Callable[[str, Row | None], None] | None = None) -> AblationResult:
+    """Evaluate the model as it is, with its super weights pruned, with the `k` largest other
+    weights pruned instead, and with the super weights pruned but their super activation restored.
+
+    With no super weights, only Original (and Prune Non-SW, which needs none) runs; the other rows
+    say why they are empty. Every edit is undone before the next row, bit for bit.
+
+    >>> result = ablation_table(lm, find_super_weights(lm), make_evaluator(QUICK))  # doctest: +SKIP
+    >>> print(result.markdown())  # doctest: +SKIP
+    """
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise SuperweightError(f"unknown condition {unknown[0]!r}; choose from {', '.join(CONDITIONS)}")
+    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k_[:3], expert=k_[3])
+           for s, k_ in zip(super_weights, check_coords(lm.view, super_weights))]
+    if k is not None:
+        # validate K (and the module globs) before any evaluation is spent
+        from superweight.interventions import top_k_weights
+        top_k_weights(lm.view, k, sws, modules)
+    if sws and RESTORE_SA in conditions:
+        sws = with_activation_sizes(lm, sws)
+    rows = []
+    for condition in conditions:
+        if condition in (PRUNE_SW, RESTORE_SA) and not sws:
+            row = Row(condition, note=NO_SUPER_WEIGHT)
+        else:
+            if on_row:
+                on_row(condition, None)
+            row = _run_row(lm, condition, sws, evaluator, k, modules)
+        rows.append(row)
+        if on_row:
+            on_row(condition, row)
+    return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None})
+
+
+def _run_row(lm, condition: str, sws, evaluator: Evaluator, k: int, modules) -> Row:
+    view = lm.view
+    detail: dict = {}
+    ctx = {ORIGINAL: lambda: nullcontext(),
+           PRUNE_SW: lambda: prune(view, sws),
+           PRUNE_NON_SW: lambda: prune_top_k(view, k, exclude=sws, modules=modules),
+           RESTORE_SA: lambda: restore_super_activation(view, sws)}[condition]
+    start = time.perf_counter()
+    with ctx() as info:
+        summary = dict(evaluator(lm))
+    if info is not None:
+        detail = info.to_dict()
+    return Row(condition, summary, time.perf_counter() - start, detail=detail)
+
+
+# --- Figure 6: scaling ---------------------------------------------------------------------------
+
+@dataclass
+class ScaleResult:
+    """Figure 6: the model's figures with its super weights multiplied by each factor."""
+
+    factors: list[float]
+    summaries: list[dict]
+    super_weights: list[SuperWeight]
+    best_by: str  # the column that picked the best factor
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> float:
+        values = [s.get(self.best_by) for s in self.summaries]
+        pick = max if self.best_by == "average" else min
+        i = values.index(pick(v for v in values if v is not None))
+        return self.factors[i]
+
+    def columns(self) -> list[str]:
+        keys: list[str] = []
+        for s in self.summaries:
+            keys += [k for k in s if k not in keys]
+        return order_columns(keys)
+
+    def to_dict(self) -> dict:
+        return {"factors": self.factors, "summaries": self.summaries, "best_factor": self.best,
+                "best_by": self.best_by, "seconds": self.seconds,
+                "super_weights": [s.to_dict() for s in self.super_weights]}
+
+    def markdown(self) -> str:
+        rows = [(f"× {f:g}" + (" (best)" if f == self.best else "") + (" (original)" if f == 1 else ""),
+                 s, "") for f, s in zip(self.factors, self.summaries)]
+        return summary_table(rows, self.columns(), first="Scale")
+
+
+def parse_factors(factors: Iterable) -> list[float]:
+    out = [check_factor(f) for f in factors]
+    if not out:
+        raise SuperweightError("no scaling factor given")
+    return list(dict.fromkeys(out))
+
+
+def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evaluator,
+                on_factor: Callable[[float, dict | None], None] | None = None) -> ScaleResult:
+    """Evaluate the model with its super weights multiplied by each factor (1 = as it is).
+
+    >>> r = scale_sweep(lm, sws, [0, 1, 2], make_evaluator(QUICK))  # doctest: +SKIP
+    >>> r.best  # doctest: +SKIP
+    """
+    factors = parse_factors(factors)
+    keys = check_coords(lm.view, super_weights)
+    if not keys:
+        raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to scale (give coordinates)")
+    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k[:3], expert=k[3])
+           for s, k in zip(super_weights, keys)]
+    summaries, seconds = [], []
+    for f in factors:
+        if on_factor:
+            on_factor(f, None)
+        start = time.perf_counter()
+        with scale(lm.view, sws, f):
+            summaries.append(dict(evaluator(lm)))
+        seconds.append(time.perf_counter() - start)
+        if on_factor:
+            on_factor(f, summaries[-1])
+    first = summaries[0]
+    best_by = "average" if "average" in first else next((k for k in order_columns(first)
+                                                          if k.endswith("_ppl")), None)
+    if best_by is None:
+        raise SuperweightError("the evaluation returned neither an average accuracy nor a perplexity")
+    return ScaleResult(factors, summaries, sws, best_by, seconds)
+
+
+# --- Figure 5: stopwords -------------------------------------------------------------------------
+
+PUNCTUATION = (".", ",", "!", "?", ";", ":", "'", '"', "-", "(", ")", "'s", "...", "--")
+
+
+def stopword_list() -> list[str]:
+    """The standard English stopword list (NLTK's 179 words), shipped as package data."""
+    text = resources.files("superweight").joinpath("data/stopwords_en.txt").read_text()
+    return [w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#")]
+
+
+def strip_last_word(passage: str) -> str:
+    """A LAMBADA passage without its last word (the prediction target): the prompt."""
+    head, _, _ = passage.rstrip().rpartition(" ")
+    return head
+
+
+@dataclass
+class TokenShift:
+    token_id: int
+    token: str
+    original: float  # average next-token probability, model as it is
+    pruned: float  # ... with the super weights pruned
+
+    @property
+    def ratio(self) -> float | None:
+        return self.pruned / self.original if self.original > 0 else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+@dataclass
+class StopwordResult:
+    """Figure 5: how the average next-token distribution moves when the super weights are pruned."""
+
+    passages: int
+    super_weights: list[SuperWeight]
+    rising: list[TokenShift]  # largest increase in average probability first
+    falling: list[TokenShift]  # largest decrease first
+    groups: dict[str, dict]  # "stopwords" / "punctuation" → {"original", "pruned", "ratio", "tokens"}
+    named: list[TokenShift]  # the paper's examples: "the", ".", ","
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"passages": self.passages, "super_weights": [s.to_dict() for s in self.super_weights],
+                "rising": [t.to_dict() for t in self.rising], "falling": [t.to_dict() for t in self.falling],
+                "groups": self.groups, "named": [t.to_dict() for t in self.named],
+                "seconds": self.seconds}
+
+    def markdown(self) -> str:
+        def table(title, shifts):
+            lines = [f"**{title}**", "", "| token | original | pruned | ratio |", "|---|---:|---:|---:|"]
+            lines += [f"| `{t.token!r}` | {t.original:.4g} | {t.pruned:.4g} | {_times(t.ratio)} |"
+                      for t in shifts]
+            return "\n".join(lines)
+        groups = ["| group | tokens | original | pruned | ratio |", "|---|---:|---:|---:|---:|"]
+        groups += [f"| {name} | {g['tokens']} | {g['original']:.4f} | {g['pruned']:.4f} | "
+                   f"{_times(g['ratio'])} |" for name, g in self.groups.items()]
+        return "\n\n".join([f"Average next-token probability over {self.passages} LAMBADA passages "
+                            "(last word removed), model as it is vs super weights pruned.",
+                            "\n".join(groups), table("The paper's examples", self.named),
+                            table("Rising most", self.rising), table("Falling most", self.falling)])
+
+
+def _times(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.3g}×"
+
+
+def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+    """The average over prompts of the next-token probability distribution after each one, [vocab].
+
+    Prompts are left-padded in batches, with position ids counted from each prompt's first real
+    token and padding masked out, so every prompt is scored as if alone; only the last position's
+    logits are computed.
+    """
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    total = None
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            enc = [tok(p)["input_ids"] for p in prompts[start:start + batch_size]]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(enc), width), dtype=torch.long)
+            for i, e in enumerate(enc):
+                ids[i, width - len(e):] = torch.tensor(e)
+                mask[i, width - len(e):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            inputs = dict(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                          position_ids=positions.to(lm.device))
+            try:
+                logits = lm.model(**inputs, logits_to_keep=1).logits[:, -1]  # [batch, vocab]
+            except TypeError:  # a model without logits_to_keep
+                logits = lm.model(**inputs).logits[:, -1]
+            probs = logits.float().softmax(-1).sum(0)  # [vocab]
+            total = probs if total is None else total + probs
+    return (total / len(prompts)).cpu()
+
+
+def _single_tokens(tok, texts: Iterable[str]) -> dict[int, str]:
+    out = {}
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out.setdefault(ids[0], t)
+    return out
+
+
+def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top: int = 10,
+                   batch_size: int = 8) -> StopwordResult:
+    """Figure 5: the average next-token distribution over `passages` (last word removed), with the
+    model as it is and with its super weights pruned; tokens rising and falling most; and the total
+    probability of standard English stopwords (" the", " of", … as single tokens after a space) and
+    of punctuation, before and after.
+
+    >>> r = stopword_shift(lm, sws, lambada_passages(500))  # doctest: +SKIP
+    >>> r.groups["stopwords"]["ratio"]  # doctest: +SKIP
+    """
+    keys = check_coords(lm.view, super_weights)
+    if not keys:
+        raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to prune (give coordinates)")
+    prompts = [p for p in (strip_last_word(x) for x in passages) if p]
+    if not prompts:
+        raise SuperweightError("no passages to score")
+    start = time.perf_counter()
+    p_orig = next_token_distribution(lm, prompts, batch_size)
+    with prune(lm.view, keys):
+        p_pruned = next_token_distribution(lm, prompts, batch_size)
+    tok = lm.tokenizer
+
+    def shift(i: int, label: str | None = None) -> TokenShift:
+        return TokenShift(i, label if label is not None else tok.decode([i]),
+                          float(p_orig[i]), float(p_pruned[i]))
+
+    diff = p_pruned - p_orig
+    rising = [shift(i) for i in torch.topk(diff, top).indices.tolist()]
+    falling = [shift(i) for i in torch.topk(-diff, top).indices.tolist()]
+    words = _single_tokens(tok, [" " + w for w in stopword_list()])
+    punct = _single_tokens(tok, PUNCTUATION)
+    groups = {}
+    for name, ids in (("stopwords", words), ("punctuation", punct)):
+        idx = torch.tensor(sorted(ids), dtype=torch.long)
+        o = float(p_orig[idx].sum()) if len(idx) else 0.0
+        p = float(p_pruned[idx].sum()) if len(idx) else 0.0
+        groups[name] = {"tokens": len(idx), "original": o, "pruned": p,
+                        "ratio": p / o if o > 0 else None}
+    named = [shift(i, t) for i, t in _single_tokens(tok, [" the", ".", ","]).items()]
+    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k[:3], expert=k[3])
+           for s, k in zip(super_weights, keys)]
+    return StopwordResult(len(prompts), sws, rising, falling, groups, named,
+                          time.perf_counter() - start)
+
+
+# --- evaluation settings -------------------------------------------------------------------------
+
+@dataclass
+class EvalSettings:
+    """What every row is evaluated on: zero-shot tasks, perplexity texts and how much of each."""
+
+    tasks: tuple[str, ...] = tuple(TASK_LABELS)
+    ppl: tuple[str, ...] = ("wiki", "c4")
+    limit: int | None = None  # items per zero-shot task (None: all)
+    max_tokens: int | None = None  # tokens of each perplexity text (None: all)
+    seqlen: int | None = None  # perplexity window (None: 2048 capped by the model's context)
+
+    def __post_init__(self) -> None:
+        self.tasks, self.ppl = tuple(self.tasks), tuple(self.ppl)
+        if not self.tasks and not self.ppl:
+            raise SuperweightError("nothing to evaluate: give at least one task or perplexity text")
+        for name, v in (("limit", self.limit), ("max_tokens", self.max_tokens), ("seqlen", self.seqlen)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise SuperweightError(f"{name} must be a positive whole number, got {v!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_evaluator(settings: EvalSettings) -> Evaluator:
+    """`lm -> summary` through `superweight.evaluate.evaluate` with these settings."""
+    def run(lm) -> dict:
+        from superweight.evaluate import evaluate
+
+        return evaluate(lm, ppl=settings.ppl, tasks=settings.tasks, limit=settings.limit,
+                        max_tokens=settings.max_tokens, seqlen=settings.seqlen).summary()
+    return run
