@@ -1,0 +1,112 @@
+"""Detection, trace, verification and the catalog on a tiny Llama with a planted super weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from superweight import catalog
+from superweight.activations import trace
+from superweight.detect import DetectConfig, detect
+from superweight.errors import SuperweightError
+from superweight.model import wrap_model
+from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
+from superweight.verify import verify
+
+PLANT = (2, 7, 11)
+
+
+@pytest.fixture()
+def planted_lm():
+    model = tiny_model("llama")
+    plant_super_weight(model, *PLANT)
+    return wrap_model(model, tiny_tokenizer(), ref="tiny-llama")
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model, before):
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finds_the_planted_coordinate_with_its_measurements(planted_lm):
+    before = snapshot(planted_lm.model)
+    result = detect(planted_lm)
+    assert [s.coord for s in result.early] == [PLANT]
+    sw = result.early[0]
+    assert sw.round == 1 and sw.rank == 1 and not sw.late
+    assert sw.dominance > 0.9
+    assert abs(sw.output_without) < 0.1 * abs(sw.output_value)
+    assert sw.value == pytest.approx(float(planted_lm.view.down_proj(2).matrix()[7, 11]))
+    assert [(a.layer, a.channel) for a in result.super_activations] == [(2, 7)]
+    assert_same(planted_lm.model, before)
+
+
+def test_two_in_one_row_are_found_in_two_rounds():
+    model = tiny_model("llama")
+    plant_super_weight(model, 2, 7, 11, input_scale=200.0)
+    plant_super_weight(model, 2, 7, 40, input_scale=100.0)
+    lm = wrap_model(model, tiny_tokenizer())
+    result = detect(lm)
+    rounds = {s.coord: s.round for s in result.early}
+    assert rounds == {(2, 7, 11): 1, (2, 7, 40): 2}
+
+
+def test_nothing_found_in_a_random_model():
+    lm = wrap_model(tiny_model("llama"), tiny_tokenizer())
+    result = detect(lm)
+    assert result.super_weights == [] and result.super_activations == []
+
+
+def test_several_prompts_count_where_each_appears(planted_lm):
+    result = detect(planted_lm, ["one prompt here", "and a second, longer prompt"])
+    assert result.early[0].coord == PLANT and result.early[0].prompts_found == 2
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt_is_refused(planted_lm, prompt):
+    with pytest.raises(SuperweightError, match="empty"):
+        detect(planted_lm, prompt)
+
+
+@pytest.mark.parametrize("field", ["min_output", "output_ratio", "min_input", "input_ratio"])
+def test_thresholds_must_be_positive(field):
+    with pytest.raises(SuperweightError, match="positive"):
+        DetectConfig(**{field: 0})
+
+
+def test_late_spikes_are_flagged_not_dropped():
+    model = tiny_model("llama")
+    plant_super_weight(model, 5, 3, 20)
+    result = detect(wrap_model(model, tiny_tokenizer()))
+    assert [s.coord for s in result.late] == [(5, 3, 20)] and result.early == []
+
+
+def test_trace_follows_the_super_activation(planted_lm):
+    t = trace(planted_lm)
+    assert t.activation.channel == 7 and t.first_layer == 2
+    assert abs(t.original[3].at_sa) > 10 * abs(t.pruned[3].at_sa)
+
+
+def test_verify_sets_a_verdict_and_restores_weights(planted_lm):
+    result = detect(planted_lm)
+    before = snapshot(planted_lm.model)
+    v = verify(planted_lm, result.super_weights, text="some plain text to score " * 8)
+    sw = result.early[0]
+    assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "spike only")
+    assert v.tokens > 10
+    assert_same(planted_lm.model, before)
+
+
+def test_catalog_compare_and_local_add(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CATALOG", str(tmp_path / "cat.json"))
+    assert catalog.compare("meta-llama/Llama-2-7b-hf", [(1, 2533, 7890)]).verdict == "agrees with the catalog"
+    assert catalog.compare("meta-llama/Llama-2-7b", [(1, 2533, 7890)]).verdict == "not catalogued"
+    olmo = catalog.compare("allenai/OLMo-1B-0724-hf", [(1, 1764, 1710), (2, 1764, 8041)])
+    assert olmo.agree_alternative == [(2, 1764, 8041)] and not olmo.missing
+    catalog.add("me/my-model", [(3, 4, 5)], "my run")
+    assert catalog.lookup("me/my-model").super_weights == [(3, 4, 5)]
+    assert catalog.compare("me/my-model", [(3, 4, 6)]).verdict == "disagrees with the catalog"
