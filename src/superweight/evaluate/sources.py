@@ -457,6 +457,11 @@ def documents(source: str | os.PathLike, *, hub: bool = False) -> list[str]:
                            f"or a path to a {'/'.join(LOCAL_TEXT_SUFFIXES)} file")
 
 
+def load_text(source: str | os.PathLike, *, hub: bool = False) -> str:
+    """A perplexity source as one string, its documents joined the way perplexity joins them."""
+    return DOC_SEPARATOR.join(documents(source, hub=hub))
+
+
 def task_data_file(name: str) -> Path:
     """The fetched data file that the offline YAML of task `name` reads."""
     return local_file(name, "task")
