@@ -14,7 +14,7 @@ import sys
 from superweight import __version__
 from superweight.errors import SuperweightError
 
-COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check"]
+COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "eval", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:
