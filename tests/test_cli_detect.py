@@ -50,6 +50,8 @@ def test_trace_command(model_dir, tmp_path, capsys):
     (["detect", "{dir}", "--prompt", " "], "prompt is empty"),
     (["detect", "{dir}", "--layers", "model.nope", "--down-proj", "mlp.down_proj"], "not found"),
     (["detect", "{dir}", "--min-output", "-1"], "must be positive"),
+    (["detect", "{dir}", "--only-layers", "1,6"], "layer 6 out of range"),
+    (["detect", "{dir}", "--only-layers", "1,x"], "not a valid int"),
     (["detect", "{dir}", "--dtype", "float32", "--device", "cuda:7"], "no CUDA GPU"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, argv, message, tmp_path):
@@ -59,6 +61,11 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, argv, message, tmp_
     assert code == 2 and err[-1].startswith("error: ") and message in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "never.json").exists()
+
+
+def test_only_layers_hooks_a_subset(model_dir, capsys):
+    assert main(["detect", str(model_dir), "--only-layers", "0,1,2,3"]) == 0
+    assert "(2, 7, 11)" in capsys.readouterr().out
 
 
 def test_not_a_model_directory(tmp_path, capsys):

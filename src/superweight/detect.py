@@ -53,6 +53,7 @@ class DetectConfig:
     input_ratio: float = 10.0  # ... and at least this many times the median layer's max |X|
     max_rounds: int = 5  # zero what was found and search again, at most this many times
     late_fraction: float = 0.8  # layers at or past this fraction of depth hold "late" spikes
+    layers: tuple[int, ...] | None = None  # hook only these layers (None: all)
 
     def __post_init__(self) -> None:
         for name in ("min_output", "output_ratio", "min_input", "input_ratio"):
@@ -129,9 +130,13 @@ def encode(lm: LoadedModel, prompt: str) -> torch.Tensor:
     return ids.to(lm.device)
 
 
-def layer_stats(lm: LoadedModel, input_ids: torch.Tensor) -> list[LayerStat]:
+def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
+                layers: Sequence[int] | None = None) -> list[LayerStat]:
     """One forward pass; for each layer the max |input| and |output| of its down projection(s)."""
     view = lm.view
+    layers = list(range(view.num_layers)) if layers is None else list(layers)
+    for layer in layers:
+        view.check_layer(layer)
     best: dict[int, LayerStat] = {}
 
     def on_down(proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
@@ -146,13 +151,13 @@ def layer_stats(lm: LoadedModel, input_ids: torch.Tensor) -> list[LayerStat]:
         best[proj.layer] = LayerStat(proj.layer, proj.expert, yv, int(positions[yi]), yc, xv,
                                      int(positions[xi]), xc, x_row, yv, col=col)
 
-    norms = {i: m for i in range(view.num_layers) if (m := view.post_mlp_norm(i)) is not None}
+    norms = {i: m for i in layers if (m := view.post_mlp_norm(i)) is not None}
     norm_out: dict[int, torch.Tensor] = {}
 
     def on_norm(layer: int, out: torch.Tensor) -> None:
         norm_out[layer] = out  # [tokens, hidden]; read after the pass, then dropped
 
-    with torch.no_grad(), observe_down_projs(view, on_down), observe_outputs(norms, on_norm):
+    with torch.no_grad(), observe_down_projs(view, on_down, layers), observe_outputs(norms, on_norm):
         lm.model(input_ids=input_ids)
     stats = [best[i] for i in sorted(best)]
     for s in stats:
@@ -211,7 +216,7 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
     rounds: list[list[LayerStat]] = []
     for rnd in range(1, config.max_rounds + 1):
         with prune(lm.view, [sw.key for sw in found.values()]):
-            stats = layer_stats(lm, ids)
+            stats = layer_stats(lm, ids, config.layers)
             rounds.append(stats)
             new = [_record(lm, s, rnd, config, tokens) for s in candidates(stats, config)]
         new = [sw for sw in new if sw.key not in found]

@@ -45,16 +45,20 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
                    help=f"input spike must be this many times the median layer's (default {d.input_ratio:g})")
     p.add_argument("--max-rounds", type=int, default=d.max_rounds, metavar="N",
                    help=f"zero what was found and search again up to N times (default {d.max_rounds})")
+    p.add_argument("--only-layers", metavar="L,L,...",
+                   help="hook only these layers (comma list; medians are then over these layers)")
     p.add_argument("--late-fraction", type=float, default=d.late_fraction, metavar="F",
                    help=f"layers past this fraction of depth hold late spikes (default {d.late_fraction:g})")
 
 
 def config_from_args(args):
+    from superweight.commands._common import parse_list
     from superweight.detect import DetectConfig
 
+    layers = tuple(parse_list(args.only_layers, int, "layer")) if args.only_layers else None
     return DetectConfig(min_output=args.min_output, output_ratio=args.output_ratio,
                         min_input=args.min_input, input_ratio=args.input_ratio,
-                        max_rounds=args.max_rounds, late_fraction=args.late_fraction)
+                        max_rounds=args.max_rounds, late_fraction=args.late_fraction, layers=layers)
 
 
 def prompts_from_args(args) -> list[str]:
