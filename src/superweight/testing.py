@@ -242,14 +242,36 @@ def _add_shared_direction(model: nn.Module, view: ModelView) -> torch.Tensor:
     u = u - u.mean()  # survives LayerNorm's mean subtraction
     u = u / u.norm()
     ids = _probe_ids(model)
-    before = model(input_ids=ids, output_hidden_states=True).hidden_states
-    typical = max(float(h.norm(dim=-1).max()) for h in before[:view.num_layers])
+    before = _layer_inputs(model, view, ids)
+    typical = max(float(h.norm(dim=-1).max()) for h in before)
     emb += u
-    after = model(input_ids=ids, output_hidden_states=True).hidden_states[0]
+    after = _layer_inputs(model, view, ids)[0]
     per_unit = float(((after - before[0]) @ u).mean())  # embedding multipliers (Gemma: sqrt(hidden))
     emb += u * (SHIFT_RATIO * typical / per_unit - 1)
     _project_out(view, u)
     return u
+
+
+def _layer_inputs(model: nn.Module, view: ModelView, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream entering each decoder layer, [tokens, hidden] each.
+
+    Read with scoped pre-hooks rather than `output_hidden_states=True`, which in transformers 5
+    installs output-capturing hooks on the layers that stay there for good."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        seen.append(x.detach().reshape(-1, x.shape[-1]))
+
+    handles = []
+    try:
+        for layer in view.layers:
+            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def _project_out(view: ModelView, u: torch.Tensor) -> None:
