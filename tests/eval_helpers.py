@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -35,6 +37,17 @@ PIQA_ROWS = [
     {"goal": "To boil water,", "sol1": "put it in the fridge.", "sol2": "heat it on the stove.", "label": 1},
     {"goal": "To cut paper,", "sol1": "use scissors.", "sol2": "use a spoon.", "label": 0},
 ]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: on a shared, oversubscribed CPU two spinning threads are ~4x slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def byte_tokenizer():

@@ -8,12 +8,18 @@ import math
 import pytest
 import torch
 
-from eval_helpers import MAX_POSITIONS, PIQA_ROWS, install_fake_sources, state_digest, tiny_lm
+from eval_helpers import MAX_POSITIONS, PIQA_ROWS, install_fake_sources, one_thread, state_digest, tiny_lm
 from superweight.errors import SuperweightError
 from superweight.evaluate import EvalResult, evaluate, perplexity, zero_shot
 from superweight.evaluate.perplexity import resolve_seqlen, tokenize, windows
 
-TEXT = " ".join(f"Sentence number {i} talks about the weather, the sea and the mountains." for i in range(40))
+TEXT = " ".join(f"Sentence number {i} talks about the weather, the sea and the mountains." for i in range(12))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def reference_ppl(lm, ids: torch.Tensor, seqlen: int) -> float:
 def test_perplexity_matches_per_window_labels_loss(lm, text_file, batch_size):
     r = perplexity(lm, text_file, seqlen=64, batch_size=batch_size)
     ids = tokenize(lm.tokenizer, [TEXT])
-    assert r.windows == ids.numel() // 64 and r.windows > 5
+    assert r.windows == ids.numel() // 64 and r.windows > 3
     assert r.tokens == r.windows * 63 and r.input_tokens == r.windows * 64 and r.seqlen == 64
     assert r.ppl == pytest.approx(reference_ppl(lm, ids, 64), rel=1e-5)
     assert r.nll == pytest.approx(math.log(r.ppl))
