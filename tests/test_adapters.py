@@ -260,3 +260,26 @@ def test_expert_index_required_and_checked(zoo):
         view.down_proj(0, expert=9)
     shared = view_of(zoo["qwen2_moe"]).down_proj(0)  # Qwen2-MoE: expert None is the shared expert
     assert shared.shared and shared.expert is None
+
+
+def test_tiny_model_is_deterministic_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = tiny_model("llama", num_layers=1), tiny_model("llama", num_layers=1), tiny_model(
+        "llama", num_layers=1, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    w = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(a.state_dict()[w], b.state_dict()[w])
+    assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
+    assert not a.training and a.dtype == torch.float32
+    with pytest.raises(SuperweightError, match="no tiny config for 'bloom'"):
+        tiny_model("bloom")
+
+
+def test_tiny_tokenizer_is_byte_level_and_fits_every_model(zoo):
+    tok = tiny_tokenizer()
+    text = "Grüße, world!\n\ttabs"
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id and ids[1:] == list(text.encode("utf-8"))
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    for model in zoo.values():
+        assert model.get_input_embeddings().weight.shape[0] == len(tok)

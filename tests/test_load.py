@@ -85,7 +85,8 @@ def test_unknown_reference():
 
 
 def test_hub_id_offline_is_a_clear_error():
-    with pytest.raises(SuperweightError, match="could not load 'nobody-here/no-such-model' from the Hugging Face hub"):
+    with pytest.raises(SuperweightError,
+                       match="could not load 'nobody-here/no-such-model' from the Hugging Face hub"):
         load_model("nobody-here/no-such-model", quiet=True)
 
 
