@@ -146,7 +146,8 @@ def plant_super_weight(model: nn.Module, layer: int, row: int, col: int, *, expe
 
     Feature `col` is made large by setting the rows of the projections that produce it (gate and up,
     fc1, fused gate_up, an expert's gate_up; `Adapter.up_projs`):
-    - if they all have a bias: weight row 0, bias b with act(b)·... = input_scale, for every token;
+    - if they all have a bias (GPT-2, GPT-NeoX, OPT): weight rows 0 and biases b = input_scale^(1/n)
+      for n projections, so the feature is act(b) (x b) = input_scale at every token, exactly;
     - otherwise the rows read a direction that every token shares. A random model has none, so one
       is added, once, to every token embedding (a unit vector `u` scaled well above the per-token
       residual); a feature reading `u` plus the channels of earlier-layer planted super activations
