@@ -25,6 +25,7 @@ from superweight.records import SuperWeight
 
 VERIFY_TOKENS = 512  # enough text for a stable perplexity, cheap on a CPU
 VERIFY_THRESHOLD = 3.0  # perplexity ratio that makes a spike a super weight
+VERIFY_CHARS = 6000  # characters of Wikipedia text to take (comfortably more than VERIFY_TOKENS)
 SUPER, SPIKE = "super weight", "spike only"
 
 
@@ -40,14 +41,18 @@ class Verification:
         return self.__dict__.copy()
 
 
-def verification_text() -> tuple[str, str]:
-    """(text, source name): the fetched Wikipedia text if present, else the bundled passage."""
-    try:
-        from superweight.evaluate import load_text  # type: ignore[attr-defined]
+def verification_text(min_chars: int = VERIFY_CHARS) -> tuple[str, str]:
+    """(text, source name): the first Wikipedia articles if fetched, else the bundled passage."""
+    from superweight.evaluate.sources import DOC_SEPARATOR, documents
 
-        return load_text("wiki"), "wiki"
-    except Exception:  # not fetched (or evaluation not installed): fall back to the bundled text
+    try:
+        docs = documents("wiki")
+    except SuperweightError:  # not fetched: `superweight data fetch wiki` makes it available
         return resources.files("superweight").joinpath("data/verify.txt").read_text(), "bundled passage"
+    picked: list[str] = []
+    while docs and sum(map(len, picked)) < min_chars:
+        picked.append(docs.pop(0))
+    return DOC_SEPARATOR.join(picked), "wiki"
 
 
 def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
