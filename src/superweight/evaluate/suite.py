@@ -79,11 +79,7 @@ def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS,
     >>> r = evaluate(load_model(), **QUICK)  # doctest: +SKIP
     >>> r.summary()["average"], r.summary()["wiki_ppl"]  # doctest: +SKIP
     """
-    ppl, tasks = list(dict.fromkeys(ppl or ())), list(tasks or ())
-    if not ppl and not tasks:
-        raise SuperweightError("nothing to evaluate: give perplexity sets and/or tasks")
-    tasks = check_tasks(tasks) if tasks else []
-    _preflight(ppl, tasks, hub)
+    ppl, tasks = preflight(ppl, tasks, hub)
     report = on_event or (_print_event if progress else None)
     config = {"ppl": ppl, "tasks": tasks, "limit": limit, "max_tokens": max_tokens, "seqlen": seqlen,
               "batch_size": batch_size, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
@@ -104,8 +100,12 @@ def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS,
     return result
 
 
-def _preflight(ppl: list[str], tasks: list[str], hub: bool) -> None:
-    """Fail before any model work: unknown names, unfetched or corrupt data."""
+def preflight(ppl: Sequence[str], tasks: Sequence[str], hub: bool = False) -> tuple[list[str], list[str]]:
+    """Fail before any model work (unknown names, unfetched or corrupt data); the checked lists."""
+    ppl, tasks = list(dict.fromkeys(ppl or ())), list(tasks or ())
+    if not ppl and not tasks:
+        raise SuperweightError("nothing to evaluate: give perplexity sets and/or tasks")
+    tasks = check_tasks(tasks) if tasks else []
     for name in ppl:
         if name in sources.SOURCES:
             source = sources.get_source(name, "text")
@@ -119,6 +119,7 @@ def _preflight(ppl: list[str], tasks: list[str], hub: bool) -> None:
     if not hub:
         for name in tasks:
             sources.task_data_file(name)
+    return ppl, tasks
 
 
 def _describe(lm) -> dict:

@@ -1,0 +1,120 @@
+"""`superweight eval` and `superweight data`, run as a user would, through `cli.main`.
+
+The integration tests use the real default model and the real data, fetched once through the same
+fetch code into the user's cache (so only a fresh machine downloads). One CLI run feeds the
+perplexity and accuracy checks, to keep the suite short on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval_helpers import one_thread
+from superweight.cli import main
+
+INTEGRATION_TASKS = ("arc_easy", "piqa")
+INTEGRATION_LIMIT = 12
+INTEGRATION_TOKENS = 512
+INTEGRATION_SEQLEN = 256
+CHANCE = {"arc_easy": 0.25, "piqa": 0.5}
+PLAUSIBLE_PPL = (3.0, 300.0)  # a 135M model on short windows of Wikipedia / web text
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_data_list_on_an_empty_cache(empty_cache, capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "arc_challenge" in out and "winogrande" in out and "superweight data fetch" in out
+    assert main(["data", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"wiki", "c4", "ptb", "lambada"} and not any(r["fetched"] for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--tasks", "nope", "--ppl", "none"], "unknown task 'nope'; known: arc_challenge, arc_easy"),
+    (["eval", "--ppl", "wikitext", "--tasks", "none"], "unknown perplexity dataset 'wikitext'; known: wiki, c4, ptb"),
+    (["eval", "--ppl", "wiki", "--tasks", "none"], "run `superweight data fetch wiki`"),
+    (["eval", "--ppl", "none", "--tasks", "piqa"], "run `superweight data fetch piqa`"),
+    (["eval", "--ppl", "none", "--tasks", "none"], "nothing to evaluate"),
+    (["eval", "--limit", "0"], "--limit must be at least 1"),
+    (["eval", "--ppl", "missing.txt", "--tasks", "none"], "text file 'missing.txt' does not exist"),
+    (["data", "fetch", "wiki,nope"], "unknown data set 'nope'"),
+])
+def test_bad_input_is_one_line_and_exit_2(empty_cache, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_eval_on_a_local_text_file_with_a_too_long_seqlen(tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_text("hello world")
+    assert main(["eval", "--ppl", str(path), "--tasks", "none", "--seqlen", "100000"]) == 2
+    assert "longer than the model's maximum of 8192 positions" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fetched():
+    from superweight.evaluate import fetch
+
+    fetch(("wiki", "c4") + INTEGRATION_TASKS)
+
+
+@pytest.fixture(scope="module")
+def cli_result(fetched, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "result.json"
+    with one_thread():
+        code = main(["eval", "--ppl", "wiki,c4", "--tasks", ",".join(INTEGRATION_TASKS),
+                     "--limit", str(INTEGRATION_LIMIT), "--max-tokens", str(INTEGRATION_TOKENS),
+                     "--seqlen", str(INTEGRATION_SEQLEN), "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.integration
+def test_cli_writes_a_complete_result(cli_result):
+    assert cli_result["kind"] == "eval" and cli_result["model"]["ref"] == "smollm2-135m"
+    assert cli_result["config"]["limit"] == INTEGRATION_LIMIT and cli_result["config"]["hub"] is False
+    assert set(cli_result["summary"]) == {*INTEGRATION_TASKS, "average", "wiki_ppl", "c4_ppl"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("text", ["wiki", "c4"])
+def test_default_model_perplexity_is_plausible(cli_result, text):
+    r = cli_result["perplexity"][text]
+    assert r["windows"] == INTEGRATION_TOKENS // INTEGRATION_SEQLEN and r["seqlen"] == INTEGRATION_SEQLEN
+    assert PLAUSIBLE_PPL[0] < r["ppl"] < PLAUSIBLE_PPL[1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("task", INTEGRATION_TASKS)
+def test_default_model_beats_chance(cli_result, task):
+    r = cli_result["zero_shot"][task]
+    assert r["items"] == INTEGRATION_LIMIT and r["metrics"]["acc"] > CHANCE[task]
+    assert 0 < r["stderr"]["acc"] < 0.5
+
+
+@pytest.mark.integration
+def test_default_model_perplexity_matches_its_own_loss(fetched, default_lm):
+    import math
+
+    import torch
+
+    from superweight.evaluate import perplexity
+    from superweight.evaluate.perplexity import tokenize
+    from superweight.evaluate.sources import text_documents
+
+    with one_thread():
+        r = perplexity(default_lm, "wiki", seqlen=128, max_tokens=128)
+        ids = tokenize(default_lm.tokenizer, text_documents("wiki"), max_tokens=128)[None]
+        with torch.no_grad():
+            loss = float(default_lm.model(input_ids=ids, labels=ids).loss)
+    assert r.windows == 1 and r.ppl == pytest.approx(math.exp(loss), rel=1e-4)
