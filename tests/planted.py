@@ -36,7 +36,8 @@ def planted_model(seed: int = 0, sw: bool = True):
             mlp.up_proj.weight[COL].zero_()
             mlp.gate_proj.weight[COL, D] = 6.0
             mlp.up_proj.weight[COL, D] = 6.0
-            mlp.down_proj.weight[ROW, COL] = SW_VALUE
+            mlp.down_proj.weight[:, COL] = 0.0  # feature COL reaches channel ROW only ...
+            mlp.down_proj.weight[ROW, COL] = SW_VALUE  # ... through the super weight
     return model
 
 

@@ -439,11 +439,12 @@ class EvalSettings:
         return asdict(self)
 
 
-def make_evaluator(settings: EvalSettings) -> Evaluator:
+def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
     """`lm -> summary` through `superweight.evaluate.evaluate` with these settings."""
     def run(lm) -> dict:
         from superweight.evaluate import evaluate
 
         return evaluate(lm, ppl=settings.ppl, tasks=settings.tasks, limit=settings.limit,
-                        max_tokens=settings.max_tokens, seqlen=settings.seqlen).summary()
+                        max_tokens=settings.max_tokens, seqlen=settings.seqlen,
+                        progress=progress).summary()
     return run

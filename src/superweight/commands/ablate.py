@@ -47,20 +47,14 @@ def run(args) -> int:
     if not sws:
         err.print(f"{NO_SUPER_WEIGHT} in {lm.ref} by detection: the table shows Original and Prune "
                   "Non-SW only; give --coords L,R,C or --catalog to ablate known coordinates.")
-    status = err.status("")
-    status.start()
 
     def on_row(condition, row):
         if row is None:
-            status.update(f"Evaluating: {condition}…")
+            err.print(f"[bold]{condition}[/bold]")
         elif row.summary is not None:
             err.print(f"{condition}: done in {row.seconds:.0f} s")
 
-    try:
-        result = ablation_table(lm, sws, make_evaluator(settings), k=args.k, modules=modules,
-                                on_row=on_row)
-    finally:
-        status.stop()
+    result = ablation_table(lm, sws, make_evaluator(settings), k=args.k, modules=modules, on_row=on_row)
     markdown = result.markdown()
     print(markdown)
     payload = result_header("ablate", model=lm.describe(), super_weight_source=source,

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from superweight._io import result_header
-    from superweight.ablation import NO_SUPER_WEIGHT, parse_factors, scale_sweep, make_evaluator
+    from superweight.ablation import NO_SUPER_WEIGHT, make_evaluator, parse_factors, scale_sweep
     from superweight.errors import SuperweightError
     from superweight.report.ablation_plots import plot_scale
 
@@ -41,17 +41,12 @@ def run(args) -> int:
     if not sws:
         raise SuperweightError(f"{NO_SUPER_WEIGHT} in {lm.ref}: nothing to scale; give --coords L,R,C "
                                "or --catalog")
-    status = err.status("")
-    status.start()
 
     def on_factor(f, summary):
         if summary is None:
-            status.update(f"Evaluating with the super weights × {f:g}…")
+            err.print(f"[bold]Super weights × {f:g}[/bold]")
 
-    try:
-        result = scale_sweep(lm, sws, factors, make_evaluator(settings), on_factor=on_factor)
-    finally:
-        status.stop()
+    result = scale_sweep(lm, sws, factors, make_evaluator(settings), on_factor=on_factor)
     markdown = result.markdown()
     print(markdown)
     out.print(f"Best factor by {result.best_by}: × {result.best:g}")

@@ -1,0 +1,142 @@
+"""`superweight ablate / stopwords / scale` as a user runs them, on tiny planted models saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planted import save_planted
+from superweight.cli import main
+
+TEXT = "The cat sat on the mat. It was a sunny day, and the birds sang in the trees. " * 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread is faster, and much faster on a busy shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate-cli")
+    text = root / "tiny.txt"
+    text.write_text(TEXT + "\n")
+    return {"sw": str(save_planted(root / "sw")), "nosw": str(save_planted(root / "nosw", sw=False)),
+            "text": str(text), "root": root}
+
+
+def fast(models) -> list[str]:
+    return ["--tasks", "none", "--ppl", models["text"], "--seqlen", "64"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ablate_writes_markdown_json_and_png(models, capsys, tmp_path):
+    code, out, err = run(["ablate", models["sw"], "--coords", "2,17,45", "-k", "50", *fast(models),
+                          "--out", str(tmp_path / "res")], capsys)
+    assert code == 0, err
+    assert "Super weights (--coords): (2, 17, 45)" in out
+    for condition in ("Original", "Prune SW", "Prune Non-SW", "Prune SW + restore SA"):
+        assert f"| {condition} |" in out
+    md = (tmp_path / "res" / "ablation.md").read_text()
+    assert md.strip() in out
+    payload = json.loads((tmp_path / "res" / "ablation.json").read_text())
+    assert payload["kind"] == "ablate" and payload["k"] == 50 and payload["schema_version"] >= 1
+    assert payload["model"]["weights_sha256"] and payload["evaluation"]["seqlen"] == 64
+    assert [r["condition"] for r in payload["rows"]][0] == "Original"
+    assert all(r["summary"]["tiny_ppl"] > 1 for r in payload["rows"])
+    assert (tmp_path / "res" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablate_detects_the_planted_super_weight(models, capsys):
+    code, out, err = run(["ablate", models["sw"], "-k", "10", *fast(models)], capsys)
+    assert code == 0, err
+    assert "Super weights (detection): (2, 17, 45)" in out
+
+
+def test_ablate_without_a_super_weight_still_shows_original(models, capsys, tmp_path):
+    code, out, err = run(["ablate", models["nosw"], "-k", "10", *fast(models), "--out", str(tmp_path)],
+                         capsys)
+    assert code == 0, err
+    assert "no super weight found" in err and "--coords" in err
+    original = next(line for line in out.splitlines() if line.startswith("| Original |"))
+    assert "—" not in original
+    assert "| Prune SW | — (no super weight found) |" in out
+    assert json.loads((tmp_path / "ablation.json").read_text())["super_weights"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablate", "--coords", "2,64,45"], "outside the down projection of layer 2, which is 64 x 128"),
+    (["ablate", "--coords", "9,1,1"], "layer 9 out of range"),
+    (["ablate", "--coords", "2,17"], "is not L,R,C"),
+    (["ablate", "--coords", "a,b,c"], "is not L,R,C"),
+    (["ablate", "-k", "100000000"], "is larger than the"),
+    (["ablate", "-k", "0"], "K must be a positive"),
+    (["ablate", "--non-sw-modules", "*.nothing"], "no decoder linear layer matches"),
+    (["ablate", "--tasks", "nosuchtask"], "nosuchtask"),
+    (["scale", "--factors", "0,x,2"], "scaling factor 'x' is not a valid float"),
+    (["scale", "--factors", "1,nan"], "not a finite number"),
+    (["scale", "--factors", ","], "no scaling factor given"),
+])
+def test_bad_inputs_are_one_line_errors_and_write_nothing(models, capsys, tmp_path, argv, message):
+    command, rest = argv[0], argv[1:]
+    code, out, err = run([command, models["sw"], *fast(models), *rest, "--out", str(tmp_path / "o")],
+                         capsys)
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_must_be_a_folder(models, capsys, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run(["scale", models["sw"], "--coords", "2,17,45", "--factors", "1", *fast(models),
+                        "--out", str(target)], capsys)
+    assert code == 2 and "is not a folder" in err and target.read_text() == "x"
+
+
+def test_scale_marks_the_best_factor(models, capsys, tmp_path):
+    code, out, err = run(["scale", models["sw"], "--coords", "2,17,45", "--factors", "0,1,2",
+                          *fast(models), "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "| × 1 (original) |" in out.replace(" (best)", "") and "(best)" in out
+    assert "Best factor by tiny_ppl" in out
+    payload = json.loads((tmp_path / "scale.json").read_text())
+    assert payload["factors"] == [0.0, 1.0, 2.0] and payload["best_factor"] in (0.0, 1.0, 2.0)
+    assert (tmp_path / "scale.png").is_file()
+
+
+def test_scale_and_stopwords_need_a_super_weight(models, capsys):
+    code, _, err = run(["scale", models["nosw"], "--factors", "1", *fast(models)], capsys)
+    assert code == 2 and "no super weight found" in err
+    code, _, err = run(["stopwords", models["nosw"], "-n", "2"], capsys)
+    assert code == 2 and ("no super weight found" in err or "superweight data fetch" in err)
+
+
+def test_stopwords_on_lambada(models, capsys, tmp_path):
+    from superweight.errors import SuperweightError
+    from superweight.evaluate import lambada_passages
+
+    try:
+        lambada_passages(1)
+    except SuperweightError:
+        pytest.skip("LAMBADA not fetched (superweight data fetch)")
+    code, out, err = run(["stopwords", models["sw"], "--coords", "2,17,45", "-n", "6", "--top", "3",
+                          "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "over 6 LAMBADA passages" in out and "| punctuation |" in out
+    payload = json.loads((tmp_path / "stopwords.json").read_text())
+    assert payload["kind"] == "stopwords" and len(payload["rising"]) == 3
+    assert (tmp_path / "stopwords.png").is_file()
