@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+CORES = max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """One thread for tiny models (dominated by thread start-up), all cores for the real model."""
+    torch.set_num_threads(CORES if request.node.get_closest_marker("integration") else 1)
+    yield
 
 
 @pytest.fixture(scope="session")

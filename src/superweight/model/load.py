@@ -124,9 +124,11 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
             raise SuperweightError(
                 f"model {ref!r} not found: not a built-in alias ({', '.join(ALIASES)}), "
                 "not an existing path, not a hub id of the form org/name")
-        model, tok = _from_pretrained(str(path) if path else ref, DTYPES[dtype], trust_remote_code, kind)
+        source = str(path) if path else ref
+        adapter = adapter_for(_config(source, trust_remote_code, kind).model_type, layers, down_proj)
+        model, tok = _from_pretrained(source, DTYPES[dtype], trust_remote_code, kind)
     model.to(device).eval()
-    view = ModelView(model, adapter_for(model.config.model_type, layers, down_proj))
+    view = ModelView(model, adapter)
     files = sorted(path.glob("*.safetensors")) if path else []
     model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
     return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id)
@@ -168,6 +170,22 @@ def _local_dir(path: Path) -> Path:
     return path
 
 
+def _load_error(ref: str, kind: str, e: Exception) -> SuperweightError:
+    where = "from the Hugging Face hub (no network, or no such model?)" if kind == "hub" else f"from {ref!r}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SuperweightError(f"could not load {ref!r} {where}: {first}")
+
+
+def _config(ref: str, trust_remote_code: bool, kind: str):
+    """The model's config alone, so that an unsupported architecture is refused before its weights load."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises many types for unreadable or foreign configs
+        raise _load_error(ref, kind, e) from e
+
+
 def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,10 +193,8 @@ def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
         tok = AutoTokenizer.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        where = "from the Hugging Face hub (no network, or no such model?)" if kind == "hub" else f"from {ref!r}"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SuperweightError(f"could not load {ref!r} {where}: {first}") from e
+    except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as e:
+        raise _load_error(ref, kind, e) from e
     return model, tok
 
 
