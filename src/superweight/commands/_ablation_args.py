@@ -27,10 +27,22 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="zero-shot tasks, comma-separated, or 'none' (default: the paper's seven)")
     p.add_argument("--ppl", metavar="S1,S2", help="perplexity texts (wiki, c4, ptb, or a .txt/.jsonl "
                    "file), comma-separated, or 'none' (default: wiki,c4)")
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="items per zero-shot task")
-    p.add_argument("--max-tokens", type=_positive_int, metavar="N", help="tokens of each perplexity text")
-    p.add_argument("--seqlen", type=_positive_int, metavar="N",
+    p.add_argument("--limit", type=positive_int, metavar="N", help="items per zero-shot task")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N", help="tokens of each perplexity text")
+    p.add_argument("--seqlen", type=positive_int, metavar="N",
                    help="perplexity window (default 2048, capped by the model's context)")
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
+
+
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -38,7 +50,7 @@ def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"write {what}.md, {what}.json and {what}.png into this folder")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -76,10 +88,10 @@ def settings_from_args(args):
     base = quick_settings() if args.quick else EvalSettings()
     tasks = base.tasks if args.tasks is None else _names(args.tasks)
     ppl = base.ppl if args.ppl is None else _names(args.ppl)
-    if tasks:
-        from superweight.evaluate.zeroshot import check_tasks
+    if tasks or ppl:
+        from superweight.evaluate.suite import preflight
 
-        tasks = tuple(check_tasks(tasks))
+        ppl, tasks = map(tuple, preflight(ppl, tasks))  # unknown names, unfetched data: fail now
     return EvalSettings(tasks=tasks, ppl=ppl,
                         limit=args.limit if args.limit is not None else base.limit,
                         max_tokens=args.max_tokens if args.max_tokens is not None else base.max_tokens,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (add_eval_args, add_out_arg, add_super_weight_args,
-                                                 describe_super_weights, parse_coords,
-                                                 settings_from_args, super_weights_from_args,
-                                                 write_outputs)
+from superweight.commands._ablation_args import (
+    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
+    describe_super_weights, parse_coords, settings_from_args, super_weights_from_args,
+    write_outputs)
 from superweight.commands._common import add_model_args, console, load_from_args
 
 
@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--non-sw-modules", metavar="GLOB[,GLOB]",
                    help="restrict 'Prune Non-SW' to decoder linears matching these globs "
                         "(e.g. '*.mlp.down_proj'; default: every linear layer of the decoder)")
+    add_threads_arg(p)
     add_out_arg(p, "ablation")
     p.set_defaults(func=run)
 
@@ -40,6 +41,7 @@ def run(args) -> int:
     if args.k < 1:
         raise SuperweightError(f"K must be a positive whole number of weights, got {args.k}")
     modules = [m.strip() for m in args.non_sw_modules.split(",") if m.strip()] if args.non_sw_modules else None
+    apply_threads(args)
     out, err = console(), console(stderr=True)
     lm = load_from_args(args)
     sws, source = super_weights_from_args(lm, args, err)

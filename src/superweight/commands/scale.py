@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (add_eval_args, add_out_arg, add_super_weight_args,
-                                                 describe_super_weights, parse_coords,
-                                                 settings_from_args, super_weights_from_args,
-                                                 write_outputs)
+from superweight.commands._ablation_args import (
+    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
+    describe_super_weights, parse_coords, settings_from_args, super_weights_from_args,
+    write_outputs)
 from superweight.commands._common import add_model_args, console, load_from_args, parse_list
 
 DEFAULT_FACTORS = "0,0.5,1,1.5,2,3"
@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--factors", default=DEFAULT_FACTORS, metavar="F1,F2",
                    help=f"scaling factors, comma-separated (default {DEFAULT_FACTORS})")
     add_eval_args(p)
+    add_threads_arg(p)
     add_out_arg(p, "scale")
     p.set_defaults(func=run)
 
@@ -34,6 +35,7 @@ def run(args) -> int:
     settings = settings_from_args(args)
     if args.coords:
         parse_coords(args.coords)
+    apply_threads(args)
     out, err = console(), console(stderr=True)
     lm = load_from_args(args)
     sws, source = super_weights_from_args(lm, args, err)

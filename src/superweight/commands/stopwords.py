@@ -3,9 +3,9 @@ next-token distribution (stopwords and punctuation gain, meaningful tokens lose)
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (_positive_int, add_out_arg, add_super_weight_args,
-                                                 describe_super_weights, parse_coords,
-                                                 super_weights_from_args, write_outputs)
+from superweight.commands._ablation_args import (
+    positive_int, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
+    describe_super_weights, parse_coords, super_weights_from_args, write_outputs)
 from superweight.commands._common import add_model_args, console, load_from_args
 
 
@@ -17,11 +17,12 @@ def register(sub) -> None:
                                    "total for English stopwords and punctuation.")
     add_model_args(p)
     add_super_weight_args(p)
-    p.add_argument("-n", "--passages", type=_positive_int, default=500, metavar="N",
+    p.add_argument("-n", "--passages", type=positive_int, default=500, metavar="N",
                    help="LAMBADA passages to average over (default 500)")
-    p.add_argument("--top", type=_positive_int, default=10, metavar="N",
+    p.add_argument("--top", type=positive_int, default=10, metavar="N",
                    help="tokens to list rising and falling (default 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    add_threads_arg(p)
     add_out_arg(p, "stopwords")
     p.set_defaults(func=run)
 
@@ -36,6 +37,7 @@ def run(args) -> int:
     if args.coords:
         parse_coords(args.coords)
     passages = lambada_passages(args.passages)  # before the load: says how to fetch the data
+    apply_threads(args)
     out, err = console(), console(stderr=True)
     lm = load_from_args(args)
     sws, source = super_weights_from_args(lm, args, err)
