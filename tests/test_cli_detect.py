@@ -82,3 +82,9 @@ def test_catalog_list_show_add(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "c.json").read_text())["entries"][0]["super_weights"] == [[1, 2, 3], [4, 5, 6]]
     assert main(["catalog", "add", "me/m", "1,2"]) == 2
     assert main(["catalog", "show", "meta-llama/Llama-2"]) == 2
+
+
+def test_detect_in_bfloat16(model_dir, capsys):
+    assert main(["detect", str(model_dir), "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16" in out and "(2, 7, 11)" in out
