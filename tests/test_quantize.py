@@ -325,3 +325,77 @@ def test_check_refuses_different_architectures_and_shapes(planted):
     shallow = wrap_model(tiny_model("llama", num_layers=4), tiny_tokenizer())
     with pytest.raises(SuperweightError, match="different depths"):
         check_models(lm, shallow, [sw])
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, match", [
+    (["--bits", "1"], "bits must be an integer from 2 to 8"),
+    (["--bits", "9"], "bits must be an integer from 2 to 8"),
+    (["--bits", "four"], "bits must be"),
+    (["--block", "0"], "block size must be a positive integer"),
+    (["--block", "-64"], "block size must be a positive integer"),
+    (["--block", "1.5"], "block size must be a positive integer"),
+    (["--sweep", "128,0"], "block size must be a positive integer"),
+    (["--z", "0"], "z must be a positive number"),
+    (["--z", "-3"], "z must be a positive number"),
+    (["--method", "hqq", "--bits", "7"], "hqq supports bits"),
+    (["--bits", "4,3"], "several --bits need --sweep"),
+    (["--keep", "1,2"], "--keep takes LAYER,ROW,COL"),
+])
+def test_cli_bad_inputs_fail_before_loading(argv, match, capsys):
+    from superweight.cli import main
+
+    assert main(["quantize", "/nonexistent/model", "--no-eval", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+def test_cli_save_refuses_non_empty_dir(tmp_path, capsys):
+    from superweight.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["quantize", "/nonexistent/model", "--no-eval", "--save", str(tmp_path / "out")]) == 2
+    assert "not empty; add --force" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def _save_tiny(path, model_type="llama", **overrides):
+    model = tiny_model(model_type, **overrides)
+    if model_type == "llama" and not overrides:
+        plant_super_weight(model, layer=LAYER, row=ROW, col=COL, weight=SW_WEIGHT)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def test_cli_save_then_check(tmp_path, capsys):
+    from superweight.cli import main
+
+    src = _save_tiny(tmp_path / "orig")
+    out = tmp_path / "q"
+    keep = f"{LAYER},{ROW},{COL}"
+    assert main(["quantize", src, "--no-eval", "--method", "superweight", "--bits", "8", "--block", "64",
+                 "--keep", keep, "--save", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest["config"]["bits"] == 8 and manifest["super_weights_kept"][0]["col"] == COL
+    assert (out / "model.safetensors").is_file() and (out / MANIFEST_NAME).is_file()
+    assert main(["check", src, str(out), "--keep", keep, "--json", str(tmp_path / "c.json")]) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert rows[0]["rel_error"] == 0 and rows[0]["survives"]
+    capsys.readouterr()
+    assert main(["quantize", src, "--no-eval", "--save", src, "--force"]) == 2  # never into the model
+    assert "model's own files" in capsys.readouterr().err
+
+
+def test_cli_check_refuses_other_architecture_and_shape(tmp_path, capsys):
+    from superweight.cli import main
+
+    src = _save_tiny(tmp_path / "llama")
+    keep = f"{LAYER},{ROW},{COL}"
+    assert main(["check", src, _save_tiny(tmp_path / "gpt2", "gpt2"), "--keep", keep]) == 2
+    assert "different architectures" in capsys.readouterr().err
+    assert main(["check", src, _save_tiny(tmp_path / "wide", "llama", intermediate_size=96),
+                 "--keep", keep]) == 2
+    assert "different shapes" in capsys.readouterr().err

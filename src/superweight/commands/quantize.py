@@ -199,7 +199,7 @@ def _run_single(lm, args, config, sws, evaluate, payload):
         rows.append(row)
         if args.save:
             kept = [{"layer": s.layer, "row": s.row, "col": s.col, "expert": s.expert,
-                     "value": float(lm.view.down_proj(s.layer, s.expert).matrix()[s.row, s.col])}
+                     "value": float(lm.view.down_proj(s.layer, s.expert).matrix()[s.row, s.col].detach())}
                     for s in report.super_weights] if config.method == "superweight" else []
             manifest = {"config": config.to_dict(), "super_weights_kept": kept,
                         "summary": report.summary(), "metrics": row.metrics}

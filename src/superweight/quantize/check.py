@@ -89,8 +89,8 @@ def check_models(original: LoadedModel, other: LoadedModel,
     act_b = channel_activations(other, ids, sws)
     rows = []
     for sw in sws:
-        a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col])
-        b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col])
+        a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
+        b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         key = (sw.layer, sw.row, sw.expert)
         ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
         ratio = yb / ya if ya else float("nan")
