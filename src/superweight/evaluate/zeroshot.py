@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import tempfile
@@ -86,7 +87,7 @@ def zero_shot(lm, tasks: Sequence[str] = TASKS, *, limit: int | None = None,
     files = {} if hub else _data_files(tasks, data_files or {})
     with _quiet(progress), tempfile.TemporaryDirectory(prefix="superweight-tasks-") as tmp:
         manager = _task_manager(files, Path(tmp), hub)
-        harness = _harness(lm, batch_size)
+        harness = _harness(lm, batch_size, progress)
         results = {}
         for i, name in enumerate(tasks):
             if on_task:
@@ -134,16 +135,21 @@ def _overlay_yaml(source: sources.Source, path: Path) -> str:
     return yaml.safe_dump(overlay, sort_keys=False)
 
 
-def _harness(lm, batch_size: int):
+def _harness(lm, batch_size: int, progress: bool):
     """lm-eval's HFLM around the very model object (no copy, no reload) and a copy of its tokenizer.
 
-    The tokenizer is copied because HFLM sets a pad token on the one it is given.
+    The tokenizer is copied because HFLM sets a pad token on the one it is given. Without progress,
+    the scoring calls get lm-eval's own `disable_tqdm=True`.
     """
     from lm_eval.models.huggingface import HFLM
 
     if lm.tokenizer is None:
         raise SuperweightError("zero-shot evaluation needs the model's tokenizer")
-    return HFLM(pretrained=lm.model, tokenizer=copy.deepcopy(lm.tokenizer), batch_size=batch_size)
+    harness = HFLM(pretrained=lm.model, tokenizer=copy.deepcopy(lm.tokenizer), batch_size=batch_size)
+    if not progress:
+        for method in ("loglikelihood", "loglikelihood_rolling"):
+            setattr(harness, method, functools.partial(getattr(harness, method), disable_tqdm=True))
+    return harness
 
 
 def _run_task(harness, manager, name: str, path: Path | None, limit: int | None, hub: bool) -> TaskResult:
@@ -192,21 +198,20 @@ def _sha(path: Path | None) -> str | None:
 
 @contextlib.contextmanager
 def _quiet(progress: bool) -> Iterator[None]:
-    """Keep lm-eval's INFO chatter off the terminal; hide its progress bars unless asked for."""
+    """Keep lm-eval's INFO chatter off the terminal; hide the datasets progress bars unless asked for."""
     loggers = [logging.getLogger(n) for n in QUIET_LOGGERS]
     levels = [lg.level for lg in loggers]
-    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_DATASETS_OFFLINE")}
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     if not progress:
-        os.environ["TQDM_DISABLE"] = "1"
+        datasets.disable_progress_bars()
     try:
         yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if bars:
+            datasets.enable_progress_bars()
