@@ -189,3 +189,19 @@ def test_evaluate_reports_progress_and_fails_fast(lm, fake_cache, tmp_path):
         evaluate(lm, ppl=("wiki",), tasks=("piqa",), on_event=lambda *e: pytest.fail("ran before checking"))
     with pytest.raises(SuperweightError, match="nothing to evaluate"):
         evaluate(lm, ppl=(), tasks=())
+
+
+def test_evaluate_is_deterministic(lm, fake_cache):
+    runs = [evaluate(lm, ppl=("wiki",), tasks=("lambada",), limit=3, seqlen=64, progress=False).summary()
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_quick_preset_fits_the_entry_point():
+    import inspect
+
+    from superweight.evaluate import QUICK, TASKS
+
+    inspect.signature(evaluate).bind(object(), **QUICK)
+    assert QUICK["tasks"] == TASKS and QUICK["ppl"] == ("wiki", "c4")
+    assert QUICK["limit"] and QUICK["max_tokens"]
