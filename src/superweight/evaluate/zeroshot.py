@@ -165,8 +165,9 @@ def _run_task(harness, manager, name: str, path: Path | None, limit: int | None,
                                       fewshot_random_seed=SEED)
     except (ConnectionError, OSError) as e:
         where = f"the hub ({source.hub.path})" if hub else str(path)
+        hint = f"; offline, run `{sources.FETCH_COMMAND} {name}` and leave out --hub" if hub else ""
         raise SuperweightError(f"could not load data for task {name!r} from {where}: "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}") from e
     return _task_result(name, task, out, time.perf_counter() - start, path, hub, source)
 
 
