@@ -15,9 +15,9 @@ here (`perplexity`), zero-shot accuracy is delegated to lm-evaluation-harness (`
 from superweight.evaluate.perplexity import DEFAULT_SEQLEN, PerplexityResult, perplexity
 from superweight.evaluate.sources import (SOURCES, TASK_SOURCES, TEXT_SOURCES, fetch, lambada_passages,
                                          load_text)
-from superweight.evaluate.suite import DEFAULT_PPL, QUICK, EvalResult, evaluate
+from superweight.evaluate.suite import DEFAULT_PPL, QUICK, EvalResult, evaluate, preflight
 from superweight.evaluate.zeroshot import TASKS, TaskResult, zero_shot
 
-__all__ = ["evaluate", "perplexity", "zero_shot", "lambada_passages", "load_text", "fetch", "EvalResult",
+__all__ = ["evaluate", "preflight", "perplexity", "zero_shot", "lambada_passages", "load_text", "fetch", "EvalResult",
            "PerplexityResult", "TaskResult", "QUICK", "TASKS", "DEFAULT_PPL", "DEFAULT_SEQLEN",
            "SOURCES", "TEXT_SOURCES", "TASK_SOURCES"]
