@@ -200,7 +200,7 @@ def test_sweep_rows_and_plot(planted, tmp_path):
         with torch.inference_mode():
             return {"loss": float(m.model(ids, labels=ids).loss)}
 
-    rows = weight_sweep(lm, evaluate, bits=[3], blocks=[64, BIG_BLOCK], super_weights=[sw])
+    rows = weight_sweep(lm, evaluate, bits=[3], blocks=[64, BIG_BLOCK], z=3.0, super_weights=[sw])
     assert [(r.method, r.block) for r in rows] == [(m, b) for b in (64, BIG_BLOCK)
                                                    for m in ("rtn", "rtn-clip", "superweight")]
     assert [r.quant["kept"] for r in rows] == [0, 0, 1, 0, 0, 1]

@@ -36,3 +36,14 @@ def test_clipping_alone_destroys_it(default_lm, copy_lm):
     with quantized(copy_lm, RTNClipConfig(bits=4, block=16384, z=3)):
         rows = check_models(default_lm, copy_lm, SUPER_WEIGHTS[:1])
     assert rows[0].rel_error > 0.5 and not rows[0].survives
+
+
+def test_w4_block32_rtn_reproduces_the_q4_1_gguf_exactly(default_lm):
+    """The default model ships as llama.cpp Q4_1 (4 bits, 32-entry blocks, scale and minimum): our
+    min-max RTN with 2^4 − 1 steps over the same blocks lands on exactly the same grid (the paper
+    text's 2^(N−1) − 1 steps would not)."""
+    from superweight.tensor.quant import fake_quantize
+
+    w = default_lm.view.down_proj(11).matrix().detach()
+    assert torch.equal(fake_quantize(w, 4, "block", 32), w)
+    assert not torch.equal(fake_quantize(w, 3, "block", 32), w)

@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="when the size does not divide: a shorter last block, or an error (default ragged)")
     p.add_argument("--method", default="superweight", choices=METHOD_CHOICES,
                    help="rtn, rtn-clip (clipping alone), superweight (clip + restore), hqq (default superweight)")
-    p.add_argument("--z", default="3", metavar="Z", help="z-score clipping threshold per block (default 3)")
+    p.add_argument("--z", default="10", metavar="Z", help="z-score clipping threshold per block (default 10)")
     p.add_argument("--keep", action="append", metavar="L,R,C",
                    help="super weight to keep (repeatable; default: detected)")
     p.add_argument("--keep-late", action="store_true",
@@ -173,8 +173,8 @@ def _super_weights(lm, args, keep, methods):
 
         check_coords(lm.view, keep)
         return keep
-    if "superweight" not in methods and not args.w8a8:
-        return []
+    if "superweight" not in methods or args.w8a8:
+        return []  # W8A8's super-activation plan runs detection itself (early and late spikes)
     from superweight.detect import detect
 
     with console(stderr=True).status("Detecting super weights…"):
@@ -190,10 +190,8 @@ def _run_single(lm, args, config, sws, evaluate, payload):
     from superweight.quantize.weights import quantized
 
     rows = [baseline(lm, evaluate)] if evaluate else []
-    with console(stderr=True).status(f"Quantizing ({config.label()})…"):
-        ctx = quantized(lm, config, sws)
-        report = ctx.__enter__()
-    try:
+    eprint(f"quantizing ({config.label()})…")
+    with quantized(lm, config, sws) as report:
         row = Row(config.method, config.bits, config.block, evaluate(lm) if evaluate else {},
                   report.summary())
         rows.append(row)
@@ -205,8 +203,6 @@ def _run_single(lm, args, config, sws, evaluate, payload):
                         "summary": report.summary(), "metrics": row.metrics}
             out = save_checkpoint(lm, args.save, manifest, force=args.force)
             eprint(f"saved the quantized model to {out}")
-    finally:
-        ctx.__exit__(None, None, None)
     payload["report"] = report.to_dict()
     _render(rows, f"{config.label()} on {lm.ref}")
     return rows

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from superweight.errors import SuperweightError
 from superweight.model.load import LoadedModel
 from superweight.quantize.w8a8 import W8A8_METHODS, fake_w8a8
+from superweight.quantize.rtn_clip import DEFAULT_Z
 from superweight.quantize.weights import quantized
 from superweight.records import SuperWeight
 
@@ -42,7 +43,7 @@ def baseline(lm: LoadedModel, evaluate: Evaluator) -> Row:
 
 
 def weight_sweep(lm: LoadedModel, evaluate: Evaluator, bits: Sequence[int], blocks: Sequence[int],
-                 methods: Sequence[str] = SWEEP_METHODS, z: float = 3.0, granularity: str = "block",
+                 methods: Sequence[str] = SWEEP_METHODS, z: float = DEFAULT_Z, granularity: str = "block",
                  tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
                  on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Evaluate every method × bits × block size; the model is restored after each."""

@@ -94,9 +94,11 @@ def quantize_input(x: torch.Tensor, config: W8A8Config, plan: LinearPlan) -> tor
 
 def _pre_hook(config: W8A8Config, plan: LinearPlan):
     def hook(module, args, kwargs):
-        if not args:
-            return None
-        return (quantize_input(args[0], config, plan), *args[1:]), kwargs
+        if args:
+            return (quantize_input(args[0], config, plan), *args[1:]), kwargs
+        if "input" in kwargs:  # F.linear's name, should a model pass it by keyword
+            return args, {**kwargs, "input": quantize_input(kwargs["input"], config, plan)}
+        raise RuntimeError(f"{type(module).__name__} was called without an input to quantize")
     return hook
 
 
