@@ -48,12 +48,13 @@ def _render(rows, args) -> None:
     from rich.table import Table
 
     t = Table(title=f"super weights of {args.original} in {args.other}")
-    for col in ("super weight", "original", "other", "rel. error", "activation (orig)",
-                "activation (other)", "ratio", "survives"):
+    for col in ("super weight", "original", "other", "rel. error", "input spike (orig)",
+                "input spike (other)", "activation (orig)", "activation (other)", "ratio", "survives"):
         t.add_column(col, justify="right")
     for r in rows:
         e = f", {r.expert}" if r.expert is not None else ""
         t.add_row(f"({r.layer}, {r.row}, {r.col}{e})", f"{r.original:.6g}", f"{r.other:.6g}",
-                  f"{r.rel_error:.2%}", f"{r.activation_original:.5g}", f"{r.activation_other:.5g}",
+                  f"{r.rel_error:.2%}", f"{r.input_original:.5g}", f"{r.input_other:.5g}",
+                  f"{r.activation_original:.5g}", f"{r.activation_other:.5g}",
                   f"{r.activation_ratio:.3f}", "yes" if r.survives else "NO")
     console().print(t)

@@ -34,6 +34,8 @@ class CheckRow:
     activation_other: float
     activation_ratio: float  # other / original (negative: the sign flipped)
     survives: bool
+    input_original: float = 0.0  # signed down-projection input of largest |value| on feature `col`
+    input_other: float = 0.0  # (the spike the super weight multiplies; made by gate/up and earlier layers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,19 +56,25 @@ def check_compatible(a: LoadedModel, b: LoadedModel) -> None:
         raise SuperweightError("different layer structure: the two models' linear layers differ")
 
 
+def _signed_max(t: torch.Tensor) -> float:
+    return float(t[t.abs().argmax()]) if t.numel() else 0.0
+
+
 def channel_activations(lm: LoadedModel, ids: torch.Tensor, coords: Sequence[SuperWeight]) -> dict:
-    """{(layer, row, expert): signed down-projection output of largest |value| on channel `row`}."""
-    wanted = {(s.layer, s.row, s.expert) for s in coords}
+    """{("out", layer, row, expert): signed down-projection output of largest |value| on channel
+    `row`; ("in", layer, col, expert): the same for its input feature `col`}."""
+    wanted = {(s.layer, s.row, s.col, s.expert) for s in coords}
     out: dict = {}
 
+    def keep_max(key, v):
+        if key not in out or abs(v) > abs(out[key]):
+            out[key] = v
+
     def on_down(proj, x, y, positions):
-        for layer, row, expert in wanted:
+        for layer, row, col, expert in wanted:
             if layer == proj.layer and expert == proj.expert:
-                col = y[:, row]  # [tokens]
-                v = float(col[col.abs().argmax()]) if col.numel() else 0.0
-                key = (layer, row, expert)
-                if key not in out or abs(v) > abs(out[key]):
-                    out[key] = v
+                keep_max(("out", layer, row, expert), _signed_max(y[:, row]))  # y: [tokens, hidden]
+                keep_max(("in", layer, col, expert), _signed_max(x[:, col]))  # x: [tokens, inter]
 
     with observe_down_projs(lm.view, on_down, layers=sorted({s.layer for s in coords})), torch.inference_mode():
         lm.model(ids.to(lm.device))
@@ -91,10 +99,10 @@ def check_models(original: LoadedModel, other: LoadedModel,
     for sw in sws:
         a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
-        key = (sw.layer, sw.row, sw.expert)
+        key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
         ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
         ratio = yb / ya if ya else float("nan")
         rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
                              abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
-                             bool(ratio >= SURVIVE_RATIO)))
+                             bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0)))
     return rows
