@@ -258,7 +258,7 @@ def _metrics(rows) -> list[str]:
 def _progress(row) -> None:
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in row.metrics.items() if isinstance(v, (int, float)))
     eprint(f"  {row.method} W{row.bits} block {row.block}: {shown or row.metrics} ({row.seconds:.0f}s)"
-           if row.bits else f"  {row.method}: {shown} ({row.seconds:.0f}s)")
+           if row.block else f"  {row.method}: {shown or row.metrics} ({row.seconds:.0f}s)")
 
 
 def _fmt(v) -> str:
