@@ -165,3 +165,15 @@ def test_stopword_helpers():
 def test_eval_settings_are_validated(kw, match):
     with pytest.raises(SuperweightError, match=match):
         EvalSettings(**kw)
+
+
+def test_best_factor_breaks_ties_by_perplexity_then_closeness_to_one():
+    from superweight.ablation import ScaleResult
+
+    same = {"average": 0.6}
+    r = ScaleResult([0.5, 1.0, 1.5, 3.0], [{**same, "wiki_ppl": 17.7}, {**same, "wiki_ppl": 13.57},
+                                          {**same, "wiki_ppl": 13.41}, {**same, "wiki_ppl": 13.62}],
+                    [], "average")
+    assert r.best == 1.5
+    r = ScaleResult([0.0, 1.0, 2.0], [{"average": 0.6}] * 3, [], "average")
+    assert r.best == 1.0

@@ -201,10 +201,19 @@ class ScaleResult:
 
     @property
     def best(self) -> float:
-        values = [s.get(self.best_by) for s in self.summaries]
-        pick = max if self.best_by == "average" else min
-        i = values.index(pick(v for v in values if v is not None))
-        return self.factors[i]
+        """The best factor: highest average accuracy (ties: lowest perplexity, then closest to 1),
+        or lowest perplexity when no task was run."""
+        ppl = next((k for k in self.columns() if k.endswith("_ppl")), None)
+
+        def key(i: int) -> tuple:
+            s = self.summaries[i]
+            if self.best_by == "average":
+                primary = -s.get("average", -math.inf)
+            else:
+                primary = s.get(self.best_by, math.inf)
+            tie = s.get(ppl, math.inf) if ppl else math.inf
+            return (primary, tie, abs(self.factors[i] - 1.0))
+        return self.factors[min(range(len(self.factors)), key=key)]
 
     def columns(self) -> list[str]:
         keys: list[str] = []

@@ -98,6 +98,6 @@ def plot_scale(result, title: str, path: str | Path) -> Path:
     if twin is not ax:
         h2 = twin.get_legend_handles_labels()
         handles = (handles[0] + h2[0], handles[1] + h2[1])
-    ax.legend(*handles, fontsize=8, loc="lower center")
+    ax.legend(*handles, fontsize=8, loc="center right")
     fig.suptitle(title, fontsize=10)
     return save_png(fig, path)
