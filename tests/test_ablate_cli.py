@@ -85,6 +85,7 @@ def test_ablate_without_a_super_weight_still_shows_original(models, capsys, tmp_
     (["ablate", "-k", "0"], "K must be a positive"),
     (["ablate", "--non-sw-modules", "*.nothing"], "no decoder linear layer matches"),
     (["ablate", "--tasks", "nosuchtask"], "nosuchtask"),
+    (["ablate", "--catalog"], "the catalog has no entry"),
     (["scale", "--factors", "0,x,2"], "scaling factor 'x' is not a valid float"),
     (["scale", "--factors", "1,nan"], "not a finite number"),
     (["scale", "--factors", ","], "no scaling factor given"),
@@ -97,6 +98,14 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(models, capsys, tmp_pa
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["ablate", "--threads", "0"], ["stopwords", "-n", "0"],
+                                  ["ablate", "--limit", "x"], ["ablate", "--coords", "1,1,1", "--catalog"]])
+def test_malformed_flags_are_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 def test_out_must_be_a_folder(models, capsys, tmp_path):
