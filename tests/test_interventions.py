@@ -255,3 +255,34 @@ def test_measure_super_activations_fills_the_records(lm):
     (rec,) = measure_super_activations(lm, [(LAYER, ROW, COL)])
     assert rec.coord == (LAYER, ROW, COL) and rec.value == SW_VALUE and rec.position == 0
     assert rec.output_value > 1e4 and rec.input_value > 1e3
+
+
+def test_gpt2_conv1d_layout_exclusion_and_restore():
+    """GPT-2 stores down projections transposed (Conv1D [in, out]); coordinates stay W[row=out, col=in]."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from superweight.model import wrap_model
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=2, n_positions=64)).eval()
+    lm = wrap_model(model)
+    sw = SuperWeight(1, 5, 7)  # W[5, 7] = c_proj.weight[7, 5]
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight[7, 5] = 50.0
+    before = snapshot(lm)
+    with prune_top_k(lm.view, 1) as info:  # without exclusion the planted weight goes first
+        assert info.largest == 50.0 and model.transformer.h[1].mlp.c_proj.weight[7, 5] == 0
+    with prune_top_k(lm.view, 1, exclude=[sw]) as info:
+        assert info.largest < 50.0 and model.transformer.h[1].mlp.c_proj.weight[7, 5] == 50.0
+    ids = torch.randint(0, 64, (1, 6))
+    orig = {}
+    with torch.no_grad(), observe_down_projs(lm.view, lambda p, x, y, pos: orig.__setitem__(p.layer, y.clone())):
+        model(input_ids=ids)
+    restored = {}
+    with restore_super_activation(lm.view, [sw], positions=[2]):
+        assert model.transformer.h[1].mlp.c_proj.weight[7, 5] == 0
+        with torch.no_grad(), observe_down_projs(lm.view, lambda p, x, y, pos: restored.__setitem__(p.layer, y.clone())):
+            model(input_ids=ids)
+    assert torch.equal(restored[1][2, 5], orig[1][2, 5])
+    assert not torch.equal(restored[1][3, 5], orig[1][3, 5])
+    assert_identical(lm, before)
