@@ -144,7 +144,7 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator, *, k: int 
     With no super weights, only Original (and Prune Non-SW, which needs none) runs; the other rows
     say why they are empty. Every edit is undone before the next row, bit for bit.
 
-    >>> result = ablation_table(lm, find_super_weights(lm), make_evaluator(QUICK))  # doctest: +SKIP
+    >>> result = ablation_table(lm, find_super_weights(lm), make_evaluator(EvalSettings(**QUICK)))  # doctest: +SKIP
     >>> print(result.markdown())  # doctest: +SKIP
     """
     unknown = [c for c in conditions if c not in CONDITIONS]
@@ -243,7 +243,7 @@ def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evalu
                 on_factor: Callable[[float, dict | None], None] | None = None) -> ScaleResult:
     """Evaluate the model with its super weights multiplied by each factor (1 = as it is).
 
-    >>> r = scale_sweep(lm, sws, [0, 1, 2], make_evaluator(QUICK))  # doctest: +SKIP
+    >>> r = scale_sweep(lm, sws, [0, 1, 2], make_evaluator(EvalSettings(**QUICK)))  # doctest: +SKIP
     >>> r.best  # doctest: +SKIP
     """
     factors = parse_factors(factors)

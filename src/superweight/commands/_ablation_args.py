@@ -103,9 +103,8 @@ def quick_settings():
     from superweight.ablation import EvalSettings
     from superweight.evaluate import QUICK
 
-    preset = QUICK.to_dict() if hasattr(QUICK, "to_dict") else dict(QUICK)
-    names = {f for f in EvalSettings.__dataclass_fields__}
-    return EvalSettings(**{k: v for k, v in preset.items() if k in names})
+    names = set(EvalSettings.__dataclass_fields__)
+    return EvalSettings(**{k: v for k, v in dict(QUICK).items() if k in names})
 
 
 def _names(text: str) -> tuple[str, ...]:
