@@ -40,7 +40,7 @@ def rss_mb() -> float:
 
 
 def read_once(lm) -> float:
-    return float(sum(t.matrix().float().sum() for t in weight_targets(lm)))
+    return float(sum(t.matrix().detach().float().sum() for t in weight_targets(lm)))
 
 
 def quantize_once(lm, config) -> None:
