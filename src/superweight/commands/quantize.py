@@ -240,12 +240,27 @@ def _run_w8a8(lm, args, evaluate):
 
 
 def _share_kept(rows) -> dict:
-    """Per metric, the share of SmoothQuant's improvement over naive W8A8 that ours keeps."""
+    """Share of SmoothQuant's improvement over naive W8A8 that ours keeps, for the average accuracy
+    and each perplexity (also on log perplexity, which stays readable when naive W8A8 explodes);
+    per-task accuracies on a few items are too noisy for a ratio."""
+    import math
+
     from superweight.quantize.sweep import share_kept
 
     by = {r.method.split()[-1]: r.metrics for r in rows}
-    return {m: share_kept(by["naive"][m], by["smoothquant"][m], by["superact"][m])
-            for m in _metrics(rows) if all(m in by.get(k, {}) for k in ("naive", "smoothquant", "superact"))}
+    if not all(k in by for k in ("naive", "smoothquant", "superact")):
+        return {}
+    out = {}
+    for m in _metrics(rows):
+        if m != "average" and not m.endswith("_ppl"):
+            continue
+        vals = [by[k].get(m) for k in ("naive", "smoothquant", "superact")]
+        if None in vals:
+            continue
+        out[m] = share_kept(*vals)
+        if m.endswith("_ppl") and min(vals) > 0:
+            out[f"log_{m}"] = share_kept(*(math.log(v) for v in vals))
+    return out
 
 
 def _metrics(rows) -> list[str]:
