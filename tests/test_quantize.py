@@ -342,11 +342,13 @@ def test_check_refuses_different_architectures_and_shapes(planted):
     (["--method", "hqq", "--bits", "7"], "hqq supports bits"),
     (["--bits", "4,3"], "several --bits need --sweep"),
     (["--keep", "1,2"], "--keep takes LAYER,ROW,COL"),
+    (["--w8a8", "--alpha", "2"], "alpha must be in [0, 1]"),
+    (["--w8a8", "--calib-tokens", "0"], "calibration tokens"),
 ])
 def test_cli_bad_inputs_fail_before_loading(argv, match, capsys):
     from superweight.cli import main
 
-    assert main(["quantize", "/nonexistent/model", "--no-eval", *argv]) == 2
+    assert main(["quantize", "/nonexistent/model", *(["--no-eval"] if "--w8a8" not in argv else []), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1
 

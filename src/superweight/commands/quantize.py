@@ -113,6 +113,11 @@ def configs_from_args(args) -> dict:
         raise SuperweightError("--save writes one quantized model: use it without --sweep and --w8a8")
     if args.w8a8 and args.sweep:
         raise SuperweightError("run --w8a8 and --sweep separately")
+    if args.w8a8:
+        from superweight.quantize import SmoothQuantW8A8Config
+
+        SmoothQuantW8A8Config(act_granularity=args.act_granularity, symmetric=args.scheme == "sym",
+                              alpha=args.alpha, calib_tokens=args.calib_tokens)  # validates
     return {"bits": bits, "blocks": blocks, "z": z, "methods": methods, "single": single}
 
 
@@ -151,7 +156,10 @@ def run(args) -> int:
     lm = load_from_args(args)
     sws = _super_weights(lm, args, keep, cfg["methods"])
     payload = result_header("quantize", model=lm.describe(), evaluation=eval_kw,
-                            super_weights=[s.to_dict() for s in sws])
+                            super_weights=[s.to_dict() for s in sws],
+                            config={"bits": cfg["bits"], "blocks": cfg["blocks"], "z": cfg["z"],
+                                    "methods": ["w8a8"] if args.w8a8 else cfg["methods"],
+                                    "granularity": args.granularity, "tail": args.tail})
     if args.w8a8:
         rows = _run_w8a8(lm, args, evaluate)
     elif args.sweep:
@@ -180,7 +188,10 @@ def _super_weights(lm, args, keep, methods):
     with console(stderr=True).status("Detecting super weights…"):
         found = detect(lm)
     sws = [s for s in found.super_weights if args.keep_late or not s.late]
-    eprint("super weights kept: " + (", ".join(s.label() for s in sws) or "none"))
+    if not sws:
+        raise SuperweightError("detection found no super weight to keep; give --keep LAYER,ROW,COL "
+                               "or use --method rtn-clip")
+    eprint("super weights kept: " + ", ".join(s.label() for s in sws))
     return sws
 
 
