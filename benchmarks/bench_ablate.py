@@ -16,11 +16,12 @@ JSON to benchmarks/results/ablate.json. Timings on a shared CPU vary run to run;
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
 import torch
+
+from _timing import peak_rss_mib
 
 from superweight._io import result_header, write_json
 from superweight.ablation import CONDITIONS
@@ -83,7 +84,7 @@ def main() -> None:
         "bench_ablate", model=lm.describe(), threads=args.threads, limits=limits,
         seconds={name: s for name, s in rows}, zero_shot=tasks,
         wiki_ppl=ppl.summary().get("wiki_ppl"),
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        peak_rss_mb=peak_rss_mib()))
     print(f"wrote {args.out}")
 
 

@@ -7,24 +7,15 @@ benchmarks/results/detect.json. Peak memory is the process's max resident set si
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import best_of, peak_rss_mib
+
 from superweight._io import result_header, write_json
 from superweight.detect import DEFAULT_PROMPT, PROMPT_SET, detect, encode
 from superweight.model import load_model
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -42,7 +33,7 @@ def main() -> None:
     detect_s = best_of(lambda: detect(lm), args.repeat)
     rounds = len(detect(lm).layer_stats)
     multi_s = best_of(lambda: detect(lm, PROMPT_SET), max(1, args.repeat // 2))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     rows = {
         "load (cached safetensors)": load_s,
         "one forward pass": forward_s,

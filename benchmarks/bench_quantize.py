@@ -11,11 +11,11 @@ benchmarks/results/quantize.json.
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 from pathlib import Path
 
 import torch
+
+from _timing import best_of, peak_rss_mib
 
 from superweight._io import result_header, write_json
 from superweight.model import load_model
@@ -24,19 +24,6 @@ from superweight.quantize.weights import weight_targets
 from superweight.records import SuperWeight
 
 SUPER_WEIGHTS = [SuperWeight(11, 507, 1229), SuperWeight(11, 507, 1487)]  # detection's, on the default
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def read_once(lm) -> float:
@@ -55,7 +42,7 @@ def main() -> None:
     parser.add_argument("--hqq", action="store_true", help="also time HQQ (slow: it optimises each block)")
     args = parser.parse_args()
     lm = load_model(args.model, quiet=True)
-    loaded_mb = rss_mb()
+    loaded_mb = peak_rss_mib()
     n = sum(t.matrix().numel() for t in weight_targets(lm))
     read_s = best_of(lambda: read_once(lm), args.repeat + 1)
     configs = [RTNConfig(bits=4, block=128), RTNClipConfig(bits=4, block=128, z=20),
@@ -69,7 +56,7 @@ def main() -> None:
         s = best_of(lambda: quantize_once(lm, cfg), args.repeat)
         rows.append({"config": cfg.label(), "seconds": round(s, 3), "ratio_to_read": round(s / read_s, 1),
                      "params_per_s": round(n / s)})
-    peak = rss_mb()
+    peak = peak_rss_mib()
     result = {**result_header("bench-quantize", model=lm.describe()), "threads": torch.get_num_threads(),
               "params": n, "read_once_s": round(read_s, 4), "rows": rows,
               "peak_rss_mb": round(peak), "rss_growth_over_loaded_mb": round(peak - loaded_mb)}

@@ -23,15 +23,6 @@ DOCS = ["The cat sat on the mat. It was a sunny day, and the birds sang in the t
         "Numbers: one, two, three, four. Letters: a, b, c, d, e, f, g."] * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,6 @@ from superweight.cli import main
 TEXT = "The cat sat on the mat. It was a sunny day, and the birds sang in the trees. " * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

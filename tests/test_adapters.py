@@ -19,13 +19,6 @@ POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 PROMPT = "Apple Inc. is a worldwide tech company."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP threads spin and make each forward ~200x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,6 @@ SW = SuperWeight(LAYER, ROW, COL)
 TEXT = "The quick brown fox. It jumps over the lazy dog, and again."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

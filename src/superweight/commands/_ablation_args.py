@@ -139,6 +139,18 @@ def super_weights_from_args(lm, args, err) -> tuple[list, str]:
     return result.early, "detection"
 
 
+def load_with_super_weights(args):
+    """The start of every ablation command: threads, consoles, the model and its super weights."""
+    from superweight.commands._common import console, load_from_args
+
+    apply_threads(args)
+    out, err = console(), console(stderr=True)
+    lm = load_from_args(args)
+    sws, source = super_weights_from_args(lm, args, err)
+    out.print(describe_super_weights(sws, source))
+    return out, err, lm, sws, source
+
+
 def describe_super_weights(sws, source: str) -> str:
     if not sws:
         return f"Super weights ({source}): none"

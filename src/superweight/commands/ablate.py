@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
-    describe_super_weights, parse_coords, settings_from_args, super_weights_from_args,
-    write_outputs)
-from superweight.commands._common import add_model_args, console, load_from_args
+    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
+from superweight.commands._common import add_model_args
 
 
 def register(sub) -> None:
@@ -41,11 +39,7 @@ def run(args) -> int:
     if args.k < 1:
         raise SuperweightError(f"K must be a positive whole number of weights, got {args.k}")
     modules = [m.strip() for m in args.non_sw_modules.split(",") if m.strip()] if args.non_sw_modules else None
-    apply_threads(args)
-    out, err = console(), console(stderr=True)
-    lm = load_from_args(args)
-    sws, source = super_weights_from_args(lm, args, err)
-    out.print(describe_super_weights(sws, source))
+    out, err, lm, sws, source = load_with_super_weights(args)
     if not sws:
         err.print(f"{NO_SUPER_WEIGHT} in {lm.ref} by detection: the table shows Original and Prune "
                   "Non-SW only; give --coords L,R,C or --catalog to ablate known coordinates.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from superweight.commands._common import add_model_args, console, eprint, load_from_args, parse_list

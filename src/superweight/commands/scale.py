@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
-    describe_super_weights, parse_coords, settings_from_args, super_weights_from_args,
-    write_outputs)
-from superweight.commands._common import add_model_args, console, load_from_args, parse_list
+    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
+from superweight.commands._common import add_model_args, parse_list
 
 DEFAULT_FACTORS = "0,0.5,1,1.5,2,3"
 
@@ -35,11 +33,7 @@ def run(args) -> int:
     settings = settings_from_args(args)
     if args.coords:
         parse_coords(args.coords)
-    apply_threads(args)
-    out, err = console(), console(stderr=True)
-    lm = load_from_args(args)
-    sws, source = super_weights_from_args(lm, args, err)
-    out.print(describe_super_weights(sws, source))
+    out, err, lm, sws, source = load_with_super_weights(args)
     if not sws:
         raise SuperweightError(f"{NO_SUPER_WEIGHT} in {lm.ref}: nothing to scale; give --coords L,R,C "
                                "or --catalog")

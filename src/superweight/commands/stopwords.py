@@ -4,9 +4,8 @@ next-token distribution (stopwords and punctuation gain, meaningful tokens lose)
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    positive_int, add_out_arg, add_super_weight_args, add_threads_arg, apply_threads,
-    describe_super_weights, parse_coords, super_weights_from_args, write_outputs)
-from superweight.commands._common import add_model_args, console, load_from_args
+    add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, positive_int, write_outputs)
+from superweight.commands._common import add_model_args
 
 
 def register(sub) -> None:
@@ -37,11 +36,7 @@ def run(args) -> int:
     if args.coords:
         parse_coords(args.coords)
     passages = lambada_passages(args.passages)  # before the load: says how to fetch the data
-    apply_threads(args)
-    out, err = console(), console(stderr=True)
-    lm = load_from_args(args)
-    sws, source = super_weights_from_args(lm, args, err)
-    out.print(describe_super_weights(sws, source))
+    out, err, lm, sws, source = load_with_super_weights(args)
     if not sws:
         raise SuperweightError(f"{NO_SUPER_WEIGHT} in {lm.ref}: nothing to prune; give --coords L,R,C "
                                "or --catalog")
