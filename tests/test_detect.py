@@ -40,7 +40,7 @@ def test_finds_the_planted_coordinate_with_its_measurements(planted_lm):
     assert sw.round == 1 and sw.rank == 1 and not sw.late
     assert sw.dominance > 0.9
     assert abs(sw.output_without) < 0.1 * abs(sw.output_value)
-    assert sw.value == pytest.approx(float(planted_lm.view.down_proj(2).matrix()[7, 11]))
+    assert sw.value == pytest.approx(float(planted_lm.view.down_proj(2).matrix().detach()[7, 11]))
     assert [(a.layer, a.channel) for a in result.super_activations] == [(2, 7)]
     assert_same(planted_lm.model, before)
 
