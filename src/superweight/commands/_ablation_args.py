@@ -7,6 +7,7 @@ import argparse
 import re
 from pathlib import Path
 
+from superweight.commands._common import positive_int
 from superweight.errors import SuperweightError
 
 COORDS_HELP = "super weights as L,R,C[;L,R,C...] (layer, row = output channel, col = input channel)"
@@ -33,16 +34,6 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="perplexity window (default 2048, capped by the model's context)")
 
 
-def add_threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
-
-
-def apply_threads(args) -> None:
-    if getattr(args, "threads", None) is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
 
 def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -50,14 +41,6 @@ def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"write {what}.md, {what}.json and {what}.png into this folder")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_coords(text: str) -> list:
@@ -140,10 +123,9 @@ def super_weights_from_args(lm, args, err) -> tuple[list, str]:
 
 
 def load_with_super_weights(args):
-    """The start of every ablation command: threads, consoles, the model and its super weights."""
+    """The start of every ablation command: consoles, the model and its super weights."""
     from superweight.commands._common import console, load_from_args
 
-    apply_threads(args)
     out, err = console(), console(stderr=True)
     lm = load_from_args(args)
     sws, source = super_weights_from_args(lm, args, err)

@@ -21,10 +21,29 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="override: dotted path of the decoder layer list (e.g. model.layers)")
     parser.add_argument("--down-proj", dest="down_proj_path", metavar="PATH",
                         help="override: dotted path of the MLP down projection within a layer")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def load_from_args(args: argparse.Namespace):
+    """Load the model the flags name (after setting torch's CPU threads if asked)."""
     from superweight.model import load_model
+
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, layers=args.layers_path,

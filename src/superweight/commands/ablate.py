@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
+    add_eval_args, add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
 from superweight.commands._common import add_model_args
 
 
@@ -22,7 +22,6 @@ def register(sub) -> None:
     p.add_argument("--non-sw-modules", metavar="GLOB[,GLOB]",
                    help="restrict 'Prune Non-SW' to decoder linears matching these globs "
                         "(e.g. '*.mlp.down_proj'; default: every linear layer of the decoder)")
-    add_threads_arg(p)
     add_out_arg(p, "ablation")
     p.set_defaults(func=run)
 

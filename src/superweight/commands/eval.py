@@ -28,8 +28,6 @@ def register(sub) -> None:
                    help="the quick preset: every task on its first 20 items, 4,096 tokens per text")
     p.add_argument("--hub", action="store_true",
                    help="read WikiText-2, C4, PTB and lm-eval's tasks from the Hugging Face hub")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
     p.set_defaults(func=run)
 
@@ -54,17 +52,10 @@ def settings(args) -> dict:
 
 def run(args) -> int:
     from superweight._io import write_json
-    from superweight.errors import SuperweightError
     from superweight.evaluate import evaluate
     from superweight.evaluate.suite import preflight
 
     kw = settings(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SuperweightError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     preflight(kw["ppl"], kw["tasks"], args.hub)  # before the (slow) load
     lm = load_from_args(args)
     err = console(stderr=True)

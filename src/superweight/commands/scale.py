@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
+    add_eval_args, add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
 from superweight.commands._common import add_model_args, parse_list
 
 DEFAULT_FACTORS = "0,0.5,1,1.5,2,3"
@@ -18,7 +18,6 @@ def register(sub) -> None:
     p.add_argument("--factors", default=DEFAULT_FACTORS, metavar="F1,F2",
                    help=f"scaling factors, comma-separated (default {DEFAULT_FACTORS})")
     add_eval_args(p)
-    add_threads_arg(p)
     add_out_arg(p, "scale")
     p.set_defaults(func=run)
 

@@ -4,7 +4,7 @@ next-token distribution (stopwords and punctuation gain, meaningful tokens lose)
 from __future__ import annotations
 
 from superweight.commands._ablation_args import (
-    add_out_arg, add_super_weight_args, add_threads_arg, load_with_super_weights, parse_coords, positive_int, write_outputs)
+    add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, positive_int, write_outputs)
 from superweight.commands._common import add_model_args
 
 
@@ -21,7 +21,6 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=10, metavar="N",
                    help="tokens to list rising and falling (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
-    add_threads_arg(p)
     add_out_arg(p, "stopwords")
     p.set_defaults(func=run)
 
