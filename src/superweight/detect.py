@@ -231,17 +231,15 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
 
 
 def super_activations(sws: Sequence[SuperWeight]) -> list[SuperActivation]:
-    """The super activation each early super weight creates: its layer, channel and position."""
+    """The super activation each early super weight creates: its layer, channel and position.
+
+    One per (channel, position), at the layer where it first appears (the largest output there).
+    """
     seen: dict[tuple, SuperActivation] = {}
-    for sw in sws:
-        if sw.late or sw.position is None:
-            continue
-        key = (sw.row, sw.position)
-        if key not in seen or abs(sw.output_value or 0) > abs(seen[key].value):
-            if key in seen and seen[key].layer < sw.layer:
-                continue  # keep the layer where it first appears
-            seen[key] = SuperActivation(sw.layer, sw.row, sw.position, float(sw.output_value or 0),
-                                        sw.token)
+    early = [s for s in sws if not s.late and s.position is not None]
+    for sw in sorted(early, key=lambda s: (s.layer, -abs(s.output_value or 0.0))):
+        seen.setdefault((sw.row, sw.position), SuperActivation(
+            sw.layer, sw.row, sw.position, float(sw.output_value or 0.0), sw.token))
     return sorted(seen.values(), key=lambda a: (a.layer, a.channel, a.position))
 
 
