@@ -119,6 +119,16 @@ HOW_TO_ADD = (
 )
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D: a linear layer that stores its weight as [in, out]."""
+    return type(module).__name__ == "Conv1D"
+
+
+def linear_matrix(module: nn.Module) -> torch.Tensor:
+    """W[out, in] of a decoder linear layer: nn.Linear's weight, or Conv1D's transposed (a view)."""
+    return module.weight.T if is_conv1d(module) else module.weight
+
+
 def known_model_types() -> list[str]:
     return sorted(t for a in ADAPTERS for t in a.model_types)
 
@@ -303,5 +313,5 @@ class ModelView:
         """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""
         for i, layer in enumerate(self.layers):
             for name, mod in layer.named_modules():
-                if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D":
+                if isinstance(mod, nn.Linear) or is_conv1d(mod):
                     yield f"{self.adapter.layers}.{i}.{name}", mod

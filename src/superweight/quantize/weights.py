@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
+from superweight.model.adapters import is_conv1d
 from superweight.model.load import LoadedModel
 from superweight.quantize.rtn import RTNConfig
 from superweight.records import SuperWeight
@@ -82,7 +83,7 @@ def weight_targets(lm: LoadedModel, include: Sequence[str] = ()) -> list[Target]
     """The weights a config quantizes, in model order, each once."""
     out, seen = [], set()
     for name, module in lm.view.decoder_linears():
-        out.append(Target(name, module.weight, transposed=type(module).__name__ == "Conv1D"))
+        out.append(Target(name, module.weight, transposed=is_conv1d(module)))
     extra = {"lm_head": lm.model.get_output_embeddings, "embed": lm.model.get_input_embeddings}
     for key in include:
         module = extra[key]()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
+from superweight.model.adapters import linear_matrix
 from superweight.model.load import LoadedModel
 from superweight.tensor.quant import check_bits, fake_quantize
 
@@ -77,7 +78,7 @@ class Plan:
 
 def _weight_view(module: nn.Module) -> torch.Tensor:
     """W[out, in] of a Linear or (transposed) Conv1D."""
-    return module.weight.T if type(module).__name__ == "Conv1D" else module.weight
+    return linear_matrix(module)
 
 
 def quantize_input(x: torch.Tensor, config: W8A8Config, plan: LinearPlan) -> torch.Tensor:
