@@ -110,3 +110,20 @@ def test_catalog_compare_and_local_add(tmp_path, monkeypatch):
     catalog.add("me/my-model", [(3, 4, 5)], "my run")
     assert catalog.lookup("me/my-model").super_weights == [(3, 4, 5)]
     assert catalog.compare("me/my-model", [(3, 4, 6)]).verdict == "disagrees with the catalog"
+
+
+def test_a_massive_activation_made_by_a_norm_gain_is_reported_as_such(tmp_path, capsys):
+    from superweight.cli import main
+
+    model = tiny_model("gemma2")
+    lm = wrap_model(model, tiny_tokenizer())
+    with torch.no_grad():
+        lm.view.post_mlp_norm(3).weight[9] = 5000.0  # Gemma's gain is 1 + w
+    result = detect(lm)
+    assert result.super_weights == []
+    (spike,) = result.norm_spikes
+    assert (spike.layer, spike.channel, spike.from_weight) == (3, 9, False) and spike.gain_ratio > 1000
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    assert main(["detect", str(tmp_path)]) == 0
+    assert "the norm, not a single weight, makes it" in capsys.readouterr().out

@@ -84,6 +84,7 @@ class LayerStat:
     y_at_out: float = 0.0  # Y[out_pos, out_channel] (== out_value)
     norm_out: float | None = None  # post-MLP norm output at (out_pos, out_channel)
     norm_max: float | None = None  # that norm output's max |value| over the whole tensor
+    norm_channel: int | None = None  # ... its channel
     col: int = -1  # the input channel whose product X[out_pos, k]·W[out_channel, k] is largest
 
     def to_dict(self) -> dict:
@@ -102,6 +103,7 @@ class DetectionResult:
     prompts: list[str]
     config: DetectConfig
     tokens: list[str] = field(default_factory=list)
+    norm_spikes: list[NormSpike] = field(default_factory=list)  # post-MLP norm outliers (Gemma 2/3)
 
     @property
     def early(self) -> list[SuperWeight]:
@@ -115,6 +117,7 @@ class DetectionResult:
         return {"prompts": self.prompts, "tokens": self.tokens, "config": self.config.to_dict(),
                 "super_weights": [s.to_dict() for s in self.super_weights],
                 "super_activations": [a.to_dict() for a in self.super_activations],
+                "norm_spikes": [n.to_dict() for n in self.norm_spikes],
                 "layer_stats": [[s.to_dict() for s in r] for r in self.layer_stats]}
 
 
@@ -164,7 +167,7 @@ def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
         if s.layer in norm_out:
             out = norm_out.pop(s.layer)
             s.norm_out = float(out[s.out_pos, s.out_channel])
-            s.norm_max = float(out.abs().max())
+            s.norm_max, _, s.norm_channel = abs_argmax(out)
     return stats
 
 
@@ -179,6 +182,47 @@ def candidates(stats: list[LayerStat], config: DetectConfig) -> list[LayerStat]:
     return [s for s in stats
             if abs(s.out_value) >= max(config.min_output, config.output_ratio * med_out)
             and abs(s.x_at_out[s.col]) >= max(config.min_input, config.input_ratio * med_in)]
+
+
+@dataclass
+class NormSpike:
+    """A massive value after a post-MLP norm, with the norm's gain on its channel."""
+
+    layer: int
+    channel: int
+    value: float  # the norm output's largest |value|
+    ratio: float  # ... over the median layer's
+    gain: float | None  # the norm's gain on `channel`
+    gain_ratio: float | None  # ... over the median gain of that norm
+    from_weight: bool  # True when a detected super weight makes the down projection spike there
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def norm_spikes(lm: LoadedModel, stats: list[LayerStat], config: DetectConfig,
+                super_weights: Sequence[SuperWeight] = ()) -> list[NormSpike]:
+    """Layers whose post-MLP norm output is an outlier, and whether the norm's gain or a weight made it.
+
+    In Gemma 2/3 a massive activation can come from a large gain of the norm on the MLP output on
+    one channel rather than from any single weight; this says which it is.
+    """
+    values = [abs(s.norm_max) for s in stats if s.norm_max is not None]
+    if not values:
+        return []
+    median = statistics.median(values)
+    spikes = []
+    for s in stats:
+        if s.norm_max is None or abs(s.norm_max) < max(config.min_output, config.output_ratio * median):
+            continue
+        gain = lm.view.norm_gain(s.layer)
+        g = float(gain[s.norm_channel]) if gain is not None else None
+        g_ratio = abs(g) / float(gain.abs().median()) if gain is not None and float(gain.abs().median()) > 0 else None
+        from_weight = any(sw.layer == s.layer and sw.row == s.norm_channel for sw in super_weights)
+        spikes.append(NormSpike(s.layer, s.norm_channel, s.norm_max,
+                                abs(s.norm_max) / median if median > 0 else float("inf"), g, g_ratio,
+                                from_weight))
+    return spikes
 
 
 def _record(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig,
@@ -227,7 +271,8 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
     for sw in sws:  # the value in the unedited model (a later round sees earlier ones zeroed)
         sw.value = float(lm.view.down_proj(sw.layer, sw.expert).matrix().detach()[sw.row, sw.col])
     acts = super_activations(sws)
-    return DetectionResult(sws, acts, rounds, [prompt], config, tokens)
+    spikes = norm_spikes(lm, rounds[0], config, sws)
+    return DetectionResult(sws, acts, rounds, [prompt], config, tokens, spikes)
 
 
 def super_activations(sws: Sequence[SuperWeight]) -> list[SuperActivation]:
@@ -281,7 +326,7 @@ def _merge(results: list[DetectionResult]) -> DetectionResult:
     acts = super_activations([sw for sw in sws if counts[sw.key] == len(results)])
     base = results[0]
     return DetectionResult(sws, acts, base.layer_stats, [p for r in results for p in r.prompts],
-                           base.config, base.tokens)
+                           base.config, base.tokens, base.norm_spikes)
 
 
 def find_super_weights(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
