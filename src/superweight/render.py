@@ -54,14 +54,14 @@ def render_detection(out, lm, result, comparison, verification=None) -> None:
         out.print(f"Super activation: layer {a.layer}, channel {a.channel}, token {a.token!r} "
                   f"(position {a.position}), value {a.value:.4g}")
     _norm_notes(out, result)
-    for n in result.norm_spikes:
-        if n.from_weight:
+    for spike in result.norm_spikes:
+        if spike.from_weight:
             continue
-        cause = (f"the norm's gain on it is {n.gain_ratio:.3g}× its median gain — the norm, not a single "
-                 "weight, makes it" if n.gain_ratio is not None and n.gain_ratio >= 10
+        cause = (f"the norm's gain on it is {spike.gain_ratio:.3g}× its median gain — the norm, not a single "
+                 "weight, makes it" if spike.gain_ratio is not None and spike.gain_ratio >= 10
                  else "no super weight was found for it and the norm's gain there is ordinary")
-        out.print(f"Massive activation after the post-MLP norm of layer {n.layer}: {n.value:.4g} on channel "
-                  f"{n.channel} ({n.ratio:.3g}× the median layer); {cause}.")
+        out.print(f"Massive activation after the post-MLP norm of layer {spike.layer}: {spike.value:.4g} "
+                  f"on channel {spike.channel} ({spike.ratio:.3g}× the median layer); {cause}.")
     if n > 1:
         stable = [s.label() for s in result.super_weights if s.prompts_found == n]
         out.print(f"Found in all {n} prompts: {', '.join(stable) or 'none'}")
