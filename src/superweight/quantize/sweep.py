@@ -101,15 +101,14 @@ def share_kept(naive: float, smooth: float, ours: float) -> float | None:
 
 
 def plot_sweep(rows: Sequence[Row], metric: str, path, title: str = "") -> None:
-    """Figure 7: the metric against block size, one line per method and bit width (log-log)."""
-    import matplotlib
+    """Figure 7: the metric against block size, one line per method and bit width.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Block sizes on a log2 axis; perplexities on a log axis, accuracies on a linear one.
+    """
+    from superweight.report.figures import new_figure, save_png
 
-    from superweight._io import atomic_write
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = new_figure(1, 1, (6.4, 4.2))
+    ax = axes[0][0]
     series: dict[tuple, list] = {}
     for r in rows:
         if r.block is not None and metric in r.metrics:
@@ -124,12 +123,11 @@ def plot_sweep(rows: Sequence[Row], metric: str, path, title: str = "") -> None:
     if base:
         ax.axhline(base[0].metrics[metric], color="gray", lw=1, label=base[0].method)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if "ppl" in metric or "perplexity" in metric:
+        ax.set_yscale("log")
     ax.set_xlabel("block size (entries of the flattened weight)")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} vs block size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_png(fig, path)
