@@ -58,7 +58,8 @@ def _dense_hook(proj: DownProj, callback: DownCallback):
     return hook
 
 
-def _experts_hook(projs: list[DownProj], callback: DownCallback):
+def _experts_hook(projs: list[DownProj], callback: DownCallback, gate_up: str):
+    """`gate_up`: the experts module's fused [experts, 2·intermediate, hidden] parameter (adapter data)."""
     by_expert = {p.expert: p for p in projs}
 
     def hook(module, inputs, output):
@@ -68,7 +69,8 @@ def _experts_hook(projs: list[DownProj], callback: DownCallback):
             if e not in by_expert:
                 continue
             tokens = (top_k_index == e).any(dim=-1).nonzero().flatten()
-            gate, up = nn.functional.linear(hidden[tokens], module.gate_up_proj[e]).chunk(2, dim=-1)
+            weight = getattr(module, gate_up)[e]
+            gate, up = nn.functional.linear(hidden[tokens], weight).chunk(2, dim=-1)
             x = (module.act_fn(gate) * up).detach()  # [tokens_e, intermediate]
             w = by_expert[e].matrix()
             y = nn.functional.linear(x, w).detach()  # [tokens_e, hidden]
@@ -85,7 +87,8 @@ def observe_down_projs(view: ModelView, callback: DownCallback,
         projs = view.down_projs(i)
         routed = [p for p in projs if p.expert is not None]
         if routed:
-            pairs.append((routed[0].module, _experts_hook(routed, callback)))
+            fused = next(u for u in view.adapter.up_projs if u.layout == "experts")
+            pairs.append((routed[0].module, _experts_hook(routed, callback, fused.param)))
         pairs += [(p.module, _dense_hook(p, callback)) for p in projs if p.expert is None]
     with hooked(pairs):
         yield

@@ -42,29 +42,33 @@ def plot_ablation(result, title: str, path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+def _original_vs_pruned(ax, labels: list[str], original: list[float], pruned: list[float]):
+    """Side-by-side bars, original and super weights pruned; returns the pruned bars."""
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], original, 0.4, label="original", color=COLORS["Original"])
+    bars = ax.bar([x + 0.2 for x in xs], pruned, 0.4, label="SW pruned", color=COLORS["Prune SW"])
+    ax.legend(fontsize=8)
+    return bars
+
+
 def plot_stopwords(result, title: str, path: str | Path) -> Path:
     """Figure 5: named tokens and the tokens rising most, original vs pruned; group ratios."""
     fig, axes = new_figure(1, 2, size=(11.0, 4.0))
     shifts = result.named + [t for t in result.rising if t.token_id not in {n.token_id for n in result.named}]
     shifts = shifts[:10]
     ax = axes[0][0]
-    xs = range(len(shifts))
-    ax.bar([x - 0.2 for x in xs], [t.original for t in shifts], 0.4, label="original", color=COLORS["Original"])
-    ax.bar([x + 0.2 for x in xs], [t.pruned for t in shifts], 0.4, label="SW pruned", color=COLORS["Prune SW"])
-    ax.set_xticks(list(xs), [repr(t.token) for t in shifts], rotation=45, ha="right", fontsize=8)
+    _original_vs_pruned(ax, [repr(t.token) for t in shifts], [t.original for t in shifts],
+                        [t.pruned for t in shifts])
+    ax.set_xticks(range(len(shifts)), [repr(t.token) for t in shifts], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("average next-token probability")
-    ax.legend(fontsize=8)
     ax.set_title("tokens (paper's examples, then rising most)", fontsize=9)
     ax = axes[0][1]
     names = list(result.groups)
-    ax.bar([x - 0.2 for x in range(len(names))], [result.groups[n]["original"] for n in names], 0.4,
-           label="original", color=COLORS["Original"])
-    bars = ax.bar([x + 0.2 for x in range(len(names))], [result.groups[n]["pruned"] for n in names], 0.4,
-                  label="SW pruned", color=COLORS["Prune SW"])
+    bars = _original_vs_pruned(ax, names, [result.groups[n]["original"] for n in names],
+                               [result.groups[n]["pruned"] for n in names])
     ax.bar_label(bars, labels=[_times(result.groups[n]["ratio"]) for n in names], fontsize=8)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("total probability of the group")
-    ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_png(fig, path)
 
