@@ -35,10 +35,11 @@ _NORM_PLUS_ONE = ("gemma2", "gemma3")  # llama.cpp arch storing RMSNorm weights 
 _CONV1D_TRANSPOSED = ("gpt2",)
 
 
-def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32") -> Path:
+def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: tuple[str, ...] = ()) -> Path:
     """Write `model` (a tiny causal LM) as a llama.cpp GGUF file; tensors of ≥ 2 dims in `qtype`.
 
-    `qtype` is a `gguf.GGMLQuantizationType` name: F32, F16, Q8_0, Q4_0, ...
+    `qtype` is a `gguf.GGMLQuantizationType` name: F32, F16, Q8_0, Q4_0, ...; `drop` names Hugging
+    Face tensors to leave out (to make a file that lacks one).
     """
     import gguf
 
@@ -52,6 +53,8 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32") -> Pat
     names = gguf.get_tensor_name_map(_arch_enum(arch), _num_layers(config))
     kind = gguf.GGMLQuantizationType[qtype]
     for hf_name, tensor in model.state_dict().items():
+        if hf_name in drop:
+            continue
         for gguf_name, array in _llama_cpp_tensors(hf_name, tensor, names, arch, config):
             _add_tensor(writer, gguf_name, array, kind)
     writer.write_header_to_file()
@@ -75,7 +78,9 @@ def _add_config(writer, config, arch: str) -> None:
     """The `{arch}.*` keys transformers' GGUF config mapping turns back into this config."""
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    section = GGUF_CONFIG_MAPPING[_CONFIG_SECTION.get(config.model_type, config.model_type)]
+    # an architecture transformers cannot read gets llama.cpp's common keys (those of `llama`)
+    section = GGUF_CONFIG_MAPPING.get(_CONFIG_SECTION.get(config.model_type, config.model_type),
+                                      GGUF_CONFIG_MAPPING["llama"])
     rope = getattr(config, "rope_parameters", None) or {}
     for gguf_key, hf_key in section.items():
         if hf_key is None:

@@ -23,6 +23,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="override: dotted path of the MLP down projection within a layer")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
+    parser.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the cached safetensors copy of a .gguf or alias (default float32, "
+                             "exact; bfloat16 halves the disk and rounds the weights)")
 
 
 def positive_int(text: str) -> int:
@@ -47,7 +50,8 @@ def load_from_args(args: argparse.Namespace):
 
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, layers=args.layers_path,
-                      down_proj=args.down_proj_path, quiet=False)
+                      down_proj=args.down_proj_path, quiet=False,
+                      cache_dtype=getattr(args, "cache_dtype", "float32"))
 
 
 WIDE = 160  # columns when output is not a terminal (files, pipes, CI logs)

@@ -41,6 +41,7 @@ SHARD_BYTES = 1 << 30
 SOURCE_FILE = "superweight-source.json"  # written last: its presence marks a complete conversion
 MAGIC = b"GGUF"
 SPARE_BYTES = 64 << 20  # free space wanted beyond the weights: tokenizer, config, file-system slack
+DEQUANT_CHUNK_BYTES = 4 << 20  # quantized bytes dequantized per call
 
 
 def check_magic(path: Path) -> None:
@@ -79,13 +80,16 @@ def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
     if cache_dtype not in CACHE_DTYPES:
         raise SuperweightError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
     reader = read_gguf(path)
-    plan = _plan(path, reader)
+    architecture = _field(reader, "general.architecture")
+    tensors = reader.tensors
+    del reader  # its metadata (a vocabulary is many small arrays) is parsed again by transformers
+    plan = _plan(path, architecture, tensors)
     if plan is None:  # an architecture transformers converts with its newer whole-model machinery
         return convert_gguf_reference(path, out)
     dtype = CACHE_DTYPES[cache_dtype]
     _check_space(out.parent, plan.nbytes(dtype), path)
     with _staging(out, path) as tmp:
-        written = _write_shards(_stream(reader, plan), plan, tmp, dtype, shard_bytes)
+        written = _write_shards(_stream(path, tensors, plan), plan, tmp, dtype, shard_bytes)
         missing = sorted(set(plan.expected) - set(written))
         if missing:
             raise SuperweightError(f"GGUF file {str(path)!r} lacks {len(missing)} tensor(s) the "
@@ -146,13 +150,12 @@ class _Plan:
         return sum(numel for _, numel in self.expected.values()) * dtype.itemsize
 
 
-def _plan(path: Path, reader) -> _Plan | None:
+def _plan(path: Path, architecture: str, tensors: list) -> _Plan | None:
     from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map, load_gguf_checkpoint)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    architecture = _field(reader, "general.architecture")
     if _has_new_gguf_loader(architecture):
         return None
     try:
@@ -165,7 +168,7 @@ def _plan(path: Path, reader) -> _Plan | None:
     except Exception as e:  # unsupported architecture, missing metadata, ...
         raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
     plan = _Plan(model, config, processor, name_map, _saved_shapes(model))
-    plan.sources.update(t for t in (_target(name_map, x.name) for x in reader.tensors) if t)
+    plan.sources.update(t for t in (_target(name_map, x.name) for x in tensors) if t)
     return plan
 
 
@@ -213,7 +216,7 @@ def _field(reader, key: str) -> str:
 
 # --- streaming the tensors ---------------------------------------------------------------------
 
-def _stream(reader, plan: _Plan) -> Iterator[tuple[str, torch.Tensor]]:
+def _stream(path: Path, tensors: list, plan: _Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, float32 tensor) in file order, processed as `load_gguf_checkpoint` processes them.
 
     Some processors assemble a tensor from several GGUF tensors themselves (Qwen2-MoE's gate and up
@@ -221,22 +224,57 @@ def _stream(reader, plan: _Plan) -> Iterator[tuple[str, torch.Tensor]]:
     on once every GGUF tensor that feeds it has been seen.
     """
     import numpy as np
-    from gguf.quants import dequantize
 
     assembled = {"tensors": {}}  # the `parsed_parameters` processors write into
     seen: Counter = Counter()
-    for tensor in reader.tensors:
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        result = plan.processor.process(weights=weights, name=tensor.name, tensor_key_mapping=plan.name_map,
-                                        parsed_parameters=assembled)
-        del weights
-        seen[_target(plan.name_map, tensor.name)] += 1
-        if result.name in plan.name_map:
-            yield plan.name_map[result.name], torch.from_numpy(np.copy(result.weights)).to(torch.float32)
-        del result
-        for name in [n for n in assembled["tensors"] if seen[n] >= plan.sources[n]]:
-            yield name, assembled["tensors"].pop(name).to(torch.float32)
+    with open(path, "rb") as f:
+        for tensor in tensors:  # gguf's ReaderTensor: name, type, offset, shape
+            weights = _dequantize(_read(f, tensor, path), tensor.tensor_type)
+            result = plan.processor.process(weights=weights, name=tensor.name, tensor_key_mapping=plan.name_map,
+                                            parsed_parameters=assembled)
+            del weights
+            seen[_target(plan.name_map, tensor.name)] += 1
+            if result.name in plan.name_map:
+                # transformers copies (`np.copy`) because its array may be a view of the mapped file;
+                # ours is already a private array, so only a non-contiguous result needs the copy
+                yield plan.name_map[result.name], torch.from_numpy(np.ascontiguousarray(result.weights)).float()
+            del result
+            for name in [n for n in assembled["tensors"] if seen[n] >= plan.sources[n]]:
+                yield name, assembled["tensors"].pop(name).float()
     yield from assembled["tensors"].items()
+
+
+def _read(f, tensor, path: Path):
+    """One tensor's stored data, read from the file into private memory (pages of the mapped file
+    would otherwise stay resident until the end), in the layout `GGUFReader` describes."""
+    import numpy as np
+
+    f.seek(tensor.data_offset)
+    raw = np.fromfile(f, dtype=tensor.data.dtype, count=tensor.data.size)
+    if raw.size != tensor.data.size:
+        raise SuperweightError(f"corrupt or truncated GGUF file {str(path)!r}: tensor {tensor.name!r} is cut short")
+    return raw.reshape(tensor.data.shape)
+
+
+def _dequantize(raw, qtype, chunk_bytes: int = DEQUANT_CHUNK_BYTES):
+    """`gguf.quants.dequantize`, a few MB of blocks at a time into one float32 array.
+
+    Block formats dequantize each block on its own, so the values are the same as in one call; the
+    chunks only keep gguf's temporaries (about the size of the output) small.
+    """
+    import numpy as np
+    from gguf.quants import dequantize
+
+    if raw.dtype != np.uint8 or raw.ndim < 2 or raw.nbytes <= chunk_bytes:  # plain floats, or small
+        return dequantize(raw, qtype)
+    rows = raw.reshape(-1, raw.shape[-1])
+    step = max(1, chunk_bytes // rows.shape[1])
+    first = dequantize(rows[:step], qtype)
+    out = np.empty((rows.shape[0], first.shape[1]), dtype=first.dtype)
+    out[:step] = first
+    for start in range(step, rows.shape[0], step):
+        out[start:start + step] = dequantize(rows[start:start + step], qtype)
+    return out.reshape(*raw.shape[:-1], first.shape[1])
 
 
 def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], plan: _Plan, tmp: Path, dtype: torch.dtype,
@@ -342,7 +380,7 @@ class _staging:
 
     def __exit__(self, kind, error, tb) -> bool:
         try:
-            if kind is None:
+            if kind is None and not (self.out / SOURCE_FILE).is_file():  # else another run finished first
                 if self.out.exists():
                     shutil.rmtree(self.out)
                 os.replace(self.tmp, self.out)
