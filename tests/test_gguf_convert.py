@@ -155,6 +155,8 @@ def test_bfloat16_cache_halves_the_size_and_rounds_like_to_bfloat16(tmp_path):
     a, b = tensors(exact), tensors(half)
     assert a.keys() == b.keys()
     assert all(b[k].dtype == torch.bfloat16 and torch.equal(b[k], t.to(torch.bfloat16)) for k, t in a.items())
+    reference = tensors(convert_gguf_reference(path, tmp_path / "ref-bf16", cache_dtype="bfloat16"))
+    assert reference.keys() == b.keys() and all(torch.equal(reference[k], t) for k, t in b.items())
     size = {d: sum(f.stat().st_size for f in d.glob("*.safetensors")) for d in (exact, half)}
     assert size[half] < 0.51 * size[exact]
     assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"

@@ -216,8 +216,7 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
     path = path.expanduser()
     path = path.resolve() if path.exists() else path
     gguf.check_magic(path)
-    if cache_dtype not in gguf.CACHE_DTYPES:
-        raise SuperweightError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(gguf.CACHE_DTYPES)}")
+    gguf.cache_torch_dtype(cache_dtype)  # an unknown name is refused before the cache is looked at
     if out is None:
         st = path.stat()
         ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
