@@ -27,6 +27,7 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "gguf.json"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+QUIET = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
 CONVERT = """
 import json, resource, sys, time
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="a random 282M-parameter Llama as Q8_0")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
     sys.path.insert(0, SRC)
     sys.path.insert(0, str(Path(__file__).parent))
     from _timing import best_of
@@ -117,8 +120,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "PYTHONPATH": SRC, "SUPERWEIGHT_CACHE": str(tmp / "cache"),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+        env = {**os.environ, **QUIET, "PYTHONPATH": SRC, "SUPERWEIGHT_CACHE": str(tmp / "cache")}
         if args.synthetic:
             source = tmp / "synthetic-llama-282m.Q8_0.gguf"
             subprocess.run([sys.executable, "-c", SYNTHETIC, str(source)], env=env, check=True)

@@ -213,6 +213,15 @@ def test_gguf_lacking_a_tensor_is_refused(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_tensor_shape_disagreeing_with_the_metadata_is_refused(tmp_path):
+    model = tiny_model("llama", num_layers=2)
+    model.config.intermediate_size = 256  # the metadata says 256, the tensors have 128
+    path = write_gguf(model, tmp_path / "l.gguf")
+    with pytest.raises(SuperweightError, match="gate_proj.weight' of the GGUF has shape .128, 64., the model"):
+        convert_gguf(path, tmp_path / "out" / "x")
+    assert leftovers(tmp_path / "out") == []
+
+
 def test_architecture_transformers_cannot_read(tmp_path):
     path = write_gguf(tiny_model("olmo2", num_layers=1), tmp_path / "o.gguf")
     with pytest.raises(SuperweightError, match="could not read GGUF file.*olmo2"):

@@ -88,7 +88,7 @@ def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
     """
     dtype = cache_torch_dtype(cache_dtype)
     reader = read_gguf(path)
-    architecture = _field(reader, "general.architecture")
+    architecture = _field(reader, "general.architecture", path)
     tensors = reader.tensors
     del reader  # its metadata (a vocabulary is many small arrays) is parsed again by transformers
     plan = _plan(path, architecture, tensors)
@@ -148,7 +148,7 @@ class _Plan:
     config: object  # its PretrainedConfig
     processor: object  # transformers' TensorProcessor for the architecture
     name_map: dict[str, str]  # GGUF tensor name (or stem) -> Hugging Face name
-    expected: dict[str, tuple[tuple[int, ...], int]]  # saved name -> (shape, numel), as save_pretrained
+    expected: dict[str, torch.Size]  # the names and shapes save_pretrained would write
     sources: Counter = field(default_factory=Counter)  # HF name -> how many GGUF tensors feed it
 
     @property
@@ -156,7 +156,7 @@ class _Plan:
         return self.config.model_type
 
     def nbytes(self, dtype: torch.dtype) -> int:
-        return sum(numel for _, numel in self.expected.values()) * dtype.itemsize
+        return sum(shape.numel() for shape in self.expected.values()) * dtype.itemsize
 
 
 def _plan(path: Path, architecture: str, tensors: list) -> _Plan | None:
@@ -211,10 +211,10 @@ def _has_new_gguf_loader(architecture: str) -> bool:
     return is_gguf_arch_supported(architecture)
 
 
-def _saved_shapes(model) -> dict[str, tuple[tuple[int, ...], int]]:
+def _saved_shapes(model) -> dict[str, torch.Size]:
     """The tensors `save_pretrained` would write for this model: tied copies dropped, names reverted."""
     state = _drop_tied(model.state_dict(), model)
-    return {k: (tuple(t.shape), t.numel()) for k, t in _revert(model, state).items()}
+    return {k: t.shape for k, t in _revert(model, state).items()}
 
 
 def _drop_tied(state: dict, model) -> dict:
@@ -237,10 +237,10 @@ def _target(name_map: dict[str, str], gguf_name: str) -> str | None:
     return name_map.get(gguf_name) or name_map.get(gguf_name.rsplit(".", 1)[0])
 
 
-def _field(reader, key: str) -> str:
+def _field(reader, key: str, path: Path) -> str:
     f = reader.fields.get(key)
     if f is None:
-        raise SuperweightError(f"GGUF file has no {key!r} in its metadata")
+        raise SuperweightError(f"GGUF file {str(path)!r} has no {key!r} in its metadata")
     return bytes(f.parts[f.data[0]]).decode("utf-8")
 
 
@@ -328,6 +328,9 @@ def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], plan: _Plan, tmp:
         for name, t in _revert(plan.model, {hf_name: tensor}).items():
             if name not in plan.expected:  # a tensor the model has no place for: the reference drops it too
                 continue
+            if t.shape != plan.expected[name]:
+                raise SuperweightError(f"tensor {name!r} of the GGUF has shape {tuple(t.shape)}, the "
+                                       f"model its metadata describes expects {tuple(plan.expected[name])}")
             t = t.to(dtype).contiguous()
             if buffer and size + t.nbytes > shard_bytes:
                 flush()

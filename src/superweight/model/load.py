@@ -223,6 +223,9 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
         out = cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
     if (out / gguf.SOURCE_FILE).is_file():
         return out
+    if not quiet:
+        print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
+              file=sys.stderr)
     return gguf.convert_gguf(path, out, cache_dtype=cache_dtype)
 
 
