@@ -148,6 +148,27 @@ def test_shards_and_index(tmp_path):
                            load_model(str(reference), quiet=True).model(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "BF16"])
+def test_chunked_dequantization_equals_one_call(qtype):
+    import gguf
+    import numpy as np
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    weights = np.random.default_rng(0).standard_normal((37, 256), dtype=np.float32)
+    blocks = gguf.quants.quantize(weights, kind)
+    whole = gguf.quants.dequantize(blocks, kind)
+    chunked = gguf_mod._dequantize(blocks, kind, chunk_bytes=blocks.shape[1] * 5)  # 5 rows a call
+    assert chunked.dtype == whole.dtype and np.array_equal(chunked, whole)
+
+
+def test_small_dequantization_chunks_change_nothing(tmp_path, monkeypatch):
+    path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q4_0")
+    reference = tensors(convert_gguf_reference(path, tmp_path / "reference"))
+    monkeypatch.setattr(gguf_mod, "DEQUANT_CHUNK_BYTES", 100)
+    chunked = tensors(convert_gguf(path, tmp_path / "chunked"))
+    assert chunked.keys() == reference.keys() and all(torch.equal(chunked[k], t) for k, t in reference.items())
+
+
 def test_bfloat16_cache_halves_the_size_and_rounds_like_to_bfloat16(tmp_path):
     path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q4_0")
     exact = convert_gguf(path, tmp_path / "f32")

@@ -286,7 +286,7 @@ def _read(f, tensor, path: Path):
     return raw.reshape(tensor.data.shape)
 
 
-def _dequantize(raw, qtype, chunk_bytes: int = DEQUANT_CHUNK_BYTES):
+def _dequantize(raw, qtype, chunk_bytes: int | None = None):
     """`gguf.quants.dequantize`, a few MB of blocks at a time into one float32 array.
 
     Block formats dequantize each block on its own, so the values are the same as in one call; the
@@ -295,6 +295,7 @@ def _dequantize(raw, qtype, chunk_bytes: int = DEQUANT_CHUNK_BYTES):
     import numpy as np
     from gguf.quants import dequantize
 
+    chunk_bytes = chunk_bytes or DEQUANT_CHUNK_BYTES
     if raw.dtype != np.uint8 or raw.ndim < 2 or raw.nbytes <= chunk_bytes:  # plain floats, or small
         return dequantize(raw, qtype)
     rows = raw.reshape(-1, raw.shape[-1])
