@@ -28,8 +28,6 @@ from superweight.testing import BOS_ID, EOS_ID, PAD_ID, SPECIALS, _bytes_to_unic
 GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "qwen2_moe": "qwen2moe"}
 # model_type -> the section of transformers' GGUF_CONFIG_MAPPING that reads it back
 _CONFIG_SECTION = {"gemma3_text": "gemma3"}
-# transformers calls a `llama` file Mistral when its general.name is exactly "mistral"
-_NAME = {"mistral": "mistral"}
 _PERMUTED_QK = ("llama",)  # llama.cpp arch whose q/k rows are permuted for its rotary layout
 _NORM_PLUS_ONE = ("gemma2", "gemma3")  # llama.cpp arch storing RMSNorm weights as w + 1
 _CONV1D_TRANSPOSED = ("gpt2",)
@@ -47,7 +45,7 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: 
     arch = GGUF_ARCH.get(config.model_type, config.model_type)
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(_NAME.get(config.model_type, f"tiny-{config.model_type}"))
+    writer.add_name(f"tiny-{config.model_type}")
     _add_config(writer, config, arch)
     _add_tokenizer(writer)
     names = gguf.get_tensor_name_map(_arch_enum(arch), _num_layers(config))

@@ -400,34 +400,29 @@ def _check_space(where: Path, nbytes: int, path: Path) -> None:
             f"--cache-dtype bfloat16 to halve it)")
 
 
-class _staging:
-    """A temporary directory next to `out`, renamed onto `out` on success and removed on any failure;
-    a full disk becomes a one-line SuperweightError."""
-
-    def __init__(self, out: Path, source: Path):
-        self.out, self.source = out, source
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, kind, error, tb) -> bool:
-        try:
-            if kind is None and not (self.out / SOURCE_FILE).is_file():  # else another run finished first
-                if self.out.exists():
-                    shutil.rmtree(self.out)
-                os.replace(self.tmp, self.out)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        if _disk_full(error):
-            raise SuperweightError(f"the disk filled up while converting {self.source.name} into "
-                                   f"{self.out.parent}; nothing was kept (free some space, point "
-                                   "SUPERWEIGHT_CACHE elsewhere, or use --cache-dtype bfloat16)") from error
-        return False
+@contextmanager
+def _staging(out: Path, source: Path) -> Iterator[Path]:
+    """A temporary directory next to `out`, renamed onto `out` when the block succeeds and removed
+    whatever happens; a full disk becomes a one-line SuperweightError."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if not (out / SOURCE_FILE).is_file():  # else another run has just finished the same entry
+            if out.exists():  # a leftover without its marker file: incomplete
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    except Exception as e:
+        if _disk_full(e):
+            raise SuperweightError(f"the disk filled up while converting {source.name} into {out.parent}; "
+                                   "nothing was kept (free some space, point SUPERWEIGHT_CACHE elsewhere, "
+                                   "or use --cache-dtype bfloat16)") from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _disk_full(error: BaseException | None) -> bool:
+def _disk_full(error: BaseException) -> bool:
     """ENOSPC, raised as OSError by Python and as SafetensorError "(os error 28)" by safetensors."""
     if isinstance(error, OSError):
         return error.errno == errno.ENOSPC
