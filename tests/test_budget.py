@@ -482,3 +482,21 @@ def test_cli_bad_budget_is_one_line_and_exit_2(model_dir, capsys, monkeypatch, a
     code, out = _run([a.replace("{dir}", str(model_dir)) for a in argv], capsys)
     err = out.err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_tightest_budget_keeps_everything_on_disk_and_zero_shot_agrees(model_dir, full, off, tmp_path):
+    """A budget of exactly the largest layer: even the embeddings stay on disk (inputs still go to
+    the CPU), and lm-eval's harness scores the same."""
+    from superweight.evaluate import zero_shot
+
+    tight = load_model(str(model_dir), quiet=True, max_memory=off.plan.largest)
+    assert is_offloaded(tight.model.get_input_embeddings()) and tight.device == torch.device("cpu")
+    assert torch.equal(_logits(tight), _logits(full))
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"goal": "To dry wet hands,", "sol1": "rub them with a towel.", "sol2": "put them in the freezer.",
+         "label": 0},
+        {"goal": "To boil water,", "sol1": "put it in the fridge.", "sol2": "heat it on the stove.", "label": 1}]))
+    a, b = (zero_shot(lm, ["piqa"], limit=2, data_files={"piqa": piqa}, progress=False)["piqa"]
+            for lm in (full, tight))
+    assert a.metrics == b.metrics and a.items == b.items == 2
