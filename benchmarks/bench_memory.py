@@ -10,11 +10,12 @@ figure, `ru_maxrss`) and its wall time, imports included:
 - `full`: `detect DIR` (the whole model in RAM),
 - `budget`: `detect DIR --max-memory BUDGET` (default 1GiB; layers beyond it stay on disk),
 - `gguf-first` / `gguf-cached`: `detect FILE.gguf` with an empty converted-weights cache, then again,
-- `gguf-reference`: the previous whole-model GGUF conversion, when the loader still offers it.
+- `convert` / `convert-reference`: the GGUF conversion alone, streaming and the previous whole-model
+  one (when `superweight.model.gguf` offers them).
 
 `baseline` is what every case pays before any weight (imports, config, the memory plan, the
-tokenizer). Ratios are within this run: budget / full (also above the baseline), cached GGUF / safetensors directory, first GGUF run /
-reference conversion. Run: python benchmarks/bench_memory.py [--params 1.2B] [--budget 1GiB]
+tokenizer). Ratios are within this run: budget / full (also above the baseline), cached GGUF /
+safetensors directory, streaming / reference conversion. Run: python benchmarks/bench_memory.py [--params 1.2B] [--budget 1GiB]
 [--repeat 3] [--cache DIR]. Writes benchmarks/results/memory.json.
 """
 
@@ -95,9 +96,10 @@ def build(params: int, cache: Path, gguf: bool) -> tuple[Path, Path | None, dict
 
 
 # --- GGUF hook ------------------------------------------------------------------------------------
-# The GGUF half (writer and converter) comes from the streaming-conversion work: the writer is
-# `superweight.testing_gguf.write_gguf(model, path, qtype=...)`, today's whole-model conversion
-# `superweight.model.gguf.convert_gguf_reference(path, out)`. Without them the GGUF cases are skipped.
+# The GGUF half comes from the streaming-conversion work (branch `gguf`): the writer
+# `superweight.testing_gguf.write_gguf(model, path, qtype=...)`, the converters
+# `superweight.model.gguf.convert_gguf(path, out)` and `convert_gguf_reference(path, out)`.
+# In a checkout without them the GGUF cases are skipped with a note.
 
 def gguf_writer():
     from superweight.testing_gguf import write_gguf as writer
@@ -118,14 +120,15 @@ def write_gguf(model, path: Path, qtype: str = "Q8_0") -> None:
     os.replace(tmp, path)
 
 
-def reference_converter() -> str | None:
-    """The name of today's whole-model GGUF conversion, if this checkout keeps it (read, not imported)."""
+def gguf_function(name: str) -> str | None:
+    """`name` if `superweight.model.gguf` defines it in this checkout (read, not imported): the
+    streaming `convert_gguf(path, out)` and the previous whole-model `convert_gguf_reference(path, out)`."""
     import importlib.util
 
     spec = importlib.util.find_spec("superweight.model.gguf")
     if spec is None or spec.origin is None:
         return None
-    return "convert_gguf_reference" if "def convert_gguf_reference(" in Path(spec.origin).read_text() else None
+    return name if f"def {name}(" in Path(spec.origin).read_text() else None
 
 
 def build_in_child(params: int, cache: Path, gguf: bool) -> tuple[Path, Path | None, dict]:
@@ -143,7 +146,7 @@ def build_in_child(params: int, cache: Path, gguf: bool) -> tuple[Path, Path | N
 # --- one measured process -------------------------------------------------------------------------
 
 def child(out: Path, argv: list[str]) -> None:
-    """Run inside the fresh process: the CLI (or the reference conversion), then record ru_maxrss."""
+    """Run inside the fresh process: the CLI (or a conversion, or the baseline), then record ru_maxrss."""
     start = time.perf_counter()
     code = 0
     try:
@@ -155,10 +158,10 @@ def child(out: Path, argv: list[str]) -> None:
 
             plan_memory(AutoConfig.from_pretrained(argv[1]), torch.float32, "cpu", "1GiB")
             AutoTokenizer.from_pretrained(argv[1])
-        elif argv[0] == "--reference-convert":
+        elif argv[0] == "--gguf-function":  # one conversion alone, into a fresh folder
             from superweight.model import gguf
 
-            getattr(gguf, reference_converter())(Path(argv[1]), Path(argv[2]))
+            getattr(gguf, argv[1])(Path(argv[2]), Path(argv[3]))
         else:
             from superweight.cli import main
 
@@ -197,7 +200,7 @@ def run_case(name: str, argv: list[str], env: dict, work: Path, repeat: int, fre
         payload = json.loads(Path(json_out).read_text())
         row["super_weights"] = [[s["layer"], s["row"], s["col"]] for s in payload["super_weights"]]
         row["memory"] = {k: payload["model"]["memory"][k] for k in ("budget", "offloaded", "device_map")}
-    print(f"{name:16s} peak RSS {row['peak_rss_mib']:8.1f} MiB   wall {row['wall_s']:6.2f} s", flush=True)
+    print(f"{name:18s} peak RSS {row['peak_rss_mib']:8.1f} MiB   wall {row['wall_s']:6.2f} s", flush=True)
     return row
 
 
@@ -248,17 +251,20 @@ def main() -> None:
             gguf_cmd = ["detect", str(gguf_file), *common, "--json", str(work / "gguf.json")]
             rows.append(run_case("gguf-first", gguf_cmd, env, work, args.repeat, fresh_cache=True))
             rows.append(run_case("gguf-cached", gguf_cmd, env, work, args.repeat))
-            if reference_converter():
-                rows.append(run_case("gguf-reference", ["--reference-convert", str(gguf_file),
-                                                        str(work / "reference")], env, work, 1))
+            for case, fn in (("convert", "convert_gguf"), ("convert-reference", "convert_gguf_reference")):
+                if gguf_function(fn):
+                    rows.append(run_case(case, ["--gguf-function", fn, str(gguf_file), str(work / case)],
+                                         env, work, 1))
+                    shutil.rmtree(work / case, ignore_errors=True)
         by = {r["case"]: r for r in rows}
         ratios = {"budget_over_full_rss": by["budget"]["peak_rss_mib"] / by["full"]["peak_rss_mib"],
                   "budget_over_full_wall": by["budget"]["wall_s"] / by["full"]["wall_s"]}
         if "gguf-cached" in by:
             ratios["gguf_cached_over_dir_wall"] = by["gguf-cached"]["wall_s"] / by["full"]["wall_s"]
-        if "gguf-reference" in by:
-            ratios["gguf_first_over_reference_rss"] = (by["gguf-first"]["peak_rss_mib"]
-                                                       / by["gguf-reference"]["peak_rss_mib"])
+        if "convert" in by and "convert-reference" in by:
+            ratios["convert_over_reference_rss"] = (by["convert"]["peak_rss_mib"]
+                                                    / by["convert-reference"]["peak_rss_mib"])
+            ratios["convert_over_reference_wall"] = by["convert"]["wall_s"] / by["convert-reference"]["wall_s"]
         base = by["baseline"]["peak_rss_mib"]
         ratios["budget_over_full_rss_above_baseline"] = ((by["budget"]["peak_rss_mib"] - base)
                                                          / (by["full"]["peak_rss_mib"] - base))

@@ -104,8 +104,12 @@ def test_budget_offloads_layers_and_the_report_says_so(full, off):
     json.dumps(off.describe())  # serialisable as it is
 
 
-def test_same_logits(full, off):
+def test_same_logits_and_same_tensors(full, off):
+    from superweight.model import wrap_model
+
     assert torch.equal(_logits(full), _logits(off))
+    assert _weights(full) == _weights(off)
+    assert wrap_model(off.model).weights_hash() == wrap_model(full.model).weights_hash()
 
 
 def test_device_map_summary_is_compact():
@@ -336,16 +340,32 @@ def test_quantized_is_identical_and_restores(full, off, measured, model_dir, met
     assert all(Path(f).exists() for f in files if f.startswith(str(model_dir)))
 
 
-def test_w8a8_superact_is_identical_and_restores(full, off):
+@pytest.mark.parametrize("method", ["superact", "smoothquant"])
+def test_w8a8_is_identical_and_restores(full, off, method):
     from superweight.quantize.w8a8.core import fake_w8a8
+    from superweight.quantize.w8a8.smoothquant import SmoothQuantW8A8Config
     from superweight.quantize.w8a8.superact import SuperActW8A8Config
 
+    def plan(lm):
+        if method == "superact":
+            return SuperActW8A8Config(), None
+        config = SmoothQuantW8A8Config()
+        return config, config.build_plan(lm, calib_ids=lm.tokenizer(TEXT, return_tensors="pt").input_ids)
+
     before, state = _weights(off), _offload_state(off)
-    with fake_w8a8(full, SuperActW8A8Config()) as pa:
+    ca, plan_a = plan(full)
+    cb, plan_b = plan(off)
+    with fake_w8a8(full, ca, plan_a) as pa:
         expected = _logits(full)
-    with fake_w8a8(off, SuperActW8A8Config()) as pb:
+    with fake_w8a8(off, cb, plan_b) as pb:
         got = _logits(off)
-    assert pa.summary() == pb.summary() and torch.equal(got, expected)
+        with pytest.raises(RuntimeError, match="boom"):  # nested, and an error inside
+            with fake_w8a8(off, cb, plan_b):
+                raise RuntimeError("boom")
+        assert torch.equal(_logits(off), got)
+    assert pa.summary().keys() == pb.summary().keys() and torch.equal(got, expected)
+    if method == "smoothquant":
+        assert all(torch.equal(plan_a.linears[n].scales, plan_b.linears[n].scales) for n in plan_a.linears)
     assert _weights(off) == before and _offload_state(off) == state
 
 
@@ -468,6 +488,20 @@ def _timeless(obj, *drop):
     if isinstance(obj, list):
         return [_timeless(v) for v in obj]
     return obj
+
+
+def test_cli_eval_perplexity_of_a_file_under_a_budget(model_dir, full, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT * 4)
+    results = []
+    for extra in ([], ["--max-memory", f"{full.plan.weights_bytes // 3}B"]):
+        out = tmp_path / f"e{len(extra)}.json"
+        code, _ = _run(["eval", str(model_dir), "--ppl", str(text), "--tasks", "none", "--seqlen", "64",
+                        "--json", str(out), *extra], capsys)
+        assert code == 0
+        results.append(json.loads(out.read_text()))
+    assert results[1]["model"]["memory"]["offloaded"]
+    assert _timeless(results[0], "model") == _timeless(results[1], "model")
 
 
 @pytest.mark.parametrize("argv, message", [

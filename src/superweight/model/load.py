@@ -31,7 +31,7 @@ from superweight._io import cache_dir, sha256_file
 from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
 from superweight.model.budget import MemoryPlan, format_size, plan_memory, summarize_device_map
-from superweight.model.offload import input_device, model_is_offloaded, private_folder
+from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -423,6 +423,9 @@ def _files_hash(files: list[Path]) -> str:
 def _state_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
+        if t.device.type == "meta":  # offloaded by accelerate: hash the real values
+            owner, _, attr = name.rpartition(".")
+            t = read_param(model.get_submodule(owner), attr)
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
