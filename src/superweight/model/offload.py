@@ -96,7 +96,6 @@ class _Slot:
     store: MutableMapping
     index: dict | None
     keys: list[str]  # the tensor's key, and those of tied weights that read the same stored tensor
-    local: str  # the name in the module's own weights map
 
     def memento(self) -> list[tuple]:
         return [(k, k in self.store, self.store.get(k), self.index is not None and k in self.index,
@@ -147,7 +146,7 @@ def _slot(module: nn.Module, name: str) -> _Slot:
         keys += [k for k, v in index.items() if k != key and k not in store and v == index[key]]
     elif key in store:
         keys += [k for k, v in store.items() if k != key and v is store[key]]
-    return _Slot(store, index, keys, name)
+    return _Slot(store, index, keys)
 
 
 def read_param(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
@@ -216,8 +215,9 @@ class Overrides:
                 p[index] = values
             return
         t = self._mem.get((id(module), name))
-        installed = t is not None  # later entries of a tensor held in memory are written in place
-        if t is None:
+        slot = _slot(module, name)
+        installed = t is not None and slot.store.get(slot.keys[0]) is t  # still the one the forward reads:
+        if not installed:  # later entries of it are written in place, else start from what is current
             t = read_param(module, name)  # a fresh copy
         with torch.no_grad():
             t[index] = values
