@@ -129,7 +129,6 @@ def plan_memory(config, dtype: torch.dtype, device: str = "cpu", max_memory: str
     >>> plan.device_map  # doctest: +SKIP
     {'model.embed_tokens': 'cpu', 'model.layers.0': 'cpu', 'model.layers.1': 'disk', ...}
     """
-    from accelerate import infer_auto_device_map
     from accelerate.utils import compute_module_sizes, get_max_layer_size
 
     budget = parse_size(max_memory) if max_memory is not None else None
