@@ -2,6 +2,9 @@
 
 Every edit saves the original values it touches (clones, so bit-identical) and writes them back in
 `finally`, also when the body raises. Edits compose: nest them, or use `contextlib.ExitStack`.
+All writes go through `superweight.model.offload.Overrides`, so they work the same on layers that
+accelerate keeps offloaded under a memory budget (the edited tensor stands in for the offloaded one
+for the block; the model's files are never written).
 
 The paper's ablations (Table 1, Figure 6) are these edits: `prune` (zero the super weights),
 `scale` (multiply them by a factor), `prune_top_k` (zero the K largest other weights, the control)
@@ -21,6 +24,7 @@ from torch import nn
 from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView
 from superweight.model.hooks import hooked, observe_down_projs
+from superweight.model.offload import Overrides, read_param
 from superweight.records import SuperWeight
 
 PROBE_TEXT = "The super weight is a single scalar that large language models depend on."
@@ -70,19 +74,12 @@ def check_factor(factor) -> float:
 def set_weights(view: ModelView, values: dict) -> Iterator[None]:
     """Set down-projection entries `{coord: new_value}` for the block; restore them exactly after."""
     keys = check_coords(view, values)
-    saved = []
-    try:
-        with torch.no_grad():
-            for key, new in zip(keys, values.values()):
-                layer, row, col, expert = key
-                w = view.down_proj(layer, expert).matrix()
-                saved.append((w, row, col, w[row, col].clone()))
-                w[row, col] = new
+    with Overrides() as edits:
+        for key, new in zip(keys, values.values()):
+            layer, row, col, expert = key
+            proj = view.down_proj(layer, expert)
+            edits.set_entries(proj.module, proj.param, proj.index(row, col), new)
         yield
-    finally:
-        with torch.no_grad():
-            for w, row, col, old in reversed(saved):
-                w[row, col] = old
 
 
 @contextmanager
@@ -121,7 +118,7 @@ class PrunedWeights:
 
 def _weight_2d(module: nn.Module) -> torch.Tensor:
     """The module's weight as stored ([out, in] for nn.Linear, [in, out] for GPT-2 Conv1D)."""
-    w = module.weight
+    w = read_param(module, "weight")
     if w.dim() != 2:
         raise SuperweightError(f"{type(module).__name__} weight is {w.dim()}-D, expected a matrix")
     return w
@@ -134,8 +131,8 @@ def _excluded_flat(view: ModelView, keys) -> dict[int, list[int]]:
         proj = view.down_proj(layer, expert)
         if proj.layout == "experts":
             continue  # fused expert parameters are not among the decoder linears
-        w = _weight_2d(proj.module)
-        flat = row * w.shape[1] + col if proj.layout == "linear" else col * w.shape[1] + row
+        cols = proj.module.weight.shape[1]  # the stored shape, from metadata
+        flat = row * cols + col if proj.layout == "linear" else col * cols + row
         out.setdefault(id(proj.module), []).append(flat)
     return out
 
@@ -212,20 +209,11 @@ def prune_top_k(view: ModelView, k: int = 7000, exclude: Iterable = (),
     info = PrunedWeights(k=k, smallest=float(values.min()), largest=float(values.max()),
                          per_module={name: int(idx.numel()) for name, _, idx in chosen},
                          candidates=eligible)
-    saved = []
-    try:
-        with torch.no_grad():
-            for _, mod, idx in chosen:
-                w = mod.weight
-                rows, cols = idx // w.shape[1], idx % w.shape[1]
-                rows, cols = rows.to(w.device), cols.to(w.device)
-                saved.append((w, rows, cols, w[rows, cols].clone()))
-                w[rows, cols] = 0.0
+    with Overrides(spill=True) as edits:  # offloaded matrices: edited copies on disk, not in RAM
+        for _, mod, idx in chosen:
+            width = mod.weight.shape[1]
+            edits.set_entries(mod, "weight", (idx // width, idx % width), 0.0)
         yield info
-    finally:
-        with torch.no_grad():
-            for w, rows, cols, old in reversed(saved):
-                w[rows, cols] = old
 
 
 # --- prune the super weights but restore the super activation (Table 1, last row) --------------
@@ -325,19 +313,12 @@ def restore_super_activation(view: ModelView, super_weights: Iterable, *,
 
 
 def _restore_hook(proj, keys, originals, rows, positions, thresholds, log):
-    matrix = proj.matrix
-
     def hook(module, inputs, output):
-        w = matrix()
         with torch.no_grad():
-            pruned = [(r, c, w[r, c].clone()) for _, r, c, _ in keys]
-            try:
+            with Overrides() as edits:  # this layer's super weights back, for one recomputation
                 for key in keys:
-                    w[key[1], key[2]] = originals[key]
+                    edits.set_entries(proj.module, proj.param, proj.index(key[1], key[2]), originals[key])
                 y_orig = module.forward(*inputs)  # [batch, seq, hidden], the unpruned layer's output
-            finally:
-                for r, c, old in pruned:
-                    w[r, c] = old
             y = output.clone()
             seq = y.shape[-2] if y.dim() >= 2 else 1
             for r in rows:

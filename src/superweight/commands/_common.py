@@ -12,9 +12,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The model reference and how to load it (the same flags for every command)."""
     parser.add_argument("model", nargs="?", default="smollm2-135m",
                         help="hub id, local directory, .gguf file or built-in alias (default: smollm2-135m)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default float32)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="weights dtype (default float32; auto: the checkpoint's own)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N or auto (all GPUs, then RAM, then disk) (default cpu)")
+    add_memory_arg(parser)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the hub (off unless asked)")
     parser.add_argument("--layers", dest="layers_path", metavar="PATH",
@@ -26,6 +28,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="dtype of the cached safetensors copy of a .gguf or alias (default float32, "
                              "exact; bfloat16 halves the disk and rounds the weights)")
+
+
+def add_memory_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="RAM budget for the weights, e.g. 2GiB or 500MB: layers beyond it stay on disk "
+                             "and are read when used (default: automatic when the model would not fit)" + note)
 
 
 def positive_int(text: str) -> int:
@@ -51,7 +59,8 @@ def load_from_args(args: argparse.Namespace):
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, layers=args.layers_path,
                       down_proj=args.down_proj_path, quiet=False,
-                      cache_dtype=getattr(args, "cache_dtype", "float32"))
+                      cache_dtype=getattr(args, "cache_dtype", "float32"),
+                      max_memory=getattr(args, "max_memory", None))
 
 
 WIDE = 160  # columns when output is not a terminal (files, pipes, CI logs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from superweight.commands._common import console, eprint
+from superweight.commands._common import add_memory_arg, console, eprint
 
 
 def register(sub) -> None:
@@ -17,8 +17,9 @@ def register(sub) -> None:
     p.add_argument("--keep", action="append", metavar="L,R,C",
                    help="super weight to check (repeatable; default: detected in ORIGINAL)")
     p.add_argument("--prompt", help="prompt for the super activation (default: detection's)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     p.add_argument("--device", default="cpu")
+    add_memory_arg(p, note="; split between the two models")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.set_defaults(func=run)
 
@@ -27,12 +28,14 @@ def run(args) -> int:
     from superweight._io import result_header, write_json
     from superweight.commands.quantize import parse_keep
     from superweight.model import load_model
+    from superweight.model.budget import parse_size
     from superweight.quantize.check import SURVIVE_RATIO, check_models
     from superweight.quantize.export import read_manifest
 
     keep = parse_keep(args.keep) or None
-    a = load_model(args.original, dtype=args.dtype, device=args.device, quiet=False)
-    b = load_model(args.other, dtype=args.dtype, device=args.device, quiet=False)
+    half = parse_size(args.max_memory) // 2 if args.max_memory else None
+    a = load_model(args.original, dtype=args.dtype, device=args.device, quiet=False, max_memory=half)
+    b = load_model(args.other, dtype=args.dtype, device=args.device, quiet=False, max_memory=half)
     rows = check_models(a, b, keep, args.prompt)
     _render(rows, args)
     manifest = read_manifest(b.source) if b.kind == "local" else None

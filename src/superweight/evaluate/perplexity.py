@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
+from superweight.model.offload import input_device
 
 DEFAULT_SEQLEN = 2048  # the paper's (and GPTQ's) context length for Wiki-2 / C4 perplexity
 DEFAULT_BATCH_SIZE = 4  # windows per forward pass (logits of 4 × 2048 × 49k vocab ≈ 1.6 GB in fp32)
@@ -116,7 +117,7 @@ def score_windows(model, chunks: torch.Tensor, batch_size: int = DEFAULT_BATCH_S
     """Mean next-token NLL over all windows, scored `batch_size` windows at a time."""
     if batch_size < 1:
         raise SuperweightError(f"batch size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = input_device(model)  # also right when accelerate offloads some layers
     total = 0.0
     with torch.inference_mode():
         for start in range(0, chunks.shape[0], batch_size):

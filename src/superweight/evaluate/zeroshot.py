@@ -146,6 +146,8 @@ def _harness(lm, batch_size: int, progress: bool):
     if lm.tokenizer is None:
         raise SuperweightError("zero-shot evaluation needs the model's tokenizer")
     harness = HFLM(pretrained=lm.model, tokenizer=copy.deepcopy(lm.tokenizer), batch_size=batch_size)
+    if getattr(lm.model, "hf_device_map", None):  # offloaded: HFLM took the first parameter's (maybe meta) device
+        harness._device = lm.device
     if not progress:
         for method in ("loglikelihood", "loglikelihood_rolling"):
             setattr(harness, method, functools.partial(getattr(harness, method), disable_tqdm=True))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
+from superweight.model.offload import read_param
 
 LAYOUTS = ("linear", "conv1d", "experts")
 
@@ -125,8 +126,16 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def linear_matrix(module: nn.Module) -> torch.Tensor:
-    """W[out, in] of a decoder linear layer: nn.Linear's weight, or Conv1D's transposed (a view)."""
-    return module.weight.T if is_conv1d(module) else module.weight
+    """W[out, in] of a decoder linear layer: nn.Linear's weight, or Conv1D's transposed (a view;
+    a copy when the layer is offloaded)."""
+    w = read_param(module, "weight")
+    return w.T if is_conv1d(module) else w
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a decoder linear layer, without reading its weights."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if is_conv1d(module) else (rows, cols)
 
 
 def known_model_types() -> list[str]:
@@ -158,7 +167,9 @@ def get_path(root: nn.Module, path: str) -> nn.Module:
 
 @dataclass
 class DownProj:
-    """One down projection: `matrix()` is W[row=out, col=in], a view sharing the module's storage."""
+    """One down projection: `matrix()` is W[row=out, col=in], a view sharing the module's storage
+    (for an offloaded layer, a copy of the offloaded values: edit through `index` and
+    `superweight.model.offload.Overrides`, as `superweight.interventions` does)."""
 
     layer: int
     module: nn.Module
@@ -169,16 +180,28 @@ class DownProj:
     _name: str = field(default="", repr=False)
 
     def matrix(self) -> torch.Tensor:
-        w = getattr(self.module, self.param)
+        w = read_param(self.module, self.param)
         if self.layout == "conv1d":
             return w.T
         if self.layout == "experts":
             return w[self.expert]
         return w
 
+    def index(self, row, col) -> tuple:
+        """Where W[row, col] sits in the stored parameter `module.<param>` (rows/cols: ints or tensors)."""
+        if self.layout == "conv1d":
+            return (col, row)
+        if self.layout == "experts":
+            return (self.expert, row, col)
+        return (row, col)
+
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.matrix().shape)  # type: ignore[return-value]
+        """(rows, cols) of W, from the parameter's metadata (no weights are read)."""
+        shape = tuple(getattr(self.module, self.param).shape)
+        if self.layout == "conv1d":
+            return shape[::-1]  # type: ignore[return-value]
+        return shape[-2:]  # type: ignore[return-value]
 
     @property
     def name(self) -> str:
@@ -256,10 +279,11 @@ class ModelView:
         norm = self.post_mlp_norm(layer)
         if norm is None or getattr(norm, "weight", None) is None:
             return None
-        return norm.weight.detach().float() + self.adapter.norm_gain_offset
+        return read_param(norm, "weight").detach().float() + self.adapter.norm_gain_offset
 
     def feature_rows(self, layer: int, col: int, expert: int | None = None) -> list[FeatureRow]:
-        """Views of the weights (and biases) that produce intermediate feature `col` of a layer.
+        """Views of the weights (and biases) that produce intermediate feature `col` of a layer
+        (copies for an offloaded layer).
 
         For a dense MLP: the adapter's `up_projs`; for a routed expert: that expert's slice of them;
         for a MoE layer with `expert=None`: the shared expert's `shared_up_projs`.
@@ -275,7 +299,7 @@ class ModelView:
         rows = []
         for spec in specs:
             module = get_path(self.layers[layer], spec.path)
-            w = getattr(module, spec.param, None)
+            w = read_param(module, spec.param)
             name = f"{a.layers}.{layer}.{spec.path}.{spec.param}"
             if not isinstance(w, torch.Tensor):
                 raise SuperweightError(f"{name} is not a weight")
@@ -287,7 +311,7 @@ class ModelView:
             inter = w.shape[out_dim] // spec.chunks
             if not 0 <= col < inter:
                 raise SuperweightError(f"feature {col} out of range for {name} ({inter} features)")
-            bias = getattr(module, "bias", None) if spec.layout != "experts" else None
+            bias = read_param(module, "bias") if spec.layout != "experts" else None
             for j in range(spec.chunks):
                 r = j * inter + col
                 row = w[:, r] if spec.layout == "conv1d" else w[r]  # [hidden]
@@ -300,7 +324,7 @@ class ModelView:
         if self.adapter.router is None:
             return None
         self.check_layer(layer)
-        w = getattr(get_path(self.layers[layer], self.adapter.router), "weight", None)
+        w = read_param(get_path(self.layers[layer], self.adapter.router), "weight")
         if not isinstance(w, torch.Tensor) or w.dim() != 2:
             raise SuperweightError(f"{self.adapter.router} of layer {layer} has no 2-D router weight")
         return w

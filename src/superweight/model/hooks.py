@@ -7,6 +7,8 @@ few numbers right away instead of keeping whole activations.
 Fused mixture-of-experts modules call `F.linear` on a 3-D parameter instead of one module per expert,
 so there is nothing per expert to hook; for them the hook on the experts module recomputes each routed
 expert's intermediate activation from the module's own weights (exactly what its forward computes).
+Those weights are read through `read_param`: a hook runs after accelerate has put an offloaded
+module's placeholders back, so `module.<param>` is a meta tensor there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from superweight.model.adapters import DownProj, ModelView
+from superweight.model.offload import read_param
 
 # callback(proj, x [tokens, in], y [tokens, out], positions [tokens] flat indices into batch*seq)
 DownCallback = Callable[[DownProj, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -65,15 +68,16 @@ def _experts_hook(projs: list[DownProj], callback: DownCallback, gate_up: str):
     def hook(module, inputs, output):
         hidden, top_k_index = inputs[0].detach(), inputs[1]
         hidden = _flat(hidden)
+        # read once per call: for an offloaded layer these are copies loaded from the offload map
+        gate_up_w = read_param(module, gate_up).to(hidden.device)  # [experts, 2·intermediate, hidden]
+        down_w = read_param(module, projs[0].param).to(hidden.device)  # [experts, hidden, intermediate]
         for e in torch.unique(top_k_index).tolist():
             if e not in by_expert:
                 continue
             tokens = (top_k_index == e).any(dim=-1).nonzero().flatten()
-            weight = getattr(module, gate_up)[e]
-            gate, up = nn.functional.linear(hidden[tokens], weight).chunk(2, dim=-1)
+            gate, up = nn.functional.linear(hidden[tokens], gate_up_w[e]).chunk(2, dim=-1)
             x = (module.act_fn(gate) * up).detach()  # [tokens_e, intermediate]
-            w = by_expert[e].matrix()
-            y = nn.functional.linear(x, w).detach()  # [tokens_e, hidden]
+            y = nn.functional.linear(x, down_w[e]).detach()  # [tokens_e, hidden]
             callback(by_expert[e], x, y, tokens)
     return hook
 

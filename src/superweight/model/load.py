@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from torch import nn
 from superweight._io import cache_dir, sha256_file
 from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
+from superweight.model.budget import MemoryPlan, format_size, plan_memory, summarize_device_map
+from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,11 +74,13 @@ class LoadedModel:
     source: str  # the resolved path or hub id
     weight_files: list[Path] = field(default_factory=list)
     model_id: str | None = None  # the exact hub id, for the catalog (None if unknown)
+    plan: MemoryPlan | None = None  # the memory budget and device map it was loaded with
     _hash: str | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go (the input embedding's execution device, also when layers are offloaded)."""
+        return input_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,24 +101,49 @@ class LoadedModel:
         return {"ref": self.ref, "kind": self.kind, "source": self.source,
                 "model_id": self.model_id, "model_type": self.model_type, "num_layers": self.view.num_layers,
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
-                "weights_sha256": self.weights_hash()}
+                "memory": self.memory(), "weights_sha256": self.weights_hash()}
+
+    def memory(self) -> dict:
+        """The memory budget and the device map actually used (compact), and whether layers are offloaded."""
+        plan = self.plan
+        budget = plan.budget if plan else None
+        used = getattr(self.model, "hf_device_map", None)
+        return {"budget": format_size(budget) if budget else None, "budget_bytes": budget,
+                "budget_source": plan.source if plan else "none",
+                "weights_bytes": plan.weights_bytes if plan else None,
+                "offloaded": model_is_offloaded(self.model),
+                "device_map": summarize_device_map(used, self.view.adapter.layers, self.view.num_layers,
+                                                   str(self.device))}
 
 
 def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
                trust_remote_code: bool = False, layers: str | None = None,
                down_proj: str | None = None, quiet: bool = False,
-               cache_dtype: str = "float32") -> LoadedModel:
+               cache_dtype: str = "float32", max_memory: str | int | None = None) -> LoadedModel:
     """Load a causal LM from an alias, a .gguf file, a local directory or a hub id.
 
     A GGUF (or alias) is converted once into a cached safetensors copy stored in `cache_dtype`
     (float32: exact; bfloat16: half the disk, values rounded to bfloat16).
 
+    `dtype` "auto" takes the checkpoint's own dtype. `max_memory` (e.g. "2GiB") bounds the CPU RAM
+    the weights take: layers beyond it stay on disk and accelerate loads each one for its forward
+    (`superweight.model.budget`). Without it, a model that would not fit in the available RAM gets
+    a budget automatically (one line on stderr says so). `device` "auto" spreads the layers over
+    the GPUs (device_map "auto"), then the RAM budget, then disk.
+
     >>> lm = load_model("smollm2-135m")
     >>> lm.view.down_proj(11).matrix().shape
     torch.Size([576, 1536])
+    >>> load_model("./my-model", max_memory="2GiB").memory()["offloaded"]  # doctest: +SKIP
+    True
     """
-    if dtype not in DTYPES:
-        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPES and dtype != "auto":
+        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    if max_memory is not None:
+        from superweight.model.budget import parse_size
+
+        parse_size(max_memory)  # a bad size fails before anything is read
+    requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
         if ref in ALIASES:
@@ -129,13 +159,21 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
                 f"model {ref!r} not found: not a built-in alias ({', '.join(ALIASES)}), "
                 "not an existing path, not a hub id of the form org/name")
         source = str(path) if path else ref
-        adapter = adapter_for(_config(source, trust_remote_code, kind).model_type, layers, down_proj)
-        model, tok = _from_pretrained(source, DTYPES[dtype], trust_remote_code, kind)
-    model.to(device).eval()
+        config = _config(source, trust_remote_code, kind)
+        adapter = adapter_for(config.model_type, layers, down_proj)
+        torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
+        plan = plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
+                           max_memory, trust_remote_code)
+        if plan.source == "auto" and not quiet:
+            print(plan.auto_message(), file=sys.stderr)
+        model, tok = _from_pretrained(source, torch_dtype, trust_remote_code, kind, plan.device_map)
+    if plan.device_map is None:
+        model.to(device)
+    model.eval()
     view = ModelView(model, adapter)
     files = sorted(path.glob("*.safetensors")) if path else []
     model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
-    return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id)
+    return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id, plan)
 
 
 def wrap_model(model: nn.Module, tokenizer: object = None, ref: str = "<in-memory>",
@@ -190,16 +228,53 @@ def _config(ref: str, trust_remote_code: bool, kind: str):
         raise _load_error(ref, kind, e) from e
 
 
-def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind: str):
+def _checkpoint_dtype(config) -> torch.dtype:
+    """`--dtype auto`: the dtype the checkpoint's config names (float32 when it names none)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    name = str(value).removeprefix("torch.")
+    if name not in DTYPES:
+        raise SuperweightError(f"the checkpoint's dtype {name!r} is not supported; choose --dtype "
+                               f"{' or '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind: str,
+                     device_map: dict | None = None):
+    """The model and tokenizer; with a device map, dispatched by accelerate (disk layers stay in the
+    checkpoint's safetensors files, read by reference; a private offload folder takes any weight
+    that transformers must convert on loading, and is removed with the model or at exit)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(trust_remote_code=trust_remote_code)
+    offload = None
+    if device_map is not None:
+        offload = str(private_folder("load"))
+        kwargs.update(device_map=device_map, offload_folder=offload)
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
-        tok = AutoTokenizer.from_pretrained(ref, **kwargs)
+        with _quiet_accelerate():
+            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
+        tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as e:
+        if offload:
+            shutil.rmtree(offload, ignore_errors=True)
         raise _load_error(ref, kind, e) from e
+    if offload:
+        weakref.finalize(model, shutil.rmtree, offload, True)
     return model, tok
+
+
+@contextmanager
+def _quiet_accelerate() -> Iterator[None]:
+    """Silence accelerate's 'parameters are on the meta device' warning: `memory()` records it."""
+    import logging
+
+    log = logging.getLogger("accelerate.big_modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # --- GGUF --------------------------------------------------------------------------------------
@@ -320,6 +395,9 @@ def _files_hash(files: list[Path]) -> str:
 def _state_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
+        if t.device.type == "meta":  # offloaded by accelerate: hash the real values
+            owner, _, attr = name.rpartition(".")
+            t = read_param(model.get_submodule(owner), attr)
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

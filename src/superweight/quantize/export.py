@@ -45,7 +45,7 @@ def save_checkpoint(lm: LoadedModel, out: str | os.PathLike, manifest: dict, for
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = None
     try:
-        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.model.save_pretrained(tmp, safe_serialization=True, **_shard_kwargs(lm))
         if lm.tokenizer is not None:
             lm.tokenizer.save_pretrained(tmp)
         write_json(tmp / MANIFEST_NAME, {**result_header("quantized-model", model=lm.describe()), **manifest})
@@ -62,6 +62,15 @@ def save_checkpoint(lm: LoadedModel, out: str | os.PathLike, manifest: dict, for
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _shard_kwargs(lm: LoadedModel) -> dict:
+    """Under a memory budget, shards of half the budget (transformers holds one shard in memory)."""
+    from superweight.model.offload import model_is_offloaded
+
+    if lm.plan is None or lm.plan.budget is None or not model_is_offloaded(lm.model):
+        return {}
+    return {"max_shard_size": max(lm.plan.budget // 2, lm.plan.largest)}
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:

@@ -7,6 +7,9 @@ mixture-of-experts parameters are not linear modules and are left alone.
 
 `quantized(lm, config)` is a context manager that writes the fake-quantized weights and restores the
 exact original bits on exit; `quantize_(lm, config)` does the same in place, keeping no copies.
+Weights of layers offloaded under a memory budget are read one matrix at a time, and their quantized
+versions go to a private temporary offload folder (removed on exit), not to RAM and never into the
+model's own files (`superweight.model.offload.Overrides`).
 """
 
 from __future__ import annotations
@@ -22,24 +25,31 @@ from torch import nn
 from superweight.errors import SuperweightError
 from superweight.model.adapters import is_conv1d
 from superweight.model.load import LoadedModel
+from superweight.model.offload import Overrides, read_param
 from superweight.quantize.rtn import RTNConfig
 from superweight.records import SuperWeight
 
 
 @dataclass
 class Target:
-    """One weight to quantize: `matrix()` is W[out, in] (a view for transposed Conv1D)."""
+    """One weight to quantize: `matrix()` is W[out, in] (a view for transposed Conv1D; a copy when
+    the layer is offloaded)."""
 
     name: str
-    param: nn.Parameter
+    module: nn.Module
     transposed: bool = False
 
-    def matrix(self) -> torch.Tensor:
-        return self.param.T if self.transposed else self.param
+    @property
+    def param(self) -> nn.Parameter:
+        return self.module.weight
 
-    def write(self, w: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.matrix().copy_(w)
+    def matrix(self) -> torch.Tensor:
+        w = read_param(self.module, "weight")
+        return w.T if self.transposed else w
+
+    def write(self, w: torch.Tensor, edits: Overrides) -> None:
+        """Replace the weight by W[out, in] = `w` through `edits` (restored when they are)."""
+        edits.set(self.module, "weight", w.T if self.transposed else w)
 
 
 @dataclass
@@ -83,13 +93,13 @@ def weight_targets(lm: LoadedModel, include: Sequence[str] = ()) -> list[Target]
     """The weights a config quantizes, in model order, each once."""
     out, seen = [], set()
     for name, module in lm.view.decoder_linears():
-        out.append(Target(name, module.weight, transposed=is_conv1d(module)))
+        out.append(Target(name, module, transposed=is_conv1d(module)))
     extra = {"lm_head": lm.model.get_output_embeddings, "embed": lm.model.get_input_embeddings}
     for key in include:
         module = extra[key]()
         if module is None or getattr(module, "weight", None) is None:
             raise SuperweightError(f"the model has no {key} weight to include")
-        out.append(Target(key, module.weight))
+        out.append(Target(key, module))
     unique = []
     for t in out:
         if id(t.param) not in seen:  # tied lm_head / embeddings: one parameter
@@ -101,18 +111,17 @@ def weight_targets(lm: LoadedModel, include: Sequence[str] = ()) -> list[Target]
 def keep_map(lm: LoadedModel, targets: list[Target],
              super_weights: Sequence[SuperWeight]) -> dict[str, list[tuple[int, int]]]:
     """{target name: [(row, col)]} for the super weights that live in a quantized weight."""
-    by_param = {id(t.param): t.name for t in targets}
+    by_module = {id(t.module): t.name for t in targets}
     out: dict[str, list[tuple[int, int]]] = {}
     for sw in super_weights:
         proj = lm.view.down_proj(sw.layer, sw.expert)
-        param = getattr(proj.module, proj.param)
-        if proj.layout == "experts" or id(param) not in by_param:
+        if proj.layout == "experts" or proj.param != "weight" or id(proj.module) not in by_module:
             continue  # fused experts are not quantized, so nothing to restore
         rows, cols = proj.shape
         if not (0 <= sw.row < rows and 0 <= sw.col < cols):
             raise SuperweightError(f"super weight {sw.label()} is outside the down projection "
                                    f"of layer {sw.layer} ({rows} x {cols})")
-        out.setdefault(by_param[id(param)], []).append((sw.row, sw.col))
+        out.setdefault(by_module[id(proj.module)], []).append((sw.row, sw.col))
     return out
 
 
@@ -133,7 +142,7 @@ def resolve_super_weights(lm: LoadedModel, config: RTNConfig,
 
 
 def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[SuperWeight] | None,
-                  saved: list | None) -> QuantReport:
+                  edits: Overrides) -> QuantReport:
     start = time.perf_counter()
     sws = resolve_super_weights(lm, config, super_weights)
     targets = weight_targets(lm, config.include)
@@ -145,9 +154,7 @@ def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[Su
         stats: dict = {}
         q = config.quantize_matrix(w, keep, stats)
         err = float((q.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30))
-        if saved is not None:
-            saved.append((t, w.clone()))
-        t.write(q)
+        t.write(q, edits)
         stats_out.append(TensorStats(t.name, tuple(w.shape), stats.get("blocks", 0),
                                      bool(stats.get("ragged", False)), int(stats.get("clipped", 0)),
                                      err, keep))
@@ -162,15 +169,14 @@ def quantized(lm: LoadedModel, config: RTNConfig,
     >>> with quantized(lm, SuperWeightQuantConfig(bits=4, block=16384)) as report:
     ...     ppl = perplexity(lm, "wiki")
     """
-    saved: list = []
-    try:
-        yield _quantize_all(lm, config, super_weights, saved)
-    finally:
-        for target, original in reversed(saved):
-            target.write(original)
+    with Overrides(spill=True) as edits:
+        yield _quantize_all(lm, config, super_weights, edits)
 
 
 def quantize_(lm: LoadedModel, config: RTNConfig,
               super_weights: Sequence[SuperWeight] | None = None) -> QuantReport:
-    """Fake-quantize the model's weights in place (no copies kept; for saving a quantized model)."""
-    return _quantize_all(lm, config, super_weights, None)
+    """Fake-quantize the model's weights in place (no copies kept; for saving a quantized model).
+
+    Offloaded layers get their quantized weights in a temporary offload folder that lives as long
+    as the model."""
+    return _quantize_all(lm, config, super_weights, Overrides(spill=True, keep=False, owner=lm.model))

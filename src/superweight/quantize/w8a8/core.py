@@ -4,7 +4,8 @@ A *plan* says, for each linear, how to scale its input channels (SmoothQuant) an
 (token position, channel) to protect (the paper's super activations). Applying a plan quantizes each
 weight once — W·diag(s), per output channel — and registers a forward pre-hook that fake-quantizes
 the input X·diag(s)⁻¹ on every call, so `Q(X/s) @ Q(W·s)ᵀ` is what the layer computes. Weights are
-restored bit-exactly and hooks removed on exit, also on error.
+restored bit-exactly and hooks removed on exit, also on error (offloaded layers: the quantized
+weights live in a temporary offload folder for the block, see `superweight.model.offload`).
 
 Protected entries are replaced by the input tensor's median before the statistics are taken, then
 restored to their exact values after dequantization (`fill_kept="median"` in the math). Positions
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
-from superweight.model.adapters import linear_matrix
+from superweight.model.adapters import is_conv1d, linear_matrix
 from superweight.model.load import LoadedModel
+from superweight.model.offload import Overrides
 from superweight.tensor.quant import check_bits, fake_quantize
 
 ACT_GRANULARITIES = {"tensor": "tensor", "token": "channel"}  # per token = per row of X[tokens, C]
@@ -115,20 +117,19 @@ def fake_w8a8(lm: LoadedModel, config: W8A8Config, plan: Plan | None = None) -> 
     missing = [n for n in plan.linears if n not in modules]
     if missing:
         raise SuperweightError(f"plan names linears the model does not have: {', '.join(missing[:3])}")
-    saved, handles = [], []
-    try:
-        with torch.no_grad():
+    handles = []
+    with Overrides(spill=True) as edits:
+        try:
+            with torch.no_grad():
+                for name, lp in plan.linears.items():
+                    module = modules[name]
+                    w = _weight_view(module)  # [out, in]
+                    ws = w if lp.scales is None else w * lp.scales.to(w.dtype)  # scale input columns
+                    q = fake_quantize(ws, config.w_bits, "channel", symmetric=config.symmetric)
+                    edits.set(module, "weight", q.T if is_conv1d(module) else q)
             for name, lp in plan.linears.items():
-                w = _weight_view(modules[name])  # [out, in]
-                saved.append((w, w.detach().clone()))
-                ws = w if lp.scales is None else w * lp.scales.to(w.dtype)  # scale input columns
-                w.copy_(fake_quantize(ws, config.w_bits, "channel", symmetric=config.symmetric))
-        for name, lp in plan.linears.items():
-            handles.append(modules[name].register_forward_pre_hook(_pre_hook(config, lp), with_kwargs=True))
-        yield plan
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for w, original in reversed(saved):
-                w.copy_(original)
+                handles.append(modules[name].register_forward_pre_hook(_pre_hook(config, lp), with_kwargs=True))
+            yield plan
+        finally:
+            for h in handles:
+                h.remove()

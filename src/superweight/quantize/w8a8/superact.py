@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
+from superweight.model.adapters import linear_shape
 from superweight.model.load import LoadedModel
-from superweight.quantize.w8a8.core import LinearPlan, Plan, W8A8Config, _weight_view
+from superweight.quantize.w8a8.core import LinearPlan, Plan, W8A8Config
 from superweight.records import SuperActivation, SuperWeight
 
 
@@ -52,7 +53,7 @@ def protect_plan(lm: LoadedModel, super_weights: Sequence[SuperWeight],
     for sa in super_activations:
         for name, module in view.decoder_linears():
             layer = int(name[len(prefix) + 1:].split(".", 1)[0])
-            if layer > sa.layer and _weight_view(module).shape[1] == hidden:
+            if layer > sa.layer and linear_shape(module)[1] == hidden:
                 _add(linears[name], (sa.position, sa.channel))
     notes = {"super_weights": [s.label() + (" late" if s.late else "") for s in super_weights],
              "super_activations": [a.to_dict() for a in super_activations]}
