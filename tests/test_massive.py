@@ -14,8 +14,10 @@ from superweight.model import wrap_model
 from superweight.records import ATTENTION, EMBEDDING, INPUT_FEATURE, MLP, NORM_GAIN, SUPER_WEIGHT
 from superweight.testing import (BOS_ID, plant_attention_activation, plant_embedding_activation,
                                  plant_input_feature, plant_norm_activation, plant_super_weight, save_demo,
-                                 tiny_model, tiny_tokenizer)
+                                 TINY_TYPES, tiny_model, tiny_tokenizer)
 
+MOE = {"mixtral", "qwen2_moe"}
+POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the woods. " * 3
 
 
@@ -53,7 +55,7 @@ def test_runs_split_at_a_gap_and_keep_the_peak():
 
 # --- one test per origin ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "olmo2"])
 def test_post_mlp_norm_gain_in_every_layer(model_type, tokenizer):
     """The Gemma 3 case: the post-MLP norm's gain makes a massive activation in every layer from 1
     on, so the median layer has it too and the down projection search (median layer) sees nothing."""
@@ -97,6 +99,24 @@ def test_one_input_feature_feeding_four_rows_is_found_in_one_run(tokenizer):
     assert_clean(model, before)
 
 
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_one_input_feature_on_every_architecture(model_type, tokenizer):
+    """The column is found whole in round 1 everywhere (per expert for MoE). Behind a post-MLP norm
+    the outputs are normalised (no massive activation), so only the down projection search sees it."""
+    model = tiny_model(model_type)
+    e = 1 if model_type in MOE else None
+    planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e)
+    result = detect(wrap_model(model, tokenizer))
+    assert {s.key: s.round for s in result.super_weights} == {s.key: 1 for s in planted}
+    assert result.converged and result.rounds == 2
+    if model_type in POST_MLP_NORM:
+        assert result.massive == []
+        return
+    assert sorted(a.channel for a in result.massive) == [3, 17, 29]
+    assert {(a.origin.kind, a.origin.column, tuple(a.origin.rows)) for a in result.massive} == \
+        {(INPUT_FEATURE, 11, (3, 17, 29))}
+
+
 def test_the_round_limit_is_reported_when_candidates_still_appear(tokenizer, tmp_path, capsys):
     model = tiny_model("llama")
     plant_super_weight(model, 2, 7, 11)
@@ -110,8 +130,10 @@ def test_the_round_limit_is_reported_when_candidates_still_appear(tokenizer, tmp
     assert "stopped at the round limit (1 rounds) while still finding new candidates" in out
 
 
-def test_attention_made(tokenizer):
-    model = tiny_model("llama", attention_bias=True)
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_attention_made(model_type, tokenizer):
+    """The attention output projection's bias makes it (GPT-NeoX adds attention and MLP in parallel)."""
+    model = tiny_model(model_type, **({"attention_bias": True} if model_type == "llama" else {}))
     plant_attention_activation(model, 1, 9)
     result = detect(wrap_model(model, tokenizer))
     (act,) = result.massive
@@ -120,8 +142,9 @@ def test_attention_made(tokenizer):
     assert result.super_weights == []
 
 
-def test_embedding_made(tokenizer):
-    model = tiny_model("llama")
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2"])
+def test_embedding_made(model_type, tokenizer):
+    model = tiny_model(model_type)
     plant_embedding_activation(model, BOS_ID, 9)
     result = detect(wrap_model(model, tokenizer))
     (act,) = result.massive
