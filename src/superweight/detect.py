@@ -32,7 +32,8 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import prune
-from superweight.massive import OriginConfig, ResidualLayer, ResidualProbe, massive_activations
+from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, OriginConfig, ResidualLayer, ResidualProbe,
+                                 massive_activations)
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs, observe_outputs
 from superweight.model.load import LoadedModel
@@ -62,8 +63,8 @@ class DetectConfig:
     max_rounds: int = 5  # zero what was found and search again, at most this many times
     late_fraction: float = 0.8  # layers at or past this fraction of depth hold "late" spikes
     layers: tuple[int, ...] | None = None  # hook only these layers (None: all)
-    massive_floor: float = 100.0  # a massive activation: |h| above this ...
-    massive_ratio: float = 1000.0  # ... and this many times the median |h| of its hidden state
+    massive_floor: float = MASSIVE_FLOOR  # a massive activation: |h| above this ...
+    massive_ratio: float = MASSIVE_RATIO  # ... and this many times the median |h| of its hidden state
     weight_share: float = 0.5  # a few weights make an MLP output when they make this share of it
     min_product_share: float = 0.1  # ... each at least this share
     max_weights: int = 4  # ... and at most this many of them
@@ -242,8 +243,14 @@ def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
     layers = _layers(lm, layers)
     maxima = _DownMaxima()
     norms = {i: m for i in layers if (m := view.post_mlp_norm(i)) is not None}
-    with torch.no_grad(), observe_down_projs(view, maxima.on_down, layers), \
-            observe_outputs(norms, maxima.on_norm), (probe.hooks() if probe else nullcontext()):
+
+    def on_down(proj, x, y, positions):  # one hook for both observers (MoE experts are recomputed once)
+        maxima.on_down(proj, x, y, positions)
+        if probe is not None:
+            probe.on_down(proj, x, y, positions)
+
+    with torch.no_grad(), observe_down_projs(view, on_down, layers), \
+            observe_outputs(norms, maxima.on_norm), (probe.hooks(down=False) if probe else nullcontext()):
         lm.model(input_ids=input_ids)
     return maxima.stats()
 

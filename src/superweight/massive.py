@@ -40,6 +40,8 @@ from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FE
 from superweight.tensor.stats import dominance, rank_by_magnitude
 
 MAX_SITES = 256  # massive entries kept per layer (the largest); real models have a handful
+MASSIVE_FLOOR = 100.0  # a massive activation: |h| above this ...
+MASSIVE_RATIO = 1000.0  # ... and this many times the median |h| of its own hidden state
 
 
 @dataclass
@@ -158,8 +160,11 @@ class ResidualProbe:
         self._cur["mlp"] = out
         self._cur["raw"] = inp if layer in self._normed else out
 
-    def _on_down(self, proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
-        self._cur.setdefault("down", []).append((proj, x, positions))
+    def on_down(self, proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
+        """The down projection callback (`observe_down_projs`); share it when another observer
+        hooks the down projections in the same pass (`hooks(down=False)`)."""
+        if self.explain:
+            self._cur.setdefault("down", []).append((proj, x, positions))
 
     def _on_routing(self, layer: int, weights: torch.Tensor) -> None:
         self._cur["routing"] = weights  # [tokens, experts]
@@ -172,13 +177,10 @@ class ResidualProbe:
         if not (self.explain and new):
             return
         for p, c in new:
-            def at(key):
-                t = cur.get(key)
-                return float(t[p, c]) if t is not None and t.shape[0] > p else None
-            before = at("in")
-            self.sites[(layer, p, c)] = Site(layer, p, c, row.massive[(p, c)],
-                                             before if before is not None else 0.0, row.threshold,
-                                             at("attn"), at("mlp"), at("raw"))
+            at = {key: float(t[p, c]) for key, t in cur.items()
+                  if key in ("in", "attn", "mlp", "raw") and t.shape[0] > p}
+            self.sites[(layer, p, c)] = Site(layer, p, c, row.massive[(p, c)], at.get("in", 0.0),
+                                             row.threshold, at.get("attn"), at.get("mlp"), at.get("raw"))
         for p in sorted({p for p, _ in new}):
             self.inputs[(layer, p)] = self._down_inputs(cur, p)
 
@@ -195,8 +197,9 @@ class ResidualProbe:
             out.append(DownInput(proj, x[int(hit[0])].float().cpu().clone(), scale))
         return out
 
-    def hooks(self):
-        """The scoped hooks (a context manager); nothing is left registered after the block."""
+    def hooks(self, down: bool = True):
+        """The scoped hooks (a context manager); nothing is left registered after the block.
+        `down=False`: the caller routes the down projections to `on_down` itself."""
         @contextmanager
         def scope() -> Iterator[None]:
             view, layers = self.view, self.layers
@@ -213,7 +216,8 @@ class ResidualProbe:
                     self._normed = {i for i in layers if view.post_mlp_norm(i) is not None}
                     stack.enter_context(observe_outputs(attn, self._on_attention))
                     stack.enter_context(observe_io(mlp, self._on_mlp))
-                    stack.enter_context(observe_down_projs(view, self._on_down, layers))
+                    if down:
+                        stack.enter_context(observe_down_projs(view, self.on_down, layers))
                     stack.enter_context(observe_routing(view, self._on_routing, layers))
                 stack.enter_context(observe_outputs({i: view.layers[i] for i in layers}, self._on_output))
                 yield
@@ -381,13 +385,10 @@ def massive_activations(view: ModelView, probe: ResidualProbe, config: OriginCon
     groups: dict[tuple, list[tuple[Run, Origin]]] = {}
     for run in runs(probe.rows):
         site = probe.sites.get((run.first, run.position, run.channel))
-        if site is None:  # first seen at the first scanned layer of a subset: nothing to explain
-            origin = Origin(MLP)
-        else:
-            origin = explain(view, site, probe.inputs.get((run.first, run.position), []), config,
-                             tokens, late_from)
-        key = (run.channel, run.first, origin.kind, origin.column,
-               tuple(sorted(w.key for w in origin.weights if w.row == run.channel)))
+        origin = None if site is None else explain(  # None: the probe did not record the layer's parts
+            view, site, probe.inputs.get((run.first, run.position), []), config, tokens, late_from)
+        key = (run.channel, run.first) + ((origin.kind, origin.column, tuple(sorted(
+            w.key for w in origin.weights if w.row == run.channel))) if origin else ())
         groups.setdefault(key, []).append((run, origin))
     out = []
     for members in groups.values():

@@ -25,6 +25,7 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import ablate_massive, prune
+from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO
 from superweight.model.load import LoadedModel
 from superweight.records import NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivation, SuperWeight
 
@@ -72,7 +73,7 @@ def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
 
 def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | None = None,
            max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
-           massive: Sequence[MassiveActivation] = (), criterion: tuple[float, float] = (100.0, 1000.0)
+           massive: Sequence[MassiveActivation] = (), criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)
            ) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
     each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
