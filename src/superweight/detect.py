@@ -152,7 +152,8 @@ class DetectionResult:
 
     @property
     def verified(self) -> bool:
-        return any(s.verdict is not None for s in self.super_weights)
+        """Whether verification ran (it gives every candidate and massive activation a verdict)."""
+        return any(x.verdict is not None for x in [*self.super_weights, *self.massive])
 
     def made_by(self, act: MassiveActivation) -> list[SuperWeight]:
         """The candidates (records of `super_weights`) among the weights that make `act`."""

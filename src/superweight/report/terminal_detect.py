@@ -32,27 +32,43 @@ def _positions(act: MassiveActivation) -> str:
     return f"{act.token!r}@{act.position} (+{len(act.positions) - 1} more)"
 
 
+def verified_super_activation(act: MassiveActivation, result) -> bool:
+    """A massive activation that a *verified* super weight of its own row makes: the only thing
+    the report calls a super activation."""
+    return result.is_super_activation(act) and any(
+        w.verdict == SUPER and w.row == act.channel for w in result.made_by(act))
+
+
+def _weights_phrase(weights) -> str:
+    """Weights named by what verification said of them: super weights, spike-only, or candidates."""
+    many = len(weights) > 1
+    verdicts = {w.verdict for w in weights}
+    if verdicts == {SUPER}:
+        return f"super weight{'s' if many else ''} {_labels(weights)}"
+    if verdicts == {SPIKE}:
+        return f"weight{'s' if many else ''} {_labels(weights)}, whose removal does not hurt (spike only)"
+    if None in verdicts:
+        return f"super weight candidate{'s' if many else ''} {_labels(weights)}"
+    ok = [w for w in weights if w.verdict == SUPER]
+    return f"super weight{'s' if len(ok) > 1 else ''} {_labels(ok)} with spike-only " \
+           f"{_labels([w for w in weights if w.verdict != SUPER])}"
+
+
 def made_by(act: MassiveActivation, result, short: bool = False) -> str:
     """What makes a massive activation, in words (verified wording when verification ran)."""
     o = act.origin
     if o is None:
         return "unknown"
     if o.kind in (SUPER_WEIGHT, INPUT_FEATURE):
-        weights = [w for w in result.made_by(act) if w.row == act.channel] or o.weights
-        verdicts = {w.verdict for w in weights}
-        if SUPER in verdicts:
-            noun = "super weight" + ("s" if len(weights) > 1 else "")
-        elif verdicts == {SPIKE}:
-            noun = "weight" + ("s" if len(weights) > 1 else "") + " whose removal does not hurt"
-        else:
-            noun = "super weight candidate" + ("s" if len(weights) > 1 else "")
+        own = [w for w in result.made_by(act) if w.row == act.channel] or o.weights
         if o.kind == SUPER_WEIGHT:
-            return f"{noun} {_labels(weights)}"
+            return _weights_phrase(own)
         rows = ", ".join(map(str, o.rows))
         if short:
             return f"input feature {o.column} → rows {rows}"
+        column = sorted(result.made_by(act) or o.weights, key=lambda w: w.row)
         return (f"a few weights of one input feature: column {o.column} of layer {act.first_layer} "
-                f"(X = {_num(o.input_value)}) feeds rows {rows} — {noun} {_labels(weights)} here")
+                f"(X = {_num(o.input_value)}) feeds rows {rows} — {_weights_phrase(column)}")
     if o.kind == NORM_GAIN:
         ratio = f"{o.gain_ratio:.3g}× its median gain" if o.gain_ratio else f"gain {_num(o.gain)}"
         if short:
@@ -121,22 +137,24 @@ def _sentence(acts: list[MassiveActivation], result) -> str:
     where = (f"already in the embedding output" if a.first_layer == EMBEDDING_LAYER
              else f"first after layer {a.first_layer}")
     pos = (f"token {a.token!r} (position {a.position})" if len(a.positions) == 1
-           else f"{len(a.positions)} positions (largest at {a.token!r}, position {a.position})")
-    super_act = all(result.is_super_activation(x) for x in acts) and result.verified and \
-        any(w.verdict == SUPER for x in acts for w in result.made_by(x))
-    noun = "Super activation" if super_act else "Massive activation"
+           else f"at {len(a.positions)} positions (largest at {a.token!r}, position {a.position})")
+    noun = "Super activation" if all(verified_super_activation(x, result) for x in acts) else "Massive activation"
     noun += "s" if len(acts) > 1 else ""
     ch = "channels" if len(acts) > 1 else "channel"
+    size = f"{'largest ' if len(acts) > 1 else ''}{_num(a.value)}, {a.ratio:.3g}× the median |h|"
     line = (f"{noun}: {ch} {channels}, {pos}, {where}, carried through layer {a.last_layer} "
-            f"({_num(a.value)}, {a.ratio:.3g}× the median |h|) — made by {made_by(a, result)}")
+            f"({size}) — made by {made_by(a, result)}")
     verdicts = {x.verdict for x in acts}
+    ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts if x.ppl_ratio is not None)
+    it = "them" if len(acts) > 1 else "it"
+    each = "each" if len(acts) > 1 else "it"
     if verdicts == {"needed"}:
-        ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts)
-        line += f"; the model needs it (perplexity {ratios} with it ablated)"
+        line += f"; the model needs {it} (perplexity {ratios} with {each} ablated)"
     elif verdicts == {"not needed"}:
-        ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts)
-        line += f"; the model does not need it (perplexity {ratios} with it ablated)"
-    elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and not result.verified:
+        line += f"; the model does not need {it} (perplexity {ratios} with {each} ablated)"
+    elif verdicts >= {"needed", "not needed"}:
+        line += f"; the model needs some of them (perplexity {ratios} with each ablated)"
+    elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and a.verdict is None:
         line += " (not verified: --verify zeroes them and ablates the activation)"
     return line + "."
 
@@ -199,7 +217,7 @@ def render_detection(out, lm, run) -> None:
                                 early_acts, result, verified, n))
     early = [s for s in result.super_weights if not s.late]
     if early:
-        title = "Super weights (verified)" if verified else "Super weight candidates"
+        title = "Super weight candidates, verified" if verified else "Super weight candidates"
         out.print(super_weight_table(title, early, n, verified))
     if late_acts:
         out.print(massive_table(f"Late-layer massive activations (first at layer ≥ {config.late_fraction:g} "
@@ -245,13 +263,15 @@ def headline(result) -> str:
     parts = []
     if early_acts:
         kinds = sorted({a.origin.kind for a in early_acts if a.origin})
-        sup = sum(result.is_super_activation(a) for a in early_acts) if result.verified else 0
+        sup = sum(verified_super_activation(a, result) for a in early_acts)
         parts.append(f"{len(early_acts)} massive activation(s) (made by: {', '.join(kinds)})"
                      + (f", {sup} of them super activation(s)" if sup else ""))
     else:
         parts.append("no massive activation")
     early = [s for s in result.super_weights if not s.late]
-    if result.verified:
+    if not early:
+        parts.append("no super weight candidate")
+    elif result.verified:
         parts.append(f"{sum(s.verdict == SUPER for s in early)} verified super weight(s) "
                      f"of {len(early)} candidate(s)")
     else:
