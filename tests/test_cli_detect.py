@@ -56,6 +56,8 @@ def test_trace_command(model_dir, tmp_path, capsys):
     (["detect", "{dir}", "--prompt", " "], "prompt is empty"),
     (["detect", "{dir}", "--layers", "model.nope", "--down-proj", "mlp.down_proj"], "not found"),
     (["detect", "{dir}", "--min-output", "-1"], "must be positive"),
+    (["detect", "{dir}", "--massive-ratio", "0"], "massive-ratio must be positive"),
+    (["trace", "{dir}", "--massive-floor", "-5"], "massive-floor must be positive"),
     (["detect", "{dir}", "--only-layers", "1,6"], "layer 6 out of range"),
     (["detect", "{dir}", "--only-layers", "1,x"], "not a valid int"),
     (["detect", "{dir}", "--dtype", "float32", "--device", "cuda:7"], "no CUDA GPU"),

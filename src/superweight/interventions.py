@@ -6,6 +6,8 @@ Every edit saves the original values it touches (clones, so bit-identical) and w
 The paper's ablations (Table 1, Figure 6) are these edits: `prune` (zero the super weights),
 `scale` (multiply them by a factor), `prune_top_k` (zero the K largest other weights, the control)
 and `restore_super_activation` (zero the super weights but write their super activation back).
+`ablate_massive` changes no weight: scoped hooks set a massive activation to its channel's typical
+value from the layer where it first appears on (does the model need it, whatever makes it?).
 """
 
 from __future__ import annotations

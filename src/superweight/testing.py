@@ -3,7 +3,11 @@
 Real weights exist here for one architecture only (Llama-style SmolLM2), so every other layout is
 tested on tiny randomly initialised models built from a `transformers` config. A random model has no
 super weight; `plant_super_weight` writes one into the weights (no hooks), and detection must then
-find exactly that coordinate. Which projections make the down projection's input, and where a MoE
+find exactly that coordinate. The other makers of massive activations are planted in the weights
+too — one input feature feeding several rows (`plant_input_feature`), a post-MLP norm's gain
+(`plant_norm_activation`), the attention output (`plant_attention_activation`), the embedding
+(`plant_embedding_activation`) — and `python -m superweight.testing DEMO DIR` saves the README's
+demo models. Which projections make the down projection's input, and where a MoE
 router is, come from the architecture adapter (`Adapter.up_projs`, `.router`), so planting has no
 per-architecture code. Importable by tests and benchmarks; nothing here needs pytest or a network.
 

@@ -29,13 +29,13 @@ def plot_residual(original, pruned, title: str, path: str | Path, channel: int |
     fig, axes = new_figure(1, 1, (7, 4))
     ax = axes[0][0]
     ax.plot([r.layer for r in original], [abs(r.value) for r in original], marker="o", ms=3,
-            label="original")
+            label="max |h|")
     if pruned is not None:
         ax.plot([r.layer for r in pruned], [abs(r.value) for r in pruned], marker="s", ms=3,
-                label="its weights zeroed")
+                label="max |h|, its weights zeroed")
     if channel is not None and original and original[0].at is not None:
         ax.plot([r.layer for r in original], [abs(r.at) for r in original], ls=":",
-                label=f"original, channel {channel}")
+                label=f"|h| at the massive activation (channel {channel})")
     ax.plot([r.layer for r in original], [r.median for r in original], ls="--", lw=0.8,
             label="median |h|")
     ax.set_yscale("log")
