@@ -270,3 +270,24 @@ def test_detect_json_carries_the_massive_activations(tmp_path, capsys):
 
 def test_kinds_are_the_documented_words():
     assert (SUPER_WEIGHT, INPUT_FEATURE, NORM_GAIN) == ("super weight", "input feature", "post-MLP norm gain")
+
+
+def test_a_layer_that_only_tips_a_large_value_over_is_said_to(tokenizer):
+    """Layer 1 writes 600 on channel 9 (under a floor of 1000), layer 2 adds 500 more: the
+    activation first counts as massive after layer 2, and the report says layer 2 adds under half."""
+    from rich.console import Console
+
+    from superweight.report.terminal_detect import render_detection
+
+    model = tiny_model("llama", attention_bias=True)
+    plant_attention_activation(model, 1, 9, value=600.0)
+    plant_attention_activation(model, 2, 9, value=500.0)
+    lm = wrap_model(model, tokenizer)
+    run = run_detection(lm, config=DetectConfig(massive_floor=1000))
+    (act,) = run.result.massive
+    assert act.first_layer == 2 and act.origin.kind == ATTENTION
+    assert 0.3 < act.origin.increment / act.value < 0.5
+    console = Console(width=400, record=True, file=open("/dev/null", "w"))
+    render_detection(console, lm, run)
+    text = console.export_text()
+    assert "layer 2 adds 45% of the value; the rest comes in from earlier layers" in text

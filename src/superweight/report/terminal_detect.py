@@ -144,6 +144,10 @@ def _sentence(acts: list[MassiveActivation], result) -> str:
     size = f"{'largest ' if len(acts) > 1 else ''}{_num(a.value)}, {a.ratio:.3g}× the median |h|"
     line = (f"{noun}: {ch} {channels}, {pos}, {where}, carried through layer {a.last_layer} "
             f"({size}) — made by {made_by(a, result)}")
+    inc = a.origin.increment if a.origin else None
+    if inc is not None and a.value and abs(inc) < 0.5 * abs(a.value):
+        line += (f" (layer {a.first_layer} adds {inc / a.value:.0%} of the value; the rest comes in "
+                 "from earlier layers, under the massive threshold there)")
     verdicts = {x.verdict for x in acts}
     ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts if x.ppl_ratio is not None)
     it = "them" if len(acts) > 1 else "it"
