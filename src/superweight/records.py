@@ -3,9 +3,10 @@
 Detection returns `MassiveActivation` records (huge values seen in the residual stream, with what
 makes each one) and `SuperWeight` records (weights that make one: candidates until verified);
 interventions, the catalog, quantization and reports consume them. `SuperActivation` is the small
-(layer, channel, position) view of a massive activation that a super weight makes. Coordinates follow the paper's Table 2: `(layer, row, col)`
-into `layers[layer].mlp.down_proj.weight[row, col]` read as W[row=output channel, col=input channel],
-zero-based; `expert` is set only for mixture-of-experts down projections.
+(layer, channel, position) view of a massive activation that a super weight makes. Coordinates follow
+the paper's Table 2: `(layer, row, col)` into `layers[layer].mlp.down_proj.weight[row, col]` read as
+W[row=output channel, col=input channel], zero-based; `expert` is set only for mixture-of-experts
+down projections.
 """
 
 from __future__ import annotations

@@ -32,9 +32,8 @@ from superweight.records import NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivat
 VERIFY_TOKENS = 512  # enough text for a stable perplexity, cheap on a CPU
 VERIFY_THRESHOLD = 3.0  # perplexity ratio that makes a spike a super weight
 VERIFY_CHARS = 6000  # characters of Wikipedia text to take (comfortably more than VERIFY_TOKENS)
-ABLATED_TO = ("the channel's median over the positions where it is not massive (0 where it is massive at every "
-              "position), "
-              "from the layer where it first appears on")
+ABLATED_TO = ("the channel's median over the positions where it is not massive (0 where it is massive "
+              "at every position), from the layer where it first appears on")
 
 
 @dataclass
@@ -73,8 +72,8 @@ def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
 
 def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | None = None,
            max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
-           massive: Sequence[MassiveActivation] = (), criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)
-           ) -> Verification:
+           massive: Sequence[MassiveActivation] = (),
+           criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
     each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
     `verdict` ("needed" / "not needed")."""

@@ -188,7 +188,8 @@ def _unexplained_spikes(result) -> list[str]:
 
 def _columns(result) -> list[str]:
     """One line per input feature that feeds several candidate rows and no massive activation names."""
-    named = {(a.first_layer, a.origin.column) for a in result.massive if a.origin and a.origin.kind == INPUT_FEATURE}
+    named = {(a.first_layer, a.origin.column) for a in result.massive
+             if a.origin and a.origin.kind == INPUT_FEATURE}
     groups: dict[tuple, list] = {}
     for s in result.super_weights:
         groups.setdefault((s.layer, s.col, s.expert), []).append(s)
@@ -246,7 +247,8 @@ def render_detection(out, lm, run) -> None:
         out.print(f"Found in all {n} prompts: {', '.join(stable) or 'none'}")
     if verification:
         zeroed = [s for s in result.super_weights if not s.late]
-        line = f"Verification on {verification.tokens} tokens of the {verification.text_source}: perplexity {verification.ppl:.4g}"
+        line = (f"Verification on {verification.tokens} tokens of the {verification.text_source}: "
+                f"perplexity {verification.ppl:.4g}")
         if zeroed:
             line += (f", with all early candidates zeroed {verification.ppl_all_pruned:.4g} "
                      f"(×{verification.ppl_all_pruned / verification.ppl:.4g})")
