@@ -312,15 +312,13 @@ def explain(view: ModelView, site: Site, inputs: Sequence[DownInput], config: Or
     return origin
 
 
-def _contributions(view: ModelView, site: Site, inputs: Sequence[DownInput], raw: float, top: int
+def _contributions(site: Site, inputs: Sequence[DownInput], raw: float, top: int
                    ) -> list[tuple[float, DownInput, int, float]]:
     """(signed contribution toward `raw`, input, column, scale) of every product X[pos,k]·W[row,k]."""
     c = site.channel
     routed = [d for d in inputs if d.scale is not None]
     shared = [d for d in inputs if d.scale is None and d.proj.expert is None and routed]
-    scales = {}
-    for d in inputs:
-        scales[id(d)] = d.scale if d.scale is not None else 1.0
+    scales = {id(d): d.scale if d.scale is not None else 1.0 for d in inputs}
     if shared:  # e.g. Qwen2-MoE's gated shared expert: its gate is what the routed experts leave
         routed_sum = sum(float(d.x @ d.proj.matrix()[c].detach().float().cpu()) * d.scale for d in routed)
         for d in shared:
@@ -339,15 +337,13 @@ def _contributions(view: ModelView, site: Site, inputs: Sequence[DownInput], raw
 
 def _weights_origin(view: ModelView, site: Site, inputs: Sequence[DownInput], config: OriginConfig,
                     origin: Origin, raw: float, tokens: Sequence[str], late_from: int) -> None:
-    taken = []
-    for v, d, k, s in _contributions(view, site, inputs, raw, config.max_weights):
-        if len(taken) >= config.max_weights or v < config.min_product_share * abs(raw):
-            break
-        taken.append((v, d, k, s))
+    ranked = _contributions(site, inputs, raw, config.max_weights)[:config.max_weights]
+    taken = [t for t in ranked if t[0] >= config.min_product_share * abs(raw)]
     share = sum(v for v, *_ in taken) / abs(raw)
-    origin.weight_share = share
-    if not taken or share < config.weight_share:
+    if not taken or share < config.weight_share:  # many weights: say how little the largest few make
+        origin.weight_share = sum(v for v, *_ in ranked) / abs(raw)
         return
+    origin.weight_share = share
     _, top, col, scale = taken[0]
     w = top.proj.matrix().detach()
     column = (top.x[col] * w[:, col].float().cpu() * scale).abs()  # [hidden]: what the input feeds

@@ -112,6 +112,7 @@ class Origin:
     rows: list[int] = field(default_factory=list)  # ... and the rows it feeds
     input_value: float | None = None  # X[pos, column] for the weight kinds
     weight_share: float | None = None  # share of the MLP output (before any norm) those weights make
+    # (kind "MLP": the share its few largest products make, under the threshold)
     increment: float | None = None  # h_out − h_in on the channel at the position, first layer
     attention_share: float | None = None  # attention branch / increment
     mlp_share: float | None = None  # MLP branch (after any post-MLP norm) / increment

@@ -81,9 +81,10 @@ def made_by(act: MassiveActivation, result, short: bool = False) -> str:
     if o.kind == EMBEDDING:
         return "the embedding" if short else f"the token embedding of {act.token!r}"
     if o.kind == MLP:
-        share = f"; the top {_num(o.weight_share, '.0%')} from a few" if o.weight_share is not None else ""
-        return f"the MLP, many weights{share}" if short else \
-            f"the MLP, spread over many weights (no few of them make half of it{share})"
+        share = f"its largest few products make {o.weight_share:.0%}" if o.weight_share is not None else ""
+        if short:
+            return "the MLP, many weights" + (f" ({share})" if share else "")
+        return "the MLP, spread over many weights" + (f" ({share} of its output)" if share else "")
     return o.kind
 
 
