@@ -147,6 +147,20 @@ def test_two_in_the_same_row(model_type, tokenizer):
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_two_spikes_in_one_layer_different_rows_are_both_found_in_round_1(model_type, tokenizer):
+    """A layer can spike in several rows, each from its own input feature: the search keeps the
+    largest few rows per layer, so the smaller spike does not wait for the larger one to be zeroed
+    (behind a post-MLP norm there is no massive activation to point at either of them)."""
+    model = tiny_model(model_type)
+    e = expert(model_type, 1)
+    big = plant_super_weight(model, 2, 7, 11, expert=e)
+    small = plant_super_weight(model, 2, 20, 40, expert=e, weight=30.0, input_scale=60.0)
+    result = detect(wrap_model(model, tokenizer))
+    assert {s.key: s.round for s in result.super_weights} == {big.key: 1, small.key: 1}
+    assert result.converged and result.rounds == 2
+
+
 @pytest.mark.parametrize("model_type", ["llama", "gemma2", "olmo2", "mixtral"])
 def test_planting_order_does_not_matter(model_type, tokenizer):
     """Planting the later layer first still leaves both findable (earlier plants are re-planted)."""

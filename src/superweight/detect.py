@@ -61,6 +61,7 @@ class DetectConfig:
     min_input: float = 5.0  # |X| floor for the input spike
     input_ratio: float = 10.0  # ... and at least this many times the median layer's max |X|
     max_rounds: int = 5  # zero what was found and search again, at most this many times
+    spikes_per_layer: int = 4  # down projection rows (their largest |output|) kept per layer and round
     late_fraction: float = 0.8  # layers at or past this fraction of depth hold "late" spikes
     layers: tuple[int, ...] | None = None  # hook only these layers (None: all)
     massive_floor: float = MASSIVE_FLOOR  # a massive activation: |h| above this ...
@@ -83,6 +84,8 @@ class DetectConfig:
                 raise SuperweightError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
         if self.max_weights < 1:
             raise SuperweightError(f"max-weights must be at least 1, got {self.max_weights}")
+        if self.spikes_per_layer < 1:
+            raise SuperweightError(f"spikes-per-layer must be at least 1, got {self.spikes_per_layer}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,11 +114,11 @@ class LayerStat:
     norm_channel: int | None = None  # ... its channel
     col: int = -1  # the input channel whose product X[out_pos, k]·W[out_channel, k] is largest
     y_row: torch.Tensor | None = field(default=None, repr=False)  # Y[out_pos, :] (every row's output)
+    spikes: list[LayerStat] = field(default_factory=list, repr=False)  # other rows' spikes, largest first
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("x_at_out")
-        d.pop("y_row")
+        d = {k: v for k, v in self.__dict__.items() if k not in ("x_at_out", "y_row", "spikes")}
+        d["spikes"] = [s.to_dict() for s in self.spikes]
         return d
 
 
@@ -197,23 +200,40 @@ def encode(lm: LoadedModel, prompt: str) -> torch.Tensor:
 
 class _DownMaxima:
     """Hook callbacks keeping, per layer, the largest |output| of its down projection(s) and the
-    input row that made it, and the post-MLP norm's output there — a few numbers per layer."""
+    input row that made it, the post-MLP norm's output there, and the same for the next few rows
+    whose largest |output| is over `floor` (a layer can hold spikes in several rows, each made by
+    its own input feature) — a few numbers per layer."""
 
-    def __init__(self):
+    def __init__(self, spikes: int = 1, floor: float = float("inf")):
         self.best: dict[int, LayerStat] = {}
+        self.more: dict[int, dict[int, LayerStat]] = {}  # layer -> row -> its spike
+        self.spikes, self.floor = spikes, floor
+
+    def _stat(self, proj: DownProj, x, y, positions, pos: int, row: int, xmax) -> LayerStat:
+        x_row = x[pos].float().cpu().clone()  # [intermediate]
+        col = top_product(x_row, proj.matrix()[row].detach().float().cpu())
+        yv = float(y[pos, row])
+        xv, xi, xc = xmax
+        return LayerStat(proj.layer, proj.expert, yv, int(positions[pos]), row, xv, int(positions[xi]), xc,
+                         x_row, yv, col=col, y_row=y[pos].float().cpu().clone())
 
     def on_down(self, proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
         # x: [tokens, intermediate], y: [tokens, hidden]
         yv, yi, yc = abs_argmax(y)
+        xmax = abs_argmax(x)
         cur = self.best.get(proj.layer)
-        if cur is not None and abs(cur.out_value) >= abs(yv):
+        if cur is None or abs(yv) > abs(cur.out_value):
+            self.best[proj.layer] = self._stat(proj, x, y, positions, yi, yc, xmax)
+        if self.spikes < 2:
             return
-        xv, xi, xc = abs_argmax(x)
-        x_row = x[yi].float().cpu().clone()  # [intermediate]
-        col = top_product(x_row, proj.matrix()[yc].detach().float().cpu())
-        self.best[proj.layer] = LayerStat(proj.layer, proj.expert, yv, int(positions[yi]), yc, xv,
-                                          int(positions[xi]), xc, x_row, yv, col=col,
-                                          y_row=y[yi].float().cpu().clone())
+        per_row, at = y.abs().max(dim=0)  # [hidden]: each row's largest |Y| and where
+        values, rows = per_row.topk(min(self.spikes, per_row.numel()))
+        more = self.more.setdefault(proj.layer, {})
+        for v, r in zip(values.tolist(), rows.tolist()):
+            if v < self.floor or r == yc:
+                continue
+            if r not in more or v > abs(more[r].out_value):
+                more[r] = self._stat(proj, x, y, positions, int(at[r]), r, xmax)
 
     def on_norm(self, layer: int, out: torch.Tensor) -> None:  # out: [tokens, hidden], reduced here
         s = self.best.get(layer)
@@ -223,7 +243,11 @@ class _DownMaxima:
         s.norm_max, _, s.norm_channel = abs_argmax(out)
 
     def stats(self) -> list[LayerStat]:
-        return [self.best[i] for i in sorted(self.best)]
+        out = [self.best[i] for i in sorted(self.best)]
+        for s in out:
+            others = [o for r, o in self.more.get(s.layer, {}).items() if r != s.out_channel]
+            s.spikes = sorted(others, key=lambda o: -abs(o.out_value))[:self.spikes - 1]
+        return out
 
 
 def _layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
@@ -234,15 +258,17 @@ def _layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
 
 
 def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
-                layers: Sequence[int] | None = None, probe: ResidualProbe | None = None) -> list[LayerStat]:
-    """One forward pass; for each layer the max |input| and |output| of its down projection(s).
+                layers: Sequence[int] | None = None, probe: ResidualProbe | None = None,
+                config: DetectConfig | None = None) -> list[LayerStat]:
+    """One forward pass; for each layer the max |input| and |output| of its down projection(s), and
+    with a `config` the next `spikes_per_layer - 1` rows whose output is over `min_output`.
 
     With a `probe`, the same pass also scans the residual stream (`superweight.massive`)."""
     from contextlib import nullcontext
 
     view = lm.view
     layers = _layers(lm, layers)
-    maxima = _DownMaxima()
+    maxima = _DownMaxima(config.spikes_per_layer, config.min_output) if config else _DownMaxima()
     norms = {i: m for i in layers if (m := view.post_mlp_norm(i)) is not None}
 
     def on_down(proj, x, y, positions):  # one hook for both observers (MoE experts are recomputed once)
@@ -267,10 +293,12 @@ def output_threshold(stats: list[LayerStat], config: DetectConfig) -> float:
 
 
 def candidates(stats: list[LayerStat], config: DetectConfig) -> list[LayerStat]:
-    """Layers whose output and input spikes are both outliers (absolute floor and ratio to median)."""
+    """Spikes whose output and input are both outliers (absolute floor and ratio to the median
+    layer's maximum): each layer's largest, and the other rows' spikes recorded with it."""
     out_min = output_threshold(stats, config)
     in_min = max(config.min_input, config.input_ratio * _median_abs([s.in_value for s in stats]))
-    return [s for s in stats if abs(s.out_value) >= out_min and abs(s.x_at_out[s.col]) >= in_min]
+    return [sp for s in stats for sp in [s, *s.spikes]
+            if abs(sp.out_value) >= out_min and abs(sp.x_at_out[sp.col]) >= in_min]
 
 
 def _records(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig, tokens: list[str],
@@ -312,7 +340,7 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
     layers = _layers(lm, config.layers)
     late_from = config.late_from(lm.view.num_layers)
     probe = ResidualProbe(lm.view, layers, config.massive_floor, config.massive_ratio)
-    stats = layer_stats(lm, ids, layers, probe)  # round 1: down projections + residual stream
+    stats = layer_stats(lm, ids, layers, probe, config)  # round 1: down projections + residual stream
     out_min = output_threshold(stats, config)
     origin_config = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
                                  row_threshold=out_min)
@@ -328,7 +356,7 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
         if converged:
             break
         with prune(lm.view, [sw.key for sw in found.values()]):
-            stats = layer_stats(lm, ids, layers)
+            stats = layer_stats(lm, ids, layers, config=config)
             rounds.append(stats)
             out_min = output_threshold(stats, config)
             new = [sw for s in candidates(stats, config)
