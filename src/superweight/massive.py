@@ -11,7 +11,8 @@ One forward pass, reduced inside the hooks (no whole activation is kept past its
 - per layer, the residual stream after it (and the embedding output entering layer 0): its largest
   |value| with channel and position, its median |value|, and every entry that is *massive*:
   |h| > `floor` and > `ratio` × that median (the literature's working definition: over 100 and
-  about 1,000× the median magnitude; Sun et al. 2024, "Massive activations in LLMs");
+  about 1,000× the median magnitude; Sun et al. 2024, "Massive Activations in Large Language
+  Models", arXiv 2402.17762);
 - where an entry first becomes massive, the layer's increment on it, split into the attention
   branch and the MLP branch (their outputs are hooked; `Adapter.branches`), the MLP output before
   any post-MLP norm, and the down projection's input row X[pos, :] (per expert for MoE, with the
