@@ -19,8 +19,6 @@ POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 PROMPT = "Apple Inc. is a worldwide tech company."
 
 
-
-
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
     return tiny_tokenizer()(PROMPT, return_tensors="pt").input_ids  # [1, seq]
@@ -152,6 +150,53 @@ def test_post_mlp_norm_is_the_norm_applied_to_the_mlp_output(zoo, model_type, id
             model(input_ids=ids)
         assert torch.equal(mlp_out[0], norm_in[0])  # the norm reads exactly the MLP output
     assert float(view.norm_gain(0).mean()) == pytest.approx(1.0)  # Gemma: (1 + 0) at init
+
+
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_branches_add_up_to_the_layer_increment(zoo, model_type, ids):
+    """What each layer adds to the residual stream is exactly the attention branch plus the MLP
+    branch (post-branch norms included; in parallel for GPT-NeoX): the decomposition detection uses."""
+    model = zoo[model_type]
+    view = view_of(model)
+    seen = {}
+    for layer in range(LAYERS):
+        attn, mlp = view.branches(layer)
+        assert attn is not None and mlp is not None
+        if model_type in POST_MLP_NORM:
+            assert mlp is view.post_mlp_norm(layer) and attn is view.layers[layer].post_attention_layernorm
+
+        def pre(module, args, kwargs):
+            seen["in"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def keep(name):
+            return lambda m, i, o: seen.__setitem__(name, (o[0] if isinstance(o, tuple) else o).detach())
+
+        handle = view.layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            with torch.no_grad(), hooked([(attn, keep("attn")), (mlp, keep("mlp")),
+                                          (view.layers[layer], keep("out"))]):
+                model(input_ids=ids)
+        finally:
+            handle.remove()
+        shape = seen["out"].shape
+        increment = seen["out"] - seen["in"].reshape(shape)
+        torch.testing.assert_close(seen["attn"].reshape(shape) + seen["mlp"].reshape(shape), increment,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_branches_of_an_unknown_architecture_are_none_where_unknown(zoo):
+    view = ModelView(zoo["gpt2"], adapter_for("foo", layers="transformer.h", down_proj="mlp.c_proj"))
+    attn, mlp = view.branches(0)
+    assert attn is None and mlp is view.layers[0].mlp  # the default paths: no "self_attn" in GPT-2
+
+
+@pytest.mark.parametrize("model_type, has_bias", [("llama", False), ("gpt2", True), ("opt", True),
+                                                   ("gpt_neox", True)])
+def test_attention_output_bias(zoo, model_type, has_bias):
+    bias = view_of(zoo[model_type]).attn_out_bias(1)
+    assert (bias is not None) == has_bias
+    if has_bias:
+        assert bias.shape == (HIDDEN,)
 
 
 def test_gpt2_conv1d_is_read_transposed(zoo):

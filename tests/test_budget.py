@@ -223,7 +223,7 @@ def test_trace_is_identical(full, off):
     assert a.activation == b.activation
     for x, y in zip(a.original + a.pruned, b.original + b.pruned):
         assert (x.layer, x.channel, x.position) == (y.layer, y.channel, y.position)
-        assert _close(x.value, y.value) and _close(x.at_sa, y.at_sa)
+        assert _close(x.value, y.value) and _close(x.at, y.at) and _close(x.median, y.median)
 
 
 def test_check_is_identical_both_ways(full, off):
@@ -429,7 +429,7 @@ def test_other_layouts_detect_and_prune_the_same(tmp_path, model_type, overrides
     assert [s.key for s in da.super_weights] == [s.key for s in db.super_weights]
     assert (LAYER, ROW, COL) in [s.coord for s in da.super_weights]
     assert [s.to_dict() for s in da.super_weights] == [s.to_dict() for s in db.super_weights]
-    assert [n.to_dict() for n in da.norm_spikes] == [n.to_dict() for n in db.norm_spikes]
+    assert [m.to_dict() for m in da.massive] == [m.to_dict() for m in db.massive]
     before = _weights(b)
     with prune(a.view, da.super_weights):
         expected = _logits(a, TEXT[:100])

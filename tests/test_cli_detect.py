@@ -24,23 +24,29 @@ def test_detect_writes_table_json_and_plot(model_dir, tmp_path, capsys):
     out_json, plots = tmp_path / "r.json", tmp_path / "plots"
     assert main(["detect", str(model_dir), "--json", str(out_json), "--plot", str(plots)]) == 0
     text = capsys.readouterr().out
-    assert "(2, 7, 11)" in text and "Super activation: layer 2, channel 7" in text
+    text = " ".join(text.split())
+    assert "(2, 7, 11)" in text and "Massive activation: channel 7" in text and "first after layer 2" in text
+    assert "made by super weight candidate (2, 7, 11)" in text and "Super activation" not in text
     payload = json.loads(out_json.read_text())
     assert payload["schema_version"] == 1 and payload["kind"] == "detect"
     assert payload["model"]["weights_sha256"] and payload["config"]["max_rounds"] == 5
     assert [(s["layer"], s["row"], s["col"]) for s in payload["super_weights"]] == [(2, 7, 11)]
+    (act,) = payload["massive_activations"]
+    assert (act["channel"], act["first_layer"], act["origin"]["kind"]) == (7, 2, "super weight")
     assert (plots / "down_proj_maxima.png").stat().st_size > 1000
 
 
 def test_detect_verify_and_prompts(model_dir, capsys):
     assert main(["detect", str(model_dir), "--verify", "--prompts"]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert "verdict" in text and "Found in all 6 prompts: (2, 7, 11)" in text
+    assert "6/6" in text and "ppl× ablated" in text
 
 
 def test_trace_command(model_dir, tmp_path, capsys):
     assert main(["trace", str(model_dir), "--plot", str(tmp_path), "--json", str(tmp_path / "t.json")]) == 0
-    assert "first in the residual stream after layer 2" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "first in the residual stream after layer 2" in out and "made by super weight candidate (2, 7, 11)" in out
     assert (tmp_path / "residual_maxima.png").is_file()
     assert json.loads((tmp_path / "t.json").read_text())["traces"][0]["first_layer"] == 2
 
@@ -50,6 +56,8 @@ def test_trace_command(model_dir, tmp_path, capsys):
     (["detect", "{dir}", "--prompt", " "], "prompt is empty"),
     (["detect", "{dir}", "--layers", "model.nope", "--down-proj", "mlp.down_proj"], "not found"),
     (["detect", "{dir}", "--min-output", "-1"], "must be positive"),
+    (["detect", "{dir}", "--massive-ratio", "0"], "massive-ratio must be positive"),
+    (["trace", "{dir}", "--massive-floor", "-5"], "massive-floor must be positive"),
     (["detect", "{dir}", "--only-layers", "1,6"], "layer 6 out of range"),
     (["detect", "{dir}", "--only-layers", "1,x"], "not a valid int"),
     (["detect", "{dir}", "--dtype", "float32", "--device", "cuda:7"], "no CUDA GPU"),

@@ -45,20 +45,36 @@ def test_finds_the_planted_coordinate_with_its_measurements(planted_lm):
     assert_same(planted_lm.model, before)
 
 
-def test_two_in_one_row_are_found_in_two_rounds():
+def test_two_in_one_row_that_make_one_massive_activation_are_found_together():
+    """Two weights of one row making one massive activation are its origin, both found in round 1
+    (the old search needed a second round for the smaller one)."""
     model = tiny_model("llama")
     plant_super_weight(model, 2, 7, 11, input_scale=200.0)
     plant_super_weight(model, 2, 7, 40, input_scale=100.0)
     lm = wrap_model(model, tiny_tokenizer())
     result = detect(lm)
-    rounds = {s.coord: s.round for s in result.early}
-    assert rounds == {(2, 7, 11): 1, (2, 7, 40): 2}
+    assert {s.coord: s.round for s in result.early} == {(2, 7, 11): 1, (2, 7, 40): 1}
+    (act,) = result.massive
+    assert act.origin.kind == "super weight" and [w.coord for w in act.origin.weights] == [(2, 7, 11), (2, 7, 40)]
+    assert result.converged and result.rounds == 2
+
+
+def test_two_in_one_row_where_one_makes_the_activation_the_other_in_round_2():
+    """A second weight of the row too small to be part of the origin (< 10% of the output) is
+    still found, by the down projection search, once the first is zeroed."""
+    model = tiny_model("llama")
+    plant_super_weight(model, 2, 7, 11, input_scale=200.0)
+    plant_super_weight(model, 2, 7, 40, weight=10.0, input_scale=60.0)
+    result = detect(wrap_model(model, tiny_tokenizer()))
+    assert {s.coord: s.round for s in result.early} == {(2, 7, 11): 1, (2, 7, 40): 2}
+    assert [w.coord for w in result.massive[0].origin.weights] == [(2, 7, 11)]
 
 
 def test_nothing_found_in_a_random_model():
     lm = wrap_model(tiny_model("llama"), tiny_tokenizer())
     result = detect(lm)
-    assert result.super_weights == [] and result.super_activations == []
+    assert result.super_weights == [] and result.super_activations == [] and result.massive == []
+    assert result.converged and result.rounds == 1
 
 
 def test_several_prompts_count_where_each_appears(planted_lm):
@@ -85,20 +101,37 @@ def test_late_spikes_are_flagged_not_dropped():
     assert [s.coord for s in result.late] == [(5, 3, 20)] and result.early == []
 
 
-def test_trace_follows_the_super_activation(planted_lm):
+def test_trace_follows_the_massive_activation(planted_lm):
     t = trace(planted_lm)
-    assert t.activation.channel == 7 and t.first_layer == 2
-    assert abs(t.original[3].at_sa) > 10 * abs(t.pruned[3].at_sa)
+    assert t.activation.channel == 7 and t.first_layer == 2 and t.last_layer == 5
+    assert [r.layer for r in t.original] == [-1, 0, 1, 2, 3, 4, 5]  # the embedding output first
+    after = {r.layer: r for r in t.original}, {r.layer: r for r in t.pruned}
+    assert abs(after[0][3].at) > 10 * abs(after[1][3].at)
+    assert [s.coord for s in t.removed] == [PLANT]
 
 
 def test_verify_sets_a_verdict_and_restores_weights(planted_lm):
     result = detect(planted_lm)
     before = snapshot(planted_lm.model)
-    v = verify(planted_lm, result.super_weights, text="some plain text to score " * 8)
-    sw = result.early[0]
+    v = verify(planted_lm, result.super_weights, text="some plain text to score " * 8, massive=result.massive)
+    sw = result.super_weights[0]
     assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "spike only")
+    act = result.massive[0]
+    assert act.ppl_ratio is not None and act.ppl_ratio > 0 and act.verdict in ("needed", "not needed")
     assert v.tokens > 10
     assert_same(planted_lm.model, before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in planted_lm.model.modules())
+
+
+def test_early_drops_candidates_verification_refutes(planted_lm):
+    """After verification, `early` (what interventions and quantization use) and
+    `super_activations` keep only what verification did not refute."""
+    result = detect(planted_lm)
+    assert [s.coord for s in result.early] == [PLANT] and len(result.super_activations) == 1
+    result.super_weights[0].verdict = "spike only"
+    assert result.early == [] and result.super_activations == []
+    result.super_weights[0].verdict = "super weight"
+    assert [s.coord for s in result.early] == [PLANT] and len(result.super_activations) == 1
 
 
 def test_catalog_compare_and_local_add(tmp_path, monkeypatch):
@@ -121,9 +154,12 @@ def test_a_massive_activation_made_by_a_norm_gain_is_reported_as_such(tmp_path, 
         lm.view.post_mlp_norm(3).weight[9] = 5000.0  # Gemma's gain is 1 + w
     result = detect(lm)
     assert result.super_weights == []
-    (spike,) = result.norm_spikes
-    assert (spike.layer, spike.channel, spike.from_weight) == (3, 9, False) and spike.gain_ratio > 1000
+    (act,) = result.massive
+    assert (act.first_layer, act.channel, act.origin.kind) == (3, 9, "post-MLP norm gain")
+    assert act.origin.gain_ratio > 1000 and act.origin.weights == []
     model.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     assert main(["detect", str(tmp_path)]) == 0
-    assert "the norm, not a single weight, makes it" in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "made by the post-MLP norm's gain on channel 9" in out and "not a single weight" in out
+    assert "Super activation" not in out

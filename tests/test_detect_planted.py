@@ -1,6 +1,6 @@
 """Detection on every architecture: a super weight planted into a tiny random model is found at
-exactly its coordinate (and expert), several at once or in later rounds, and the model's weights
-are bit-identical afterwards."""
+exactly its coordinate (and expert), several at once or in later rounds, its massive activation is
+traced back to it, and the model's weights are bit-identical afterwards."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from superweight.detect import DetectConfig, detect
+from superweight.detect import DEFAULT_PROMPT, DetectConfig, detect
 from superweight.interventions import prune
 from superweight.model import wrap_model
 from superweight.model.hooks import observe_down_projs
@@ -18,8 +18,6 @@ from superweight.testing import HIDDEN, TINY_TYPES, plant_super_weight, planted,
 MOE = {"mixtral", "qwen2_moe"}
 POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 OTHER_PROMPT = "def add(a, b):\n    return a + b"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +75,19 @@ def test_planted_super_weight_is_found_exactly(model_type, tokenizer):
     assert found.output_value == pytest.approx(5000.0, rel=0.3)
     assert found.dominance > 0.99
     assert abs(found.output_without) < 50
-    if model_type in POST_MLP_NORM:  # the norm bounds the spike by ~sqrt(hidden) x gain
+    if model_type in POST_MLP_NORM:  # the norm bounds the spike by ~sqrt(hidden) x gain ...
         assert found.norm_output is not None and found.norm_gain is not None
         assert 0.5 * math.sqrt(HIDDEN) < abs(found.norm_output) <= math.sqrt(HIDDEN) * found.norm_gain * 1.01
+        assert result.massive == [] and result.super_activations == []  # ... so nothing massive
     else:
         assert found.norm_output is None
-    assert [(a.layer, a.channel) for a in result.super_activations] == [(2, 7)]
+        (act,) = result.massive  # the massive activation, traced back to the planted weight
+        assert (act.channel, act.first_layer, act.last_layer) == (7, 2, 5)
+        assert act.origin.kind == "super weight" and [w.key for w in act.origin.weights] == [sw.key]
+        assert act.origin.mlp_share > 0.99 and act.ratio > 1000
+        assert len(act.positions) == lm.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids.numel()
+        assert [(a.layer, a.channel) for a in result.super_activations] == [(2, 7)]
+    assert result.converged and result.rounds == 2
     assert_unchanged(model, before)
 
 
@@ -121,8 +126,10 @@ def test_two_in_different_layers_are_both_found(model_type, tokenizer):
 
 
 @pytest.mark.parametrize("model_type", TINY_TYPES)
-def test_two_in_the_same_row_the_second_in_round_2(model_type, tokenizer):
-    """Same layer, same output channel: the bigger product hides the smaller one until it is zeroed."""
+def test_two_in_the_same_row(model_type, tokenizer):
+    """Same layer, same output channel. Where the residual stream shows the massive activation, both
+    weights are its origin and are found at once; behind a post-MLP norm (no massive activation)
+    the bigger product hides the smaller one until it is zeroed, in round 2."""
     model = tiny_model(model_type)
     e = expert(model_type, 0)
     first = plant_super_weight(model, 2, 5, 11, expert=e)
@@ -132,8 +139,26 @@ def test_two_in_the_same_row_the_second_in_round_2(model_type, tokenizer):
 
     result = detect(lm)
 
-    assert {s.key: s.round for s in result.super_weights} == {first.key: 1, second.key: 2}
+    late_round = 2 if model_type in POST_MLP_NORM else 1
+    assert {s.key: s.round for s in result.super_weights} == {first.key: 1, second.key: late_round}
+    if model_type not in POST_MLP_NORM:
+        (act,) = result.massive
+        assert {w.key for w in act.origin.weights} == {first.key, second.key}
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_two_spikes_in_one_layer_different_rows_are_both_found_in_round_1(model_type, tokenizer):
+    """A layer can spike in several rows, each from its own input feature: the search keeps the
+    largest few rows per layer, so the smaller spike does not wait for the larger one to be zeroed
+    (behind a post-MLP norm there is no massive activation to point at either of them)."""
+    model = tiny_model(model_type)
+    e = expert(model_type, 1)
+    big = plant_super_weight(model, 2, 7, 11, expert=e)
+    small = plant_super_weight(model, 2, 20, 40, expert=e, weight=30.0, input_scale=60.0)
+    result = detect(wrap_model(model, tokenizer))
+    assert {s.key: s.round for s in result.super_weights} == {big.key: 1, small.key: 1}
+    assert result.converged and result.rounds == 2
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma2", "olmo2", "mixtral"])

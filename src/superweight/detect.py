@@ -1,17 +1,24 @@
-"""Data-free super weight detection: one prompt, one forward pass per round, a max per layer.
+"""Data-free detection: massive activations in the residual stream, what makes them, and the
+super weight candidates behind them. One prompt, one forward pass per round.
 
-The paper's method (Yu et al. 2024, Sec. 3.1): a super weight W[row, col] in a down projection
-multiplies a huge input X[pos, col] into a huge output Y[pos, row]. So for each layer we record only
-the largest |input| and |output| of its down projection (with channel and token position) — never the
-whole activations — and call a layer a candidate when both are outliers: above an absolute floor and
-far above the typical layer (the median over layers). The coordinate is (layer, row = output channel,
-col = input channel), where `col` is the input channel whose product X[pos, k]·W[row, k] is largest —
-the paper's input spike channel whenever one product dominates, and the right choice in later rounds,
-when a second weight of the same row carries what is left of the spike. Then we zero what was found,
-run again, and look for the next ones, until nothing new appears; every weight is restored exactly.
+The paper's account (Yu et al. 2024) is a causal chain: a weight makes a huge output, the residual
+stream carries it, the model depends on it. Detection follows it from both ends:
+- **the residual stream** (`superweight.massive`): in round 1's forward pass, every layer's hidden
+  state is compared with its own typical magnitude; each massive activation is traced to the
+  layer where it first appears and to what makes it there — one or a few weights of its row (a
+  super weight candidate), one huge input feature feeding several rows (a column pattern,
+  reported whole), the post-MLP norm's gain, attention, or the embedding;
+- **the down projections** (the paper's search): per layer the largest |input| and |output| of
+  the down projection (never whole activations); a layer is a candidate when both are outliers
+  against the median layer. The coordinate is (layer, row = output channel, col = the input
+  channel whose product X[pos, k]·W[row, k] is largest), and every other row that the same input
+  feature pushes over the output threshold comes with it, at once. Then what was found is zeroed
+  and the search runs again, until a round finds nothing new (`converged`) or `max_rounds` stops
+  it; every weight is restored exactly. This catches spikes that do not stay in the residual
+  stream (late layers, or a spike a post-MLP norm rescales), which are reported apart.
 
-A spike is not yet proof of a super weight: `verify` zeroes each candidate and measures perplexity,
-because some models show down projection spikes whose removal does nothing.
+A candidate is not yet a super weight: `superweight.verify` zeroes each one and measures perplexity,
+and ablates each massive activation itself, because some spikes do nothing when removed.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import prune
+from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, OriginConfig, ResidualLayer, ResidualProbe,
+                                 massive_activations)
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs, observe_outputs
 from superweight.model.load import LoadedModel
-from superweight.records import SuperActivation, SuperWeight
+from superweight.records import (INPUT_FEATURE, SPIKE, SUPER_WEIGHT, MassiveActivation, SuperActivation,
+                                 SuperWeight)
 from superweight.tensor.stats import abs_argmax, dominance, rank_by_magnitude, top_product
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
@@ -42,7 +52,6 @@ PROMPT_SET = (
     "Paris is the capital and most populous city of France.",
 )
 
-
 @dataclass
 class DetectConfig:
     """Thresholds of the search; the defaults work on the default model and on planted models."""
@@ -52,20 +61,38 @@ class DetectConfig:
     min_input: float = 5.0  # |X| floor for the input spike
     input_ratio: float = 10.0  # ... and at least this many times the median layer's max |X|
     max_rounds: int = 5  # zero what was found and search again, at most this many times
+    spikes_per_layer: int = 4  # down projection rows (their largest |output|) kept per layer and round
     late_fraction: float = 0.8  # layers at or past this fraction of depth hold "late" spikes
     layers: tuple[int, ...] | None = None  # hook only these layers (None: all)
+    massive_floor: float = MASSIVE_FLOOR  # a massive activation: |h| above this ...
+    massive_ratio: float = MASSIVE_RATIO  # ... and this many times the median |h| of its hidden state
+    weight_share: float = 0.5  # a few weights make an MLP output when they make this share of it
+    min_product_share: float = 0.1  # ... each at least this share
+    max_weights: int = 4  # ... and at most this many of them
 
     def __post_init__(self) -> None:
-        for name in ("min_output", "output_ratio", "min_input", "input_ratio"):
+        for name in ("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
+                     "massive_ratio"):
             if not getattr(self, name) > 0:
                 raise SuperweightError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_rounds < 1:
             raise SuperweightError(f"max-rounds must be at least 1, got {self.max_rounds}")
         if not 0 < self.late_fraction <= 1:
             raise SuperweightError(f"late-fraction must be in (0, 1], got {self.late_fraction}")
+        for name in ("weight_share", "min_product_share"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SuperweightError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        if self.max_weights < 1:
+            raise SuperweightError(f"max-weights must be at least 1, got {self.max_weights}")
+        if self.spikes_per_layer < 1:
+            raise SuperweightError(f"spikes-per-layer must be at least 1, got {self.spikes_per_layer}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def late_from(self, num_layers: int) -> int:
+        """The first layer counted as late (past the end when the model has one layer)."""
+        return math.ceil(self.late_fraction * num_layers) if num_layers > 1 else num_layers
 
 
 @dataclass
@@ -86,38 +113,76 @@ class LayerStat:
     norm_max: float | None = None  # that norm output's max |value| over the whole tensor
     norm_channel: int | None = None  # ... its channel
     col: int = -1  # the input channel whose product X[out_pos, k]·W[out_channel, k] is largest
+    y_row: torch.Tensor | None = field(default=None, repr=False)  # Y[out_pos, :] (every row's output)
+    spikes: list[LayerStat] = field(default_factory=list, repr=False)  # other rows' spikes, largest first
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("x_at_out")
+        d = {k: v for k, v in self.__dict__.items() if k not in ("x_at_out", "y_row", "spikes")}
+        d["spikes"] = [s.to_dict() for s in self.spikes]
         return d
 
 
 @dataclass
 class DetectionResult:
-    """Super weights found (early and late), their super activations, and per-layer maxima."""
+    """Massive activations (with their origins), super weight candidates, per-layer maxima.
+
+    `super_weights` holds every candidate, early and late, with `verdict` set once verified.
+    `early` is what interventions, quantization and the catalog use: the early candidates, minus
+    those verification found to be spikes only. `super_activations` are the early massive
+    activations that such weights make.
+    """
 
     super_weights: list[SuperWeight]
-    super_activations: list[SuperActivation]
+    massive: list[MassiveActivation]
     layer_stats: list[list[LayerStat]]  # one list per round
+    residual: list[ResidualLayer]  # the residual stream per layer in round 1 (embedding first)
     prompts: list[str]
     config: DetectConfig
     tokens: list[str] = field(default_factory=list)
-    norm_spikes: list[NormSpike] = field(default_factory=list)  # post-MLP norm outliers (Gemma 2/3)
+    converged: bool = True  # False: the round limit stopped the search while it still found new ones
 
     @property
     def early(self) -> list[SuperWeight]:
-        return [s for s in self.super_weights if not s.late]
+        return [s for s in self.super_weights if not s.late and s.verdict != SPIKE]
 
     @property
     def late(self) -> list[SuperWeight]:
         return [s for s in self.super_weights if s.late]
 
+    @property
+    def rounds(self) -> int:
+        return len(self.layer_stats)
+
+    @property
+    def verified(self) -> bool:
+        """Whether verification ran (it gives every candidate and massive activation a verdict)."""
+        return any(x.verdict is not None for x in [*self.super_weights, *self.massive])
+
+    def made_by(self, act: MassiveActivation) -> list[SuperWeight]:
+        """The candidates (records of `super_weights`) among the weights that make `act`."""
+        keys = {w.key for w in act.origin.weights} if act.origin else set()
+        return [s for s in self.super_weights if s.key in keys]
+
+    def is_super_activation(self, act: MassiveActivation) -> bool:
+        """A massive activation made by a super weight: verified, or a candidate when unverified."""
+        if act.late or act.origin is None or act.origin.kind not in (SUPER_WEIGHT, INPUT_FEATURE):
+            return False
+        weights = [s for s in self.made_by(act) if s.row == act.channel]
+        return any(s.verdict != SPIKE for s in weights)
+
+    @property
+    def super_activations(self) -> list[SuperActivation]:
+        n = len(set(self.prompts))
+        return [a.as_super_activation() for a in self.massive
+                if self.is_super_activation(a) and (a.prompts_found or 1) >= n]
+
     def to_dict(self) -> dict:
         return {"prompts": self.prompts, "tokens": self.tokens, "config": self.config.to_dict(),
+                "rounds": self.rounds, "converged": self.converged,
+                "massive_activations": [a.to_dict() for a in self.massive],
                 "super_weights": [s.to_dict() for s in self.super_weights],
                 "super_activations": [a.to_dict() for a in self.super_activations],
-                "norm_spikes": [n.to_dict() for n in self.norm_spikes],
+                "residual": [r.to_dict() for r in self.residual],
                 "layer_stats": [[s.to_dict() for s in r] for r in self.layer_stats]}
 
 
@@ -133,169 +198,197 @@ def encode(lm: LoadedModel, prompt: str) -> torch.Tensor:
     return ids.to(lm.device)
 
 
-def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
-                layers: Sequence[int] | None = None) -> list[LayerStat]:
-    """One forward pass; for each layer the max |input| and |output| of its down projection(s)."""
-    view = lm.view
-    layers = list(range(view.num_layers)) if layers is None else list(layers)
-    for layer in layers:
-        view.check_layer(layer)
-    best: dict[int, LayerStat] = {}
+class _DownMaxima:
+    """Hook callbacks keeping, per layer, the largest |output| of its down projection(s) and the
+    input row that made it, the post-MLP norm's output there, and the same for the next few rows
+    whose largest |output| is over `floor` (a layer can hold spikes in several rows, each made by
+    its own input feature) — a few numbers per layer."""
 
-    def on_down(proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
+    def __init__(self, spikes: int = 1, floor: float = float("inf")):
+        self.best: dict[int, LayerStat] = {}
+        self.more: dict[int, dict[int, LayerStat]] = {}  # layer -> row -> its spike
+        self.spikes, self.floor = spikes, floor
+
+    def _stat(self, proj: DownProj, x, y, positions, pos: int, row: int, xmax) -> LayerStat:
+        x_row = x[pos].float().cpu().clone()  # [intermediate]
+        col = top_product(x_row, proj.matrix()[row].detach().float().cpu())
+        yv = float(y[pos, row])
+        xv, xi, xc = xmax
+        return LayerStat(proj.layer, proj.expert, yv, int(positions[pos]), row, xv, int(positions[xi]), xc,
+                         x_row, yv, col=col, y_row=y[pos].float().cpu().clone())
+
+    def on_down(self, proj: DownProj, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor) -> None:
         # x: [tokens, intermediate], y: [tokens, hidden]
         yv, yi, yc = abs_argmax(y)
-        cur = best.get(proj.layer)
-        if cur is not None and abs(cur.out_value) >= abs(yv):
+        xmax = abs_argmax(x)
+        cur = self.best.get(proj.layer)
+        if cur is None or abs(yv) > abs(cur.out_value):
+            self.best[proj.layer] = self._stat(proj, x, y, positions, yi, yc, xmax)
+        if self.spikes < 2:
             return
-        xv, xi, xc = abs_argmax(x)
-        x_row = x[yi].float().cpu().clone()  # [intermediate]
-        col = top_product(x_row, proj.matrix()[yc].detach().float().cpu())
-        best[proj.layer] = LayerStat(proj.layer, proj.expert, yv, int(positions[yi]), yc, xv,
-                                     int(positions[xi]), xc, x_row, yv, col=col)
+        per_row, at = y.abs().max(dim=0)  # [hidden]: each row's largest |Y| and where
+        values, rows = per_row.topk(min(self.spikes, per_row.numel()))
+        more = self.more.setdefault(proj.layer, {})
+        for v, r in zip(values.tolist(), rows.tolist()):
+            if v < self.floor or r == yc:
+                continue
+            if r not in more or v > abs(more[r].out_value):
+                more[r] = self._stat(proj, x, y, positions, int(at[r]), r, xmax)
 
+    def on_norm(self, layer: int, out: torch.Tensor) -> None:  # out: [tokens, hidden], reduced here
+        s = self.best.get(layer)
+        if s is None:
+            return
+        s.norm_out = float(out[s.out_pos, s.out_channel])
+        s.norm_max, _, s.norm_channel = abs_argmax(out)
+
+    def stats(self) -> list[LayerStat]:
+        out = [self.best[i] for i in sorted(self.best)]
+        for s in out:
+            others = [o for r, o in self.more.get(s.layer, {}).items() if r != s.out_channel]
+            s.spikes = sorted(others, key=lambda o: -abs(o.out_value))[:self.spikes - 1]
+        return out
+
+
+def _layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    layers = list(range(lm.view.num_layers)) if layers is None else list(layers)
+    for layer in layers:
+        lm.view.check_layer(layer)
+    return layers
+
+
+def layer_stats(lm: LoadedModel, input_ids: torch.Tensor,
+                layers: Sequence[int] | None = None, probe: ResidualProbe | None = None,
+                config: DetectConfig | None = None) -> list[LayerStat]:
+    """One forward pass; for each layer the max |input| and |output| of its down projection(s), and
+    with a `config` the next `spikes_per_layer - 1` rows whose output is over `min_output`.
+
+    With a `probe`, the same pass also scans the residual stream (`superweight.massive`)."""
+    from contextlib import nullcontext
+
+    view = lm.view
+    layers = _layers(lm, layers)
+    maxima = _DownMaxima(config.spikes_per_layer, config.min_output) if config else _DownMaxima()
     norms = {i: m for i in layers if (m := view.post_mlp_norm(i)) is not None}
-    norm_out: dict[int, torch.Tensor] = {}
 
-    def on_norm(layer: int, out: torch.Tensor) -> None:
-        norm_out[layer] = out  # [tokens, hidden]; read after the pass, then dropped
+    def on_down(proj, x, y, positions):  # one hook for both observers (MoE experts are recomputed once)
+        maxima.on_down(proj, x, y, positions)
+        if probe is not None:
+            probe.on_down(proj, x, y, positions)
 
-    with torch.no_grad(), observe_down_projs(view, on_down, layers), observe_outputs(norms, on_norm):
+    with torch.no_grad(), observe_down_projs(view, on_down, layers), \
+            observe_outputs(norms, maxima.on_norm), (probe.hooks(down=False) if probe else nullcontext()):
         lm.model(input_ids=input_ids)
-    stats = [best[i] for i in sorted(best)]
-    for s in stats:
-        if s.layer in norm_out:
-            out = norm_out.pop(s.layer)
-            s.norm_out = float(out[s.out_pos, s.out_channel])
-            s.norm_max, _, s.norm_channel = abs_argmax(out)
-    return stats
+    return maxima.stats()
 
 
 def _median_abs(values: Sequence[float]) -> float:
     return statistics.median(abs(v) for v in values) if values else 0.0
 
 
+def output_threshold(stats: list[LayerStat], config: DetectConfig) -> float:
+    """|Y| from which a down projection output counts as a spike: the floor, or `output_ratio` × the
+    median layer's max |Y|, whichever is larger."""
+    return max(config.min_output, config.output_ratio * _median_abs([s.out_value for s in stats]))
+
+
 def candidates(stats: list[LayerStat], config: DetectConfig) -> list[LayerStat]:
-    """Layers whose output and input spikes are both outliers (absolute floor and ratio to median)."""
-    med_out = _median_abs([s.out_value for s in stats])
-    med_in = _median_abs([s.in_value for s in stats])
-    return [s for s in stats
-            if abs(s.out_value) >= max(config.min_output, config.output_ratio * med_out)
-            and abs(s.x_at_out[s.col]) >= max(config.min_input, config.input_ratio * med_in)]
+    """Spikes whose output and input are both outliers (absolute floor and ratio to the median
+    layer's maximum): each layer's largest, and the other rows' spikes recorded with it."""
+    out_min = output_threshold(stats, config)
+    in_min = max(config.min_input, config.input_ratio * _median_abs([s.in_value for s in stats]))
+    return [sp for s in stats for sp in [s, *s.spikes]
+            if abs(sp.out_value) >= out_min and abs(sp.x_at_out[sp.col]) >= in_min]
 
 
-@dataclass
-class NormSpike:
-    """A massive value after a post-MLP norm, with the norm's gain on its channel."""
-
-    layer: int
-    channel: int
-    value: float  # the norm output's largest |value|
-    ratio: float  # ... over the median layer's
-    gain: float | None  # the norm's gain on `channel`
-    gain_ratio: float | None  # ... over the median gain of that norm
-    from_weight: bool  # True when a detected super weight makes the down projection spike there
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def norm_spikes(lm: LoadedModel, stats: list[LayerStat], config: DetectConfig,
-                super_weights: Sequence[SuperWeight] = ()) -> list[NormSpike]:
-    """Layers whose post-MLP norm output is an outlier, and whether the norm's gain or a weight made it.
-
-    In Gemma 2/3 a massive activation can come from a large gain of the norm on the MLP output on
-    one channel rather than from any single weight; this says which it is.
-    """
-    values = [abs(s.norm_max) for s in stats if s.norm_max is not None]
-    if not values:
-        return []
-    median = statistics.median(values)
-    spikes = []
-    for s in stats:
-        if s.norm_max is None or abs(s.norm_max) < max(config.min_output, config.output_ratio * median):
-            continue
-        gain = lm.view.norm_gain(s.layer)
-        g = float(gain[s.norm_channel]) if gain is not None else None
-        g_ratio = abs(g) / float(gain.abs().median()) if gain is not None and float(gain.abs().median()) > 0 else None
-        from_weight = any(sw.layer == s.layer and sw.row == s.norm_channel for sw in super_weights)
-        spikes.append(NormSpike(s.layer, s.norm_channel, s.norm_max,
-                                abs(s.norm_max) / median if median > 0 else float("inf"), g, g_ratio,
-                                from_weight))
-    return spikes
-
-
-def _record(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig,
-            tokens: list[str]) -> SuperWeight:
-    """Turn a candidate layer into a SuperWeight with its measurements."""
+def _records(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig, tokens: list[str],
+             out_min: float) -> list[SuperWeight]:
+    """A candidate layer's super weight candidates: the spike's own (row, col), and every other row
+    that the same input feature `col` pushes over the output threshold (one column, several rows)."""
     proj = lm.view.down_proj(s.layer, s.expert)
     w = proj.matrix().detach()  # [hidden, intermediate]
-    row = s.out_channel
-    col = top_product(s.x_at_out, w[row].float().cpu())
-    value = float(w[row, col])
     x = s.x_at_out  # [intermediate]
-    share = dominance(x, w[row].float().cpu(), col)
-    own = float(x[col]) * value
-    n = lm.view.num_layers
+    col = s.col
+    fed = (x[col] * w[:, col].float().cpu()).abs()  # [hidden]: what the input feature adds per row
+    rows = sorted({s.out_channel} | set((fed >= out_min).nonzero().flatten().tolist()))
     gain = lm.view.norm_gain(s.layer)
-    return SuperWeight(
-        layer=s.layer, row=row, col=col, expert=s.expert, value=value,
-        input_value=float(x[col]), output_value=s.out_value, position=s.out_pos,
-        token=tokens[s.out_pos] if s.out_pos < len(tokens) else None,
-        dominance=share, output_without=s.out_value - own,
-        rank=rank_by_magnitude(w, row, col), round=rnd,
-        late=s.layer >= math.ceil(config.late_fraction * n) and n > 1,
-        norm_output=s.norm_out,
-        norm_gain=float(gain[row]) if gain is not None else None,
-        norm_gain_median=float(gain.median()) if gain is not None else None)
+    out = []
+    for row in rows:
+        w_row = w[row].float().cpu()
+        y = s.out_value if row == s.out_channel else float(s.y_row[row]) if s.y_row is not None \
+            else float(x @ w_row)
+        main = row == s.out_channel
+        out.append(SuperWeight(
+            layer=s.layer, row=row, col=col, expert=s.expert, value=float(w[row, col]),
+            input_value=float(x[col]), output_value=y, position=s.out_pos,
+            token=tokens[s.out_pos] if s.out_pos < len(tokens) else None,
+            dominance=dominance(x, w_row, col), output_without=y - float(x[col] * w_row[col]),
+            rank=rank_by_magnitude(w, row, col), round=rnd,
+            late=s.layer >= config.late_from(lm.view.num_layers),
+            norm_output=s.norm_out if main else None,
+            norm_gain=float(gain[row]) if gain is not None else None,
+            norm_gain_median=float(gain.median()) if gain is not None else None))
+    return out
 
 
 def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
                   config: DetectConfig | None = None) -> DetectionResult:
-    """Iterative detection on one prompt; the model's weights are bit-identical afterwards."""
+    """Detection on one prompt; the model's weights are bit-identical afterwards."""
     config = config or DetectConfig()
     ids = encode(lm, prompt)
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
+    layers = _layers(lm, config.layers)
+    late_from = config.late_from(lm.view.num_layers)
+    probe = ResidualProbe(lm.view, layers, config.massive_floor, config.massive_ratio)
+    stats = layer_stats(lm, ids, layers, probe, config)  # round 1: down projections + residual stream
+    out_min = output_threshold(stats, config)
+    origin_config = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
+                                 row_threshold=out_min)
+    massive = massive_activations(lm.view, probe, origin_config, tokens, late_from)
     found: dict[tuple, SuperWeight] = {}
-    rounds: list[list[LayerStat]] = []
-    for rnd in range(1, config.max_rounds + 1):
-        with prune(lm.view, [sw.key for sw in found.values()]):
-            stats = layer_stats(lm, ids, config.layers)
-            rounds.append(stats)
-            new = [_record(lm, s, rnd, config, tokens) for s in candidates(stats, config)]
-        new = [sw for sw in new if sw.key not in found]
-        if not new:
+    for s in candidates(stats, config):
+        found.update((sw.key, sw) for sw in _records(lm, s, 1, config, tokens, out_min))
+    for act in massive:  # weights that make a massive activation are candidates, found in round 1
+        for sw in act.origin.weights if act.origin else []:
+            found.setdefault(sw.key, sw)
+    rounds, converged = [stats], not found
+    for rnd in range(2, config.max_rounds + 1):
+        if converged:
             break
+        with prune(lm.view, [sw.key for sw in found.values()]):
+            stats = layer_stats(lm, ids, layers, config=config)
+            rounds.append(stats)
+            out_min = output_threshold(stats, config)
+            new = [sw for s in candidates(stats, config)
+                   for sw in _records(lm, s, rnd, config, tokens, out_min) if sw.key not in found]
+        converged = not new
         found.update((sw.key, sw) for sw in new)
     sws = sorted(found.values(), key=lambda s: (s.layer, s.row, s.col))
     for sw in sws:  # the value in the unedited model (a later round sees earlier ones zeroed)
         sw.value = float(lm.view.down_proj(sw.layer, sw.expert).matrix().detach()[sw.row, sw.col])
-    acts = super_activations(sws)
-    spikes = norm_spikes(lm, rounds[0], config, sws)
-    return DetectionResult(sws, acts, rounds, [prompt], config, tokens, spikes)
+    _share_records(massive, sws)
+    return DetectionResult(sws, massive, rounds, probe.rows, [prompt], config, tokens, converged)
 
 
-def super_activations(sws: Sequence[SuperWeight]) -> list[SuperActivation]:
-    """The super activation each early super weight creates: its layer, channel and position.
-
-    One per (channel, position), at the layer where it first appears (the largest output there).
-    """
-    seen: dict[tuple, SuperActivation] = {}
-    early = [s for s in sws if not s.late and s.position is not None]
-    for sw in sorted(early, key=lambda s: (s.layer, -abs(s.output_value or 0.0))):
-        seen.setdefault((sw.row, sw.position), SuperActivation(
-            sw.layer, sw.row, sw.position, float(sw.output_value or 0.0), sw.token))
-    return sorted(seen.values(), key=lambda a: (a.layer, a.channel, a.position))
+def _share_records(massive: Sequence[MassiveActivation], sws: Sequence[SuperWeight]) -> None:
+    """Point each origin at the candidate records themselves, so verdicts show in both places."""
+    by_key = {s.key: s for s in sws}
+    for act in massive:
+        if act.origin:
+            act.origin.weights = [by_key.get(w.key, w) for w in act.origin.weights]
 
 
 def detect(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
            config: DetectConfig | None = None,
            progress: Callable[[int, int], None] | None = None) -> DetectionResult:
-    """Find super weights; with several prompts, keep how many prompts each coordinate appeared in.
+    """Find massive activations and super weight candidates; with several prompts, keep in how many
+    prompts each appeared.
 
     >>> result = detect(load_model("smollm2-135m"))
     >>> [sw.coord for sw in result.early]
-    [(11, 507, 1229)]
+    [(11, 507, 1229), (11, 507, 1487)]
+    >>> [(a.channel, a.first_layer, a.origin.kind) for a in result.massive]
+    [(507, 11, 'super weight')]
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -308,12 +401,15 @@ def detect(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
     if len(results) == 1:
         for sw in results[0].super_weights:
             sw.prompts_found = 1
+        for act in results[0].massive:
+            act.prompts_found = 1
         return results[0]
     return _merge(results)
 
 
 def _merge(results: list[DetectionResult]) -> DetectionResult:
-    """Union over prompts, each coordinate with the count of prompts it appeared in."""
+    """Union over prompts, each coordinate and massive activation with the count of prompts it
+    appeared in (a massive activation is the same when channel, first layer and origin kind are)."""
     counts: dict[tuple, int] = {}
     first: dict[tuple, SuperWeight] = {}
     for r in results:
@@ -323,13 +419,59 @@ def _merge(results: list[DetectionResult]) -> DetectionResult:
     sws = sorted(first.values(), key=lambda s: (-counts[s.key], s.layer, s.row, s.col))
     for sw in sws:
         sw.prompts_found = counts[sw.key]
-    acts = super_activations([sw for sw in sws if counts[sw.key] == len(results)])
+    seen: dict[tuple, MassiveActivation] = {}
+    for r in results:
+        for act in r.massive:
+            key = (act.channel, act.first_layer, act.origin.kind if act.origin else None)
+            if key in seen:
+                seen[key].prompts_found = (seen[key].prompts_found or 1) + 1
+            else:
+                act.prompts_found = 1
+                seen[key] = act
+    massive = sorted(seen.values(), key=lambda a: (-(a.prompts_found or 0), a.first_layer, a.channel))
+    _share_records(massive, sws)
     base = results[0]
-    return DetectionResult(sws, acts, base.layer_stats, [p for r in results for p in r.prompts],
-                           base.config, base.tokens, base.norm_spikes)
+    return DetectionResult(sws, massive, base.layer_stats, base.residual,
+                           [p for r in results for p in r.prompts], base.config, base.tokens,
+                           all(r.converged for r in results))
 
 
 def find_super_weights(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
                        config: DetectConfig | None = None) -> list[SuperWeight]:
-    """The early (non-late) super weights of a model: what interventions and quantization protect."""
+    """The early super weight candidates of a model: what interventions and quantization protect."""
     return detect(lm, prompt, config).early
+
+
+@dataclass
+class DetectionRun:
+    """What `superweight detect` reports: detection, its verification, the catalog comparison."""
+
+    result: DetectionResult
+    verification: object | None  # superweight.verify.Verification
+    comparison: object  # superweight.catalog.Comparison
+
+    def to_dict(self) -> dict:
+        return {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
+                  config: DetectConfig | None = None, *, verify_threshold: float | None = None,
+                  model_id: str | None = None, text: str | None = None) -> DetectionRun:
+    """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
+    compare the early super weights with the catalog entry for `model_id` (default: the model's).
+
+    >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
+    >>> run.result.massive[0].verdict
+    'needed'
+    """
+    from superweight import catalog
+    from superweight.verify import verify
+
+    config = config or DetectConfig()
+    result = detect(lm, prompts, config)
+    verification = None
+    if verify_threshold is not None:
+        verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
+                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio))
+    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early))

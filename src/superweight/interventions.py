@@ -9,6 +9,8 @@ for the block; the model's files are never written).
 The paper's ablations (Table 1, Figure 6) are these edits: `prune` (zero the super weights),
 `scale` (multiply them by a factor), `prune_top_k` (zero the K largest other weights, the control)
 and `restore_super_activation` (zero the super weights but write their super activation back).
+`ablate_massive` changes no weight: scoped hooks set a massive activation to its channel's typical
+value from the layer where it first appears on (does the model need it, whatever makes it?).
 """
 
 from __future__ import annotations
@@ -363,3 +365,84 @@ def measure_super_activations(lm, super_weights: Iterable, text: str = PROBE_TEX
         w = lm.view.down_proj(key[0], key[3]).matrix()[key[1], key[2]].item()
         out.append(replace(rec, value=w, output_value=y, position=t, input_value=x))
     return out
+
+
+# --- ablate a massive activation itself (does the model need it?) ---------------------------------
+
+@dataclass
+class AblationLog:
+    """Filled while `ablate_massive` is active: how many values were replaced, over all passes."""
+
+    channel: int
+    first_layer: int
+    replaced: int = 0
+    calls: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _typical_fill(h: torch.Tensor, channel: int, floor: float, ratio: float, log: AblationLog) -> torch.Tensor:
+    """h [..., hidden] with every massive value on `channel` replaced by the channel's median over
+    the positions where it is not massive (0 where it is massive at every position)."""
+    flat = h.reshape(-1, h.shape[-1])  # [tokens, hidden]
+    threshold = max(floor, ratio * float(flat.abs().float().median()))
+    col = flat[:, channel]
+    mask = col.abs() > threshold
+    log.calls += 1
+    if not bool(mask.any()):
+        return h
+    rest = col[~mask]
+    typical = rest.median() if rest.numel() else torch.zeros((), dtype=col.dtype, device=col.device)
+    out = flat.clone()
+    out[mask, channel] = typical
+    log.replaced += int(mask.sum())
+    return out.reshape(h.shape)
+
+
+@contextmanager
+def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: float,
+                   ratio: float) -> Iterator[AblationLog]:
+    """Remove a massive activation for the block: from the layer where it first appears on, every
+    massive value on `channel` is set to the channel's typical value.
+
+    Definition. After layer `first_layer` and after every later layer (`first_layer` = -1: already in
+    the embedding output entering layer 0), an entry h[t, channel] is massive when |h| > max(`floor`,
+    `ratio` × the median |h| of that hidden state) — detection's criterion, applied to the text
+    being run, so it finds the activation wherever it forms (the first token, a delimiter). Each
+    such entry is replaced by the median of h[:, channel] over the positions where the channel is
+    not massive: the value the channel has at an ordinary token. Zero would also remove it, but a
+    channel's ordinary value is not always near zero; where every position is massive, 0 is used.
+    Forward hooks only: no weight changes, and the hooks are removed on exit (also on error).
+
+    >>> with ablate_massive(lm.view, 507, 11, floor=100, ratio=1000) as log:
+    ...     ppl = perplexity(lm, "wiki")
+    """
+    hidden = view.down_projs(0)[0].shape[0]
+    if not 0 <= channel < hidden:
+        raise SuperweightError(f"channel {channel} out of range: the hidden state has {hidden} channels")
+    if first_layer != -1:
+        view.check_layer(first_layer)
+    log = AblationLog(channel, first_layer)
+
+    def on_output(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            return _typical_fill(output, channel, floor, ratio, log)
+        return (_typical_fill(output[0], channel, floor, ratio, log), *output[1:])
+
+    def on_input(module, args, kwargs):
+        if args:
+            return (_typical_fill(args[0], channel, floor, ratio, log), *args[1:]), kwargs
+        kwargs = dict(kwargs, hidden_states=_typical_fill(kwargs["hidden_states"], channel, floor, ratio, log))
+        return args, kwargs
+
+    handles = []
+    try:
+        if first_layer == -1:
+            handles.append(view.layers[0].register_forward_pre_hook(on_input, with_kwargs=True))
+        for layer in view.layers[max(first_layer, 0):]:
+            handles.append(layer.register_forward_hook(on_output))
+        yield log
+    finally:
+        for h in handles:
+            h.remove()

@@ -3,7 +3,11 @@
 Real weights exist here for one architecture only (Llama-style SmolLM2), so every other layout is
 tested on tiny randomly initialised models built from a `transformers` config. A random model has no
 super weight; `plant_super_weight` writes one into the weights (no hooks), and detection must then
-find exactly that coordinate. Which projections make the down projection's input, and where a MoE
+find exactly that coordinate. The other makers of massive activations are planted in the weights
+too — one input feature feeding several rows (`plant_input_feature`), a post-MLP norm's gain
+(`plant_norm_activation`), the attention output (`plant_attention_activation`), the embedding
+(`plant_embedding_activation`) — and `python -m superweight.testing DEMO DIR` saves the README's
+demo models. Which projections make the down projection's input, and where a MoE
 router is, come from the architecture adapter (`Adapter.up_projs`, `.router`), so planting has no
 per-architecture code. Importable by tests and benchmarks; nothing here needs pytest or a network.
 
@@ -287,3 +291,122 @@ def _project_out(view: ModelView, u: torch.Tensor) -> None:
                 w -= u[:, None] * (u @ w)[None, :]
             else:  # [..., out, in]
                 w -= (w @ u)[..., None] * u
+
+
+# --- other makers of massive activations -----------------------------------------------------------
+
+def plant_input_feature(model: nn.Module, layer: int, col: int, rows: list[int], *,
+                        weights: list[float] | None = None, input_scale: float = 100.0,
+                        expert: int | None = None) -> list[SuperWeight]:
+    """One huge input feature `col` feeding several rows of a layer's down projection: W[r, col] =
+    weights[i] for each row (default 50, 40, 30, ...), feature `col` ≈ `input_scale` at every token.
+
+    The pattern that made the iterative search find one row per round (Qwen2.5-1.5B): zero the
+    largest, and the next row becomes the layer's maximum.
+
+    >>> [s.coord for s in plant_input_feature(tiny_model("qwen2"), 2, 11, [3, 17])]
+    [(2, 3, 11), (2, 17, 11)]
+    """
+    weights = list(weights) if weights is not None else [50.0 - 10.0 * i for i in range(len(rows))]
+    if len(weights) != len(rows) or not rows:
+        raise SuperweightError("give one weight per row, and at least one row")
+    return [plant_super_weight(model, layer, r, col, expert=expert, weight=w, input_scale=input_scale)
+            for r, w in zip(rows, weights)]
+
+
+def plant_norm_activation(model: nn.Module, channel: int, *, layers: list[int] | None = None,
+                          gain: float = 5000.0, col: int = 0, weight: float = 1.0,
+                          input_scale: float = 10.0) -> None:
+    """A massive activation made by the post-MLP norm's gain (Gemma 2/3, OLMo 2), in every given
+    layer (default: every layer from 1 on, so that the median layer has it too).
+
+    The norm's effective gain on `channel` is set to `gain` (its median stays ~1), and a modest
+    weight (W[channel, col] = `weight`, input feature ≈ `input_scale`: an output of ~10, far below
+    any spike threshold) gives the MLP output a steady sign on that channel; the norm turns it into
+    ~sqrt(hidden) × gain. Zeroing that weight barely changes the norm's output (it re-normalises
+    whatever is left): the norm, not the weight, makes the activation. Plant super weights before
+    calling this (planting measures the residual stream, which the gain then changes).
+    """
+    view = ModelView(model, adapter_for(model.config.model_type))
+    if view.post_mlp_norm(0) is None:
+        raise SuperweightError(f"{model.config.model_type} has no post-MLP norm")
+    layers = list(range(1, view.num_layers)) if layers is None else list(layers)
+    for layer in layers:  # first, with ordinary gains: planting measures the residual stream
+        plant_super_weight(model, layer, channel, col, weight=weight, input_scale=input_scale, view=view)
+    with torch.no_grad():
+        for layer in layers:
+            view.post_mlp_norm(layer).weight[channel] = gain - view.adapter.norm_gain_offset
+
+
+def plant_attention_activation(model: nn.Module, layer: int, channel: int, value: float = 5000.0) -> None:
+    """A massive activation made by the attention branch: the attention output projection's bias
+    on `channel` set to `value`, so every token gets it (build the model with a bias there, e.g.
+    `tiny_model("llama", attention_bias=True)`)."""
+    view = ModelView(model, adapter_for(model.config.model_type))
+    bias = view.attn_out_bias(layer)
+    if bias is None:
+        raise SuperweightError("the attention output projection has no bias to plant into "
+                               "(build the tiny model with attention_bias=True)")
+    with torch.no_grad():
+        bias[channel] = value
+
+
+def plant_embedding_activation(model: nn.Module, token_id: int, channel: int, value: float = 5000.0) -> None:
+    """A massive activation the token embedding already carries: embedding[token_id, channel] =
+    `value` (with `BOS_ID`, every prompt's first position)."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token_id, channel] = value
+
+
+# --- reproducible demos (README): `python -m superweight.testing demo-norm DIR` --------------------
+
+DEMOS = {
+    "demo-norm": "Gemma 3: the post-MLP norm's gain makes a massive activation on channel 9 in every "
+                 "layer from 1 on",
+    "demo-column": "Qwen2: one input feature (column 11 of layer 2) feeds four rows (3, 17, 29, 40)",
+    "demo-attention": "Llama: the attention output makes a massive activation (layer 1, channel 9)",
+    "demo-embedding": "Llama: the embedding of <s> carries a massive activation on channel 9",
+}
+
+
+def demo_model(name: str) -> nn.Module:
+    """The tiny planted model of one README demo (see `DEMOS`)."""
+    if name == "demo-norm":
+        model = tiny_model("gemma3_text")
+        plant_norm_activation(model, 9)
+    elif name == "demo-column":
+        model = tiny_model("qwen2")
+        plant_input_feature(model, 2, 11, [3, 17, 29, 40])
+    elif name == "demo-attention":
+        model = tiny_model("llama", attention_bias=True)
+        plant_attention_activation(model, 1, 9)
+    elif name == "demo-embedding":
+        model = tiny_model("llama")
+        plant_embedding_activation(model, BOS_ID, 9)
+    else:
+        raise SuperweightError(f"unknown demo {name!r}; known: {', '.join(DEMOS)}")
+    return model
+
+
+def save_demo(name: str, path) -> str:
+    """Write a demo model and the byte tokenizer as a local model directory; return its path."""
+    model = demo_model(name)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in DEMOS:
+        print("usage: python -m superweight.testing DEMO DIR\n"
+              + "\n".join(f"  {k}: {v}" for k, v in DEMOS.items()), file=sys.stderr)
+        return 2
+    print(f"{save_demo(args[0], args[1])}: {DEMOS[args[0]]}; try `superweight detect {args[1]} --verify`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Causal check of detected spikes: does zeroing the weight actually hurt the model?
+"""Causal check of what detection saw: does the model need it?
 
 A down projection spike is only a super weight if the model needs it. For each candidate we zero it
 alone and measure perplexity on a short real text (the fetched Wikipedia text when available, else a
@@ -7,6 +7,11 @@ at least `threshold` times — alone, or given the other early super weights alr
 of one row can build one super activation together, so that either alone does little); otherwise it
 is only a spike. The paper's own issue tracker reports
 models where zeroing the spike weight does nothing — this tells the two apart.
+
+A massive activation is checked the same way, whatever makes it (a weight, a norm's gain,
+attention, the embedding): it is ablated — set to its channel's typical value from the layer where
+it first appears on (`interventions.ablate_massive`) — and it is *needed* when perplexity grows by
+at least `threshold` times.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from typing import Sequence
 import torch
 
 from superweight.errors import SuperweightError
-from superweight.interventions import prune
+from superweight.interventions import ablate_massive, prune
+from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO
 from superweight.model.load import LoadedModel
-from superweight.records import SuperWeight
+from superweight.records import NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivation, SuperWeight
 
 VERIFY_TOKENS = 512  # enough text for a stable perplexity, cheap on a CPU
 VERIFY_THRESHOLD = 3.0  # perplexity ratio that makes a spike a super weight
 VERIFY_CHARS = 6000  # characters of Wikipedia text to take (comfortably more than VERIFY_TOKENS)
-SUPER, SPIKE = "super weight", "spike only"
+ABLATED_TO = ("the channel's median over the positions where it is not massive (0 where it is massive "
+              "at every position), from the layer where it first appears on")
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Verification:
     ppl: float  # the model as it is
     ppl_all_pruned: float  # all early super weights zeroed together
     threshold: float
+    ablated_to: str = ABLATED_TO  # what an ablated massive activation is replaced with
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -63,8 +71,12 @@ def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
 
 
 def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | None = None,
-           max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD) -> Verification:
-    """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`."""
+           max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
+           massive: Sequence[MassiveActivation] = (),
+           criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)) -> Verification:
+    """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
+    each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
+    `verdict` ("needed" / "not needed")."""
     source = "given text"
     if text is None:
         text, source = verification_text()
@@ -86,4 +98,9 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
                 sw.ppl_ratio_given_others = all_pruned / text_perplexity(lm, ids)
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = SUPER if max(sw.ppl_ratio, joint) >= threshold else SPIKE
+    floor, ratio = criterion
+    for act in massive:
+        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio):
+            act.ppl_ratio = text_perplexity(lm, ids) / base
+        act.verdict = NEEDED if act.ppl_ratio >= threshold else NOT_NEEDED
     return Verification(source, int(ids.shape[1]), base, all_pruned, threshold)

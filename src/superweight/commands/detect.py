@@ -1,4 +1,4 @@
-"""`superweight detect`: find the super weights and super activations of a model."""
+"""`superweight detect`: massive activations, what makes them, and the super weights behind them."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from superweight.commands._common import add_model_args, console, load_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("detect", help="find super weights and super activations (data-free)",
-                       description="Find super weights with one forward pass per round: spikes in "
-                                   "each layer's down projection input and output.")
+    p = sub.add_parser("detect", help="find massive activations, what makes them, and super weights (data-free)",
+                       description="Find massive activations in the residual stream and what makes each "
+                                   "one (a super weight, one input feature's column, a norm's gain, "
+                                   "attention, the embedding), and the down projection spikes, with one "
+                                   "forward pass per round; --verify checks which the model needs.")
     add_model_args(p)
     add_detect_args(p)
     p.add_argument("--verify", action="store_true",
-                   help="zero each candidate and measure perplexity on a short real text")
+                   help="zero each candidate and ablate each massive activation; measure perplexity "
+                        "on a short real text")
     p.add_argument("--verify-threshold", type=float, default=3.0, metavar="X",
-                   help="perplexity ratio that makes a spike a super weight (default 3)")
+                   help="perplexity ratio that makes a spike a super weight and a massive activation "
+                        "needed (default 3)")
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
@@ -49,6 +53,11 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
                    help="hook only these layers (comma list; medians are then over these layers)")
     p.add_argument("--late-fraction", type=float, default=d.late_fraction, metavar="F",
                    help=f"layers past this fraction of depth hold late spikes (default {d.late_fraction:g})")
+    p.add_argument("--massive-floor", type=float, default=d.massive_floor, metavar="X",
+                   help=f"a massive activation's |value| is above this (default {d.massive_floor:g}) ...")
+    p.add_argument("--massive-ratio", type=float, default=d.massive_ratio, metavar="X",
+                   help=f"... and this many times the median |value| of its hidden state "
+                        f"(default {d.massive_ratio:g})")
 
 
 def config_from_args(args):
@@ -58,7 +67,8 @@ def config_from_args(args):
     layers = tuple(parse_list(args.only_layers, int, "layer")) if args.only_layers else None
     return DetectConfig(min_output=args.min_output, output_ratio=args.output_ratio,
                         min_input=args.min_input, input_ratio=args.input_ratio,
-                        max_rounds=args.max_rounds, late_fraction=args.late_fraction, layers=layers)
+                        max_rounds=args.max_rounds, late_fraction=args.late_fraction, layers=layers,
+                        massive_floor=args.massive_floor, massive_ratio=args.massive_ratio)
 
 
 def prompts_from_args(args) -> list[str]:
@@ -73,24 +83,20 @@ def prompts_from_args(args) -> list[str]:
 def run(args) -> int:
     from superweight import catalog
     from superweight._io import result_header, write_json
-    from superweight.detect import detect
-    from superweight.render import render_detection
+    from superweight.detect import run_detection
+    from superweight.report.terminal_detect import render_detection
 
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
     out = console()
     lm = load_from_args(args)
-    with console(stderr=True).status(f"Detecting on {len(prompts)} prompt(s)…"):
-        result = detect(lm, prompts, config)
-    verification = None
-    if args.verify:
-        from superweight.verify import verify
-
-        with console(stderr=True).status("Verifying: zeroing each candidate…"):
-            verification = verify(lm, result.super_weights, threshold=args.verify_threshold)
     model_id = args.model_id or lm.model_id
-    comparison = catalog.compare(model_id, result.early)
-    render_detection(out, lm, result, comparison, verification)
+    status = "Detecting and verifying…" if args.verify else "Detecting…"
+    with console(stderr=True).status(f"{status} ({len(prompts)} prompt(s))"):
+        run = run_detection(lm, prompts, config, model_id=model_id,
+                            verify_threshold=args.verify_threshold if args.verify else None)
+    result = run.result
+    render_detection(out, lm, run)
     if args.save_catalog and result.early:
         path = catalog.add(model_id or lm.ref, [s.coord for s in result.early],
                            f"superweight detect on {lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
@@ -102,8 +108,6 @@ def run(args) -> int:
                              args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
         out.print(f"Plot: {png}")
     if args.json:
-        payload = result_header("detect", model=lm.describe(), catalog=comparison.to_dict(),
-                                verification=verification.to_dict() if verification else None,
-                                **result.to_dict())
+        payload = result_header("detect", model=lm.describe(), **run.to_dict())
         out.print(f"JSON: {write_json(args.json, payload)}")
     return 0

@@ -1,4 +1,4 @@
-"""`superweight trace`: the super activation through the residual stream, original vs pruned."""
+"""`superweight trace`: a massive activation through the residual stream, original vs its weights zeroed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from superweight.commands.detect import add_detect_args, config_from_args, promp
 
 
 def register(sub) -> None:
-    p = sub.add_parser("trace", help="follow super activations through the residual stream",
-                       description="Per layer: the residual stream's max |value|, its channel and "
-                                   "position, with and without the super weights (Figure 4).")
+    p = sub.add_parser("trace", help="follow a massive activation through the residual stream",
+                       description="Per layer: the residual stream's max |value|, its channel, position "
+                                   "and typical magnitude, and the largest massive activation's value, with "
+                                   "and without the weights that make it (Figure 4).")
     add_model_args(p)
     add_detect_args(p)
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
@@ -22,7 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from superweight._io import result_header, write_json
     from superweight.activations import trace
-    from superweight.render import trace_table
+    from superweight.report.terminal_detect import render_trace
 
     config = config_from_args(args)
     prompts = prompts_from_args(args)
@@ -32,15 +33,7 @@ def run(args) -> int:
     for prompt in prompts:
         t = trace(lm, prompt, config)
         results.append(t)
-        out.print(trace_table(t, lm))
-        if t.activation is None:
-            out.print("No super activation: no early super weight was found for this prompt.")
-        else:
-            a = t.activation
-            out.print(f"Super activation at channel {a.channel}, token {a.token!r} (position {a.position}): "
-                      f"first in the residual stream after layer {t.first_layer}, carried through layer "
-                      f"{t.last_layer} (≥ half its peak); the layer max sits on it in "
-                      f"{len(t.same_channel_layers)}/{len(t.original)} layers.")
+        render_trace(out, t)
     if args.plot:
         from superweight.report.detect_plots import plot_down_proj, plot_residual
 

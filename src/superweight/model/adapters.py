@@ -3,6 +3,9 @@
 Every other module asks an `Adapter` for the decoder layers, each layer's MLP down projection(s)
 read as `W[row=output channel, col=input channel]`, and any norm applied to the MLP output before
 the residual add. Adding an architecture means adding one `Adapter(...)` entry to `ADAPTERS`.
+The adapter also names the two branches each layer adds to the residual stream — the attention
+module (and any norm on its output) and the MLP module (and any norm on its output) — so that a
+massive activation's increment can be split into the attention part and the MLP part.
 The adapter also says which projections produce the down projection's input features (gate/up,
 fc1, fused gate_up, expert gate_up) and where a mixture-of-experts router is: `superweight.testing`
 uses that to plant super weights in tiny models, with no per-architecture code.
@@ -86,6 +89,11 @@ class Adapter:
     up_projs: tuple[UpProj, ...] = GATED  # what produces the down projection's input features
     shared_up_projs: tuple[UpProj, ...] = ()  # ... of the shared expert (Qwen2-MoE)
     router: str | None = None  # MoE router: a module whose `weight` [experts, hidden] scores experts
+    # The two branches a decoder layer adds to the residual stream (sequentially or in parallel):
+    attention: str = "self_attn"  # the attention module; its output is the attention branch ...
+    post_attn_norm: str | None = None  # ... unless a norm on that output comes before the add (Gemma 2/3, OLMo 2)
+    attn_out: str = "self_attn.o_proj"  # the attention's output projection (planting in tests)
+    mlp: str | None = "mlp"  # the MLP module (None: the down projection's output is the MLP branch)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -97,14 +105,18 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
             up_projs=(UpProj("mlp.gate_up_proj", chunks=2),)),
     Adapter(("olmo",)),
-    Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm"),
+    Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm",
+            post_attn_norm="post_attention_layernorm"),
     Adapter(("gemma",)),
-    Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0),
+    Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0,
+            post_attn_norm="post_attention_layernorm"),
     Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
-            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),)),
+            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),), attention="attn", attn_out="attn.c_proj"),
     Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
-            up_projs=(UpProj("mlp.dense_h_to_4h"),)),
-    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),)),
+            up_projs=(UpProj("mlp.dense_h_to_4h"),), attention="attention", attn_out="attention.dense",
+            notes="attention and MLP added in parallel (use_parallel_residual)"),
+    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),),
+            attn_out="self_attn.out_proj", mlp=None, notes="fc1/fc2 sit in the layer: no MLP module"),
     Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
             router="mlp.gate"),
     Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
@@ -273,6 +285,37 @@ class ModelView:
         if self.adapter.post_mlp_norm is None:
             return None
         return get_path(self.layers[layer], self.adapter.post_mlp_norm)
+
+    def _optional(self, layer: int, path: str | None) -> nn.Module | None:
+        """The module at `path` in a layer, or None when the adapter names none or it is absent."""
+        if path is None:
+            return None
+        try:
+            return get_path(self.layers[layer], path)
+        except SuperweightError:
+            return None
+
+    def branches(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
+        """(attention, MLP): the modules whose outputs a layer adds to the residual stream.
+
+        The attention branch is the post-attention norm when the architecture has one on the
+        attention output, else the attention module; the MLP branch is the post-MLP norm, else the
+        MLP module, else the down projection. None where the path is unknown (an architecture run
+        with `--layers/--down-proj` overrides): the decomposition then lacks that branch.
+        """
+        self.check_layer(layer)
+        a = self.adapter
+        attn = self._optional(layer, a.post_attn_norm) or self._optional(layer, a.attention)
+        mlp = self.post_mlp_norm(layer) or self._optional(layer, a.mlp)
+        if mlp is None and a.mlp is None:
+            mlp = self.down_module(layer)
+        return attn, mlp
+
+    def attn_out_bias(self, layer: int) -> torch.Tensor | None:
+        """The bias [hidden] of the attention's output projection (a view), or None if it has none."""
+        module = self._optional(layer, self.adapter.attn_out)
+        bias = getattr(module, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
 
     def norm_gain(self, layer: int) -> torch.Tensor | None:
         """The post-MLP norm's effective per-channel gain, [hidden], or None."""

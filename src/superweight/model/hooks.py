@@ -108,3 +108,65 @@ def observe_outputs(modules: dict[int, nn.Module],
         return hook
     with hooked([(m, make(k)) for k, m in modules.items()]):
         yield
+
+
+@contextmanager
+def observe_inputs(modules: dict[int, nn.Module],
+                   callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """Call `callback(key, input [tokens, hidden])` with each module's first input during the block
+    (a decoder layer's input is the residual stream entering it; passed positionally or as
+    `hidden_states=`)."""
+    def make(key):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                callback(key, _flat(x.detach()))
+        return hook
+
+    handles = []
+    try:
+        for key, module in modules.items():
+            handles.append(module.register_forward_pre_hook(make(key), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def observe_io(modules: dict[int, nn.Module],
+               callback: Callable[[int, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+    """Call `callback(key, input [tokens, in], output [tokens, out])` for each module (a norm's input
+    and output, say) during the block."""
+    def make(key):
+        def hook(module, inputs, output):
+            callback(key, _flat(inputs[0].detach()), _flat(_first_tensor(output).detach()))
+        return hook
+    with hooked([(m, make(k)) for k, m in modules.items()]):
+        yield
+
+
+@contextmanager
+def observe_routing(view: ModelView, callback: Callable[[int, torch.Tensor], None],
+                    layers: list[int] | None = None) -> Iterator[None]:
+    """For mixture-of-experts layers: `callback(layer, weights [tokens, experts])`, each routed
+    expert's routing weight per token (0 where not routed), read from the fused experts module's
+    inputs `(hidden, top_k_index, top_k_weights)`. Dense layers are skipped."""
+    def make(layer):
+        def hook(module, inputs, output):
+            if len(inputs) < 3:
+                return
+            index, weights = inputs[1], inputs[2].detach()  # [tokens, k] each
+            n = getattr(module, view.adapter.expert_param).shape[0]
+            dense = torch.zeros(index.shape[0], n + 1, dtype=weights.dtype, device=weights.device)
+            dense.scatter_add_(1, index.clamp(max=n), weights)  # index n: padding some models use
+            callback(layer, dense[:, :n])
+        return hook
+
+    pairs = []
+    for i in (range(view.num_layers) if layers is None else layers):
+        routed = [p for p in view.down_projs(i) if p.expert is not None]
+        if routed:
+            pairs.append((routed[0].module, make(i)))
+    with hooked(pairs):
+        yield

@@ -1,1 +1,1 @@
-"""Figures for people: PNG plots (matplotlib, headless Agg backend)."""
+"""Everything a person sees: terminal tables and sentences, PNG plots (matplotlib, headless Agg)."""

@@ -24,19 +24,23 @@ def plot_down_proj(stats, title: str, path: str | Path, marked: list[int] | None
 
 
 def plot_residual(original, pruned, title: str, path: str | Path, channel: int | None = None) -> Path:
-    """Figure 4: the residual stream's max |value| per layer, original vs super weights zeroed."""
+    """Figure 4: the residual stream's max |value| per layer, original vs the weights that make the
+    massive activation zeroed (`pruned` may be None), and the massive activation's own value."""
     fig, axes = new_figure(1, 1, (7, 4))
     ax = axes[0][0]
     ax.plot([r.layer for r in original], [abs(r.value) for r in original], marker="o", ms=3,
-            label="original")
-    ax.plot([r.layer for r in pruned], [abs(r.value) for r in pruned], marker="s", ms=3,
-            label="super weights zeroed")
-    if channel is not None and original and original[0].at_sa is not None:
-        ax.plot([r.layer for r in original], [abs(r.at_sa) for r in original], ls=":",
-                label=f"original, channel {channel}")
+            label="max |h|")
+    if pruned is not None:
+        ax.plot([r.layer for r in pruned], [abs(r.value) for r in pruned], marker="s", ms=3,
+                label="max |h|, its weights zeroed")
+    if channel is not None and original and original[0].at is not None:
+        ax.plot([r.layer for r in original], [abs(r.at) for r in original], ls=":",
+                label=f"|h| at the massive activation (channel {channel})")
+    ax.plot([r.layer for r in original], [r.median for r in original], ls="--", lw=0.8,
+            label="median |h|")
     ax.set_yscale("log")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("max |residual stream|")
+    ax.set_xlabel("layer (-1: embedding output)")
+    ax.set_ylabel("|residual stream|")
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)

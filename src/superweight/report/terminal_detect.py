@@ -1,0 +1,331 @@
+"""Terminal rendering of detection and trace: rich tables and one sentence per finding.
+
+The words follow the project's convention: a *massive activation* is seen (in the residual
+stream); a *super weight candidate* is a weight that makes a spike or a massive activation; a
+*super weight* is a candidate whose removal verifiably damages the model. A massive activation is
+called a *super activation* only when a verified super weight makes it.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NORM_GAIN,
+                                 SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
+
+
+def _num(v, fmt: str = ".4g") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _layer(layer: int) -> str:
+    return "emb" if layer == EMBEDDING_LAYER else str(layer)
+
+
+def _labels(weights) -> str:
+    return ", ".join(w.label() for w in weights)
+
+
+def _positions(act: MassiveActivation) -> str:
+    if len(act.positions) <= 1:
+        return f"{act.token!r}@{act.position}"
+    return f"{act.token!r}@{act.position} (+{len(act.positions) - 1} more)"
+
+
+def verified_super_activation(act: MassiveActivation, result) -> bool:
+    """A massive activation that a *verified* super weight of its own row makes: the only thing
+    the report calls a super activation."""
+    return result.is_super_activation(act) and any(
+        w.verdict == SUPER and w.row == act.channel for w in result.made_by(act))
+
+
+def _weights_phrase(weights) -> str:
+    """Weights named by what verification said of them: super weights, spike-only, or candidates."""
+    many = len(weights) > 1
+    verdicts = {w.verdict for w in weights}
+    if verdicts == {SUPER}:
+        return f"super weight{'s' if many else ''} {_labels(weights)}"
+    if verdicts == {SPIKE}:
+        return f"weight{'s' if many else ''} {_labels(weights)}, whose removal does not hurt (spike only)"
+    if None in verdicts:
+        return f"super weight candidate{'s' if many else ''} {_labels(weights)}"
+    ok = [w for w in weights if w.verdict == SUPER]
+    return f"super weight{'s' if len(ok) > 1 else ''} {_labels(ok)} with spike-only " \
+           f"{_labels([w for w in weights if w.verdict != SUPER])}"
+
+
+def made_by(act: MassiveActivation, result, short: bool = False) -> str:
+    """What makes a massive activation, in words (verified wording when verification ran)."""
+    o = act.origin
+    if o is None:
+        return "unknown"
+    if o.kind in (SUPER_WEIGHT, INPUT_FEATURE):
+        own = [w for w in result.made_by(act) if w.row == act.channel] or o.weights
+        if o.kind == SUPER_WEIGHT:
+            return _weights_phrase(own)
+        rows = ", ".join(map(str, o.rows))
+        if short:
+            return f"input feature {o.column} → rows {rows}"
+        column = sorted(result.made_by(act) or o.weights, key=lambda w: w.row)
+        return (f"a few weights of one input feature: column {o.column} of layer {act.first_layer} "
+                f"(X = {_num(o.input_value)}) feeds rows {rows} — {_weights_phrase(column)}")
+    if o.kind == NORM_GAIN:
+        ratio = f"{o.gain_ratio:.3g}× its median gain" if o.gain_ratio else f"gain {_num(o.gain)}"
+        if short:
+            return f"post-MLP norm gain ({ratio})"
+        return (f"the post-MLP norm's gain on channel {act.channel} ({ratio}), not a single weight "
+                f"(the MLP output before the norm is {_num(o.mlp_raw)})")
+    if o.kind == ATTENTION:
+        share = f" ({o.attention_share:.0%} of the layer's increment)" if o.attention_share is not None else ""
+        return f"attention{share}"
+    if o.kind == EMBEDDING:
+        return "the embedding" if short else f"the token embedding of {act.token!r}"
+    if o.kind == MLP:
+        share = f"its largest few products make {o.weight_share:.0%}" if o.weight_share is not None else ""
+        if short:
+            return "the MLP, many weights" + (f" ({share})" if share else "")
+        return "the MLP, spread over many weights" + (f" ({share} of its output)" if share else "")
+    return o.kind
+
+
+def massive_table(title: str, acts, result, verified: bool, prompts: int) -> Table:
+    t = Table(title=title, title_justify="left")
+    cols = ["channel", "token@pos", "first layer", "value", "× median", "through layer", "peak", "made by"]
+    cols += ["prompts"] if prompts > 1 else []
+    cols += ["ppl× ablated", "verdict"] if verified else []
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("token@pos", "made by", "verdict") else "right")
+    for a in acts:
+        cells = [str(a.channel), _positions(a), _layer(a.first_layer), _num(a.value), _num(a.ratio, ".0f"),
+                 _layer(a.last_layer), _num(a.peak), made_by(a, result, short=True)]
+        if prompts > 1:
+            cells.append(f"{a.prompts_found}/{prompts}")
+        if verified:
+            cells += [_num(a.ppl_ratio, ".3g"), a.verdict or "–"]
+        t.add_row(*cells)
+    return t
+
+
+def super_weight_table(title: str, sws, show_prompts: int = 0, verified: bool = False) -> Table:
+    norm = any(s.norm_output is not None for s in sws)
+    t = Table(title=title, title_justify="left")
+    cols = ["(layer, row, col)", "weight", "input X", "output Y", "token@pos", "dominance",
+            "Y without", "|w| rank", "round"]
+    cols += ["after norm", "gain/median"] if norm else []
+    cols += ["prompts"] if show_prompts > 1 else []
+    cols += ["ppl× alone", "ppl× given others", "verdict"] if verified else []
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("token@pos", "verdict", "(layer, row, col)") else "right")
+    for s in sws:
+        cells = [s.label(), _num(s.value), _num(s.input_value), _num(s.output_value),
+                 f"{s.token!r}@{s.position}", _num(s.dominance, ".1%"), _num(s.output_without),
+                 _num(s.rank, "d"), _num(s.round, "d")]
+        if norm:
+            ratio = (s.norm_gain / s.norm_gain_median) if s.norm_gain is not None and s.norm_gain_median else None
+            cells += [_num(s.norm_output), _num(ratio, ".3g")]
+        if show_prompts > 1:
+            cells += [f"{s.prompts_found}/{show_prompts}"]
+        if verified:
+            cells += [_num(s.ppl_ratio, ".3g"), _num(s.ppl_ratio_given_others, ".3g"), s.verdict or "–"]
+        t.add_row(*cells)
+    return t
+
+
+def _sentence(acts: list[MassiveActivation], result) -> str:
+    """One line for massive activations that share an origin (a column feeding several rows)."""
+    a = acts[0]
+    channels = ", ".join(str(x.channel) for x in acts)
+    where = (f"already in the embedding output" if a.first_layer == EMBEDDING_LAYER
+             else f"first after layer {a.first_layer}")
+    pos = (f"token {a.token!r} (position {a.position})" if len(a.positions) == 1
+           else f"at {len(a.positions)} positions (largest at {a.token!r}, position {a.position})")
+    noun = "Super activation" if all(verified_super_activation(x, result) for x in acts) else "Massive activation"
+    noun += "s" if len(acts) > 1 else ""
+    ch = "channels" if len(acts) > 1 else "channel"
+    size = f"{'largest ' if len(acts) > 1 else ''}{_num(a.value)}, {a.ratio:.3g}× the median |h|"
+    line = (f"{noun}: {ch} {channels}, {pos}, {where}, carried through layer {a.last_layer} "
+            f"({size}) — made by {made_by(a, result)}")
+    inc = a.origin.increment if a.origin else None
+    if inc is not None and a.value and abs(inc) < 0.5 * abs(a.value):
+        line += (f" (layer {a.first_layer} adds {inc / a.value:.0%} of the value; the rest comes in "
+                 "from earlier layers, under the massive threshold there)")
+    verdicts = {x.verdict for x in acts}
+    ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts if x.ppl_ratio is not None)
+    it = "them" if len(acts) > 1 else "it"
+    each = "each" if len(acts) > 1 else "it"
+    if verdicts == {"needed"}:
+        line += f"; the model needs {it} (perplexity {ratios} with {each} ablated)"
+    elif verdicts == {"not needed"}:
+        line += f"; the model does not need {it} (perplexity {ratios} with {each} ablated)"
+    elif verdicts >= {"needed", "not needed"}:
+        line += f"; the model needs some of them (perplexity {ratios} with each ablated)"
+    elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and a.verdict is None:
+        line += " (not verified: --verify zeroes them and ablates the activation)"
+    return line + "."
+
+
+def _grouped(acts: list[MassiveActivation]) -> list[list[MassiveActivation]]:
+    groups: dict[tuple, list[MassiveActivation]] = {}
+    for a in acts:
+        o = a.origin
+        key = ((o.kind, a.first_layer, o.column, tuple(o.rows)) if o and o.kind == INPUT_FEATURE
+               else (id(a),))
+        groups.setdefault(key, []).append(a)
+    return list(groups.values())
+
+
+def _unexplained_spikes(result) -> list[str]:
+    """Early candidates that make no massive activation: spikes the residual stream does not keep."""
+    in_origins = {w.key for a in result.massive if a.origin for w in a.origin.weights}
+    lines = []
+    for s in result.super_weights:
+        if s.late or s.key in in_origins:
+            continue
+        after = (f"; the post-MLP norm rescales it to {_num(s.norm_output)}" if s.norm_output is not None else "")
+        lines.append(f"{s.label()}: a down projection spike (Y = {_num(s.output_value)}) with no massive "
+                     f"activation in the residual stream behind it{after}.")
+    return lines
+
+
+def _columns(result) -> list[str]:
+    """One line per input feature that feeds several candidate rows and no massive activation names."""
+    named = {(a.first_layer, a.origin.column) for a in result.massive
+             if a.origin and a.origin.kind == INPUT_FEATURE}
+    groups: dict[tuple, list] = {}
+    for s in result.super_weights:
+        groups.setdefault((s.layer, s.col, s.expert), []).append(s)
+    lines = []
+    for (layer, col, expert), sws in groups.items():
+        if len({s.row for s in sws}) < 2 or (layer, col) in named:
+            continue
+        e = f" (expert {expert})" if expert is not None else ""
+        lines.append(f"One input feature, several rows: column {col} of layer {layer}{e} feeds rows "
+                     f"{', '.join(str(s.row) for s in sorted(sws, key=lambda s: s.row))} (found together).")
+    return lines
+
+
+def render_detection(out, lm, run) -> None:
+    """The whole `detect` report for a `DetectionRun`."""
+    result, verification, comparison = run.result, run.verification, run.comparison
+    config = result.config
+    n = len(set(result.prompts))
+    verified = verification is not None
+    state = "converged" if result.converged else "stopped at the round limit"
+    out.print(f"[bold]{lm.ref}[/bold] ({lm.model_type}, {lm.view.num_layers} layers, "
+              f"{str(lm.dtype).removeprefix('torch.')}) · {n} prompt(s) · {result.rounds} round(s), {state}")
+    out.print(headline(result))
+    early_acts = [a for a in result.massive if not a.late]
+    late_acts = [a for a in result.massive if a.late]
+    criterion = (f"|h| > {config.massive_floor:g} and > {config.massive_ratio:g}× the median |h| "
+                 "of its hidden state")
+    if early_acts:
+        out.print(massive_table(f"Massive activations in the residual stream ({criterion})",
+                                early_acts, result, verified, n))
+    early = [s for s in result.super_weights if not s.late]
+    if early:
+        title = "Super weight candidates, verified" if verified else "Super weight candidates"
+        out.print(super_weight_table(title, early, n, verified))
+    if late_acts:
+        out.print(massive_table(f"Late-layer massive activations (first at layer ≥ {config.late_fraction:g} "
+                                "of depth; reported apart)", late_acts, result, verified, n))
+    if result.late:
+        out.print(super_weight_table(
+            f"Late-layer spikes (layer ≥ {config.late_fraction:g} of depth; reported apart)",
+            result.late, n, verified))
+    if not result.massive and not result.super_weights:
+        out.print(f"No massive activation ({criterion}) and no down projection spike "
+                  f"(output ≥ max({config.min_output:g}, {config.output_ratio:g}× median layer), "
+                  f"input ≥ max({config.min_input:g}, {config.input_ratio:g}× median layer)).")
+    for group in _grouped(early_acts) + _grouped(late_acts):
+        out.print(_sentence(group, result))
+    for line in _unexplained_spikes(result) + _columns(result):
+        out.print(line)
+    if not result.converged:
+        out.print(f"The search stopped at the round limit ({config.max_rounds} rounds) while still finding new "
+                  "candidates: there may be more (raise --max-rounds).")
+    if n > 1:
+        stable = [s.label() for s in result.super_weights if s.prompts_found == n]
+        out.print(f"Found in all {n} prompts: {', '.join(stable) or 'none'}")
+    if verification:
+        zeroed = [s for s in result.super_weights if not s.late]
+        line = (f"Verification on {verification.tokens} tokens of the {verification.text_source}: "
+                f"perplexity {verification.ppl:.4g}")
+        if zeroed:
+            line += (f", with all early candidates zeroed {verification.ppl_all_pruned:.4g} "
+                     f"(×{verification.ppl_all_pruned / verification.ppl:.4g})")
+        if result.massive:
+            line += "; a massive activation is ablated by setting it to " + verification.ablated_to
+        out.print(line + ".")
+    out.print(f"Catalog: {comparison.verdict}"
+              + (f" ({comparison.entry.model}; {comparison.entry.source})" if comparison.entry else ""))
+    if comparison.entry and comparison.missing:
+        out.print(f"  catalogued but not found: {comparison.missing}")
+    if comparison.entry and comparison.new:
+        out.print(f"  found but not catalogued: {comparison.new}")
+
+
+def headline(result) -> str:
+    """One line: how many massive activations, super weights (or candidates) and late spikes."""
+    early_acts = [a for a in result.massive if not a.late]
+    parts = []
+    if early_acts:
+        kinds = sorted({a.origin.kind for a in early_acts if a.origin})
+        sup = sum(verified_super_activation(a, result) for a in early_acts)
+        parts.append(f"{len(early_acts)} massive activation(s) (made by: {', '.join(kinds)})"
+                     + (f", {sup} of them super activation(s)" if sup else ""))
+    else:
+        parts.append("no massive activation")
+    early = [s for s in result.super_weights if not s.late]
+    if not early:
+        parts.append("no super weight candidate")
+    elif result.verified:
+        parts.append(f"{sum(s.verdict == SUPER for s in early)} verified super weight(s) "
+                     f"of {len(early)} candidate(s)")
+    else:
+        parts.append(f"{len(early)} super weight candidate(s) (not verified)")
+    if result.late or any(a.late for a in result.massive):
+        parts.append(f"{len(result.late)} late-layer spike(s) reported apart")
+    return "Found: " + " · ".join(parts)
+
+
+# --- trace ---------------------------------------------------------------------------------------
+
+def trace_table(t) -> Table:
+    title = f"Residual stream per layer — {t.prompt!r}"
+    table = Table(title=title, title_justify="left")
+    pruned = t.pruned is not None
+    cols = ["layer", "max |h|", "channel", "token (pos)", "× median", "h at MA"]
+    cols += ["max |h| zeroed", "channel ", "h at MA, zeroed"] if pruned else []
+    for c in cols:
+        table.add_column(c, justify="right")
+    rows = zip(t.original, t.pruned) if pruned else ((o, None) for o in t.original)
+    for o, p in rows:
+        tok = t.tokens[o.position] if o.position < len(t.tokens) else "?"
+        cells = [_layer(o.layer), _num(abs(o.value)), str(o.channel), f"{tok!r} ({o.position})",
+                 _num(o.ratio, ".0f"), _num(o.at)]
+        if p is not None:
+            cells += [_num(abs(p.value)), str(p.channel), _num(p.at)]
+        table.add_row(*cells)
+    return table
+
+
+def trace_summary(t) -> str:
+    a = t.activation
+    if a is None:
+        return ("No massive activation in the residual stream for this prompt "
+                f"(|h| > {t.detection.config.massive_floor:g} and > {t.detection.config.massive_ratio:g}× "
+                "the median |h| of its hidden state).")
+    where = ("already in the embedding output" if a.first_layer == EMBEDDING_LAYER
+             else f"first in the residual stream after layer {a.first_layer}")
+    line = (f"Massive activation at channel {a.channel}, token {a.token!r} (position {a.position}): {where}, "
+            f"carried through layer {a.last_layer} (massive in {a.layers} layers); made by "
+            f"{made_by(a, t.detection)}; the layer max sits on it in "
+            f"{len(t.same_channel_layers)}/{len(t.original)} rows.")
+    if t.removed:
+        line += f" Zeroed in the second pass: {_labels(t.removed)}."
+    return line
+
+
+def render_trace(out, t) -> None:
+    out.print(trace_table(t))
+    out.print(trace_summary(t))
