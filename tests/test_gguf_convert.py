@@ -220,6 +220,19 @@ def test_truncated_gguf_is_one_clear_error(tmp_path, private_cache, keep):
     assert leftovers(private_cache / "models") == []
 
 
+def test_impossible_budget_is_refused_before_the_first_conversion(tmp_path, private_cache, monkeypatch):
+    path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q8_0")
+
+    def forbidden(*a, **k):
+        raise AssertionError("converted despite an impossible budget")
+
+    monkeypatch.setattr(gguf_mod, "convert_gguf", forbidden)
+    with pytest.raises(SuperweightError, match="memory budget 1.0 KiB is too small") as info:
+        load_model(str(path), max_memory="1KiB", quiet=True)
+    assert "\n" not in str(info.value)
+    assert leftovers(private_cache / "models") == []
+
+
 def test_unknown_cache_dtype(tmp_path):
     path = write_gguf(tiny_model("llama", num_layers=1), tmp_path / "l.gguf")
     with pytest.raises(SuperweightError, match="unknown cache dtype 'float16'"):

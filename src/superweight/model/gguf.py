@@ -76,6 +76,19 @@ def read_gguf(path: Path):
     return reader
 
 
+def gguf_config(path: Path):
+    """The model config a GGUF file describes (its metadata only; no tensor is read)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    check_magic(path)
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+        return CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
+    except Exception as e:  # unsupported architecture, missing metadata, truncation
+        raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
+
+
 def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
                  shard_bytes: int = SHARD_BYTES) -> Path:
     """Convert a GGUF file tensor by tensor into a safetensors directory `out`; return `out`.

