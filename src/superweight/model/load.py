@@ -274,16 +274,22 @@ def _from_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, kind
 
 @contextmanager
 def _quiet_accelerate() -> Iterator[None]:
-    """Silence accelerate's 'parameters are on the meta device' warning: `memory()` records it."""
+    """Silence accelerate's 'parameters are on the meta device' warning (`memory()` records it) and
+    transformers' per-tensor 'Loading weights' bar (our own status line says what is loading)."""
     import logging
 
+    from transformers.utils import logging as hf_logging
+
     log = logging.getLogger("accelerate.big_modeling")
-    level = log.level
+    level, bar = log.level, hf_logging.is_progress_bar_enabled()
     log.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         log.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 # --- GGUF --------------------------------------------------------------------------------------
