@@ -4,8 +4,11 @@ Every other module asks an `Adapter` for the decoder layers, each layer's MLP do
 read as `W[row=output channel, col=input channel]`, and any norm applied to the MLP output before
 the residual add. Adding an architecture means adding one `Adapter(...)` entry to `ADAPTERS`.
 The adapter also says which projections produce the down projection's input features (gate/up,
-fc1, fused gate_up, expert gate_up) and where a mixture-of-experts router is: `superweight.testing`
-uses that to plant super weights in tiny models, with no per-architecture code.
+fc1, fused gate_up, expert gate_up), how a fused experts module computes an expert's input
+(`experts_act`: act(gate)·up from its fused gate_up), where a mixture-of-experts router is, and which
+linears read the residual stream (`residual_readers`: where a super activation enters later layers).
+`superweight.testing` uses that to plant super weights in tiny models, hooks use it to see inside
+fused experts, and W8A8 uses it to protect super activations, all with no per-architecture code.
 
 | layout    | module                        | stored weight     | W[row, col] is            |
 |-----------|-------------------------------|-------------------|---------------------------|
@@ -52,6 +55,11 @@ class UpProj:
 GATED = (UpProj("mlp.gate_proj"), UpProj("mlp.up_proj"))  # Llama-style: act(gate(x)) * up(x)
 FUSED_EXPERTS = (UpProj("mlp.experts", layout="experts", param="gate_up_proj", chunks=2),)
 
+# Linears (paths from one decoder layer) whose input is the residual stream, normalised or not: a
+# super activation created in an earlier layer reaches the later layers through exactly these.
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+LLAMA_READERS = QKV + ("mlp.gate_proj", "mlp.up_proj")
+
 
 @dataclass
 class FeatureRow:
@@ -85,32 +93,41 @@ class Adapter:
     up_projs: tuple[UpProj, ...] = GATED  # what produces the down projection's input features
     shared_up_projs: tuple[UpProj, ...] = ()  # ... of the shared expert (Qwen2-MoE)
     router: str | None = None  # MoE router: a module whose `weight` [experts, hidden] scores experts
+    residual_readers: tuple[str, ...] = LLAMA_READERS  # modules whose input is the residual stream
+    experts_act: str | None = None  # fused experts: attribute of the experts module holding act()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "experts" and not self.experts_act:
+            raise ValueError("a fused experts adapter must name the experts' activation (experts_act)")
 
 
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
     Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
-            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),)),
+            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),),
+            residual_readers=("self_attn.qkv_proj", "mlp.gate_up_proj")),
     Adapter(("olmo",)),
     Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm"),
     Adapter(("gemma",)),
     Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0),
     Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
-            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),)),
+            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),), residual_readers=("attn.c_attn", "mlp.c_fc")),
     Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
-            up_projs=(UpProj("mlp.dense_h_to_4h"),)),
-    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),)),
+            up_projs=(UpProj("mlp.dense_h_to_4h"),),
+            residual_readers=("attention.query_key_value", "mlp.dense_h_to_4h")),
+    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),),
+            residual_readers=QKV + ("fc1",)),
     Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
-            router="mlp.gate"),
+            router="mlp.gate", experts_act="act_fn", residual_readers=QKV + ("mlp.gate", "mlp.experts")),
     Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
             shared_down_proj="mlp.shared_expert.down_proj", up_projs=FUSED_EXPERTS,
             shared_up_projs=(UpProj("mlp.shared_expert.gate_proj"),
                              UpProj("mlp.shared_expert.up_proj")),
-            router="mlp.gate"),
+            router="mlp.gate", experts_act="act_fn",
+            residual_readers=QKV + ("mlp.gate", "mlp.experts", "mlp.shared_expert.gate_proj",
+                                    "mlp.shared_expert.up_proj", "mlp.shared_expert_gate")),
 )
 
 HOW_TO_ADD = (
@@ -141,7 +158,7 @@ def adapter_for(model_type: str, layers: str | None = None, down_proj: str | Non
             raise SuperweightError(
                 f"unsupported architecture {model_type!r} (known: {', '.join(known_model_types())}); "
                 + HOW_TO_ADD)
-        return Adapter((model_type,), layers=layers, down_proj=down_proj)
+        return Adapter((model_type,), layers=layers, down_proj=down_proj, residual_readers=())
     if layers or down_proj:
         return replace(base, layers=layers or base.layers, down_proj=down_proj or base.down_proj)
     return base
@@ -305,9 +322,27 @@ class ModelView:
             raise SuperweightError(f"{self.adapter.router} of layer {layer} has no 2-D router weight")
         return w
 
-    def iter_down_projs(self) -> Iterator[DownProj]:
-        for i in range(self.num_layers):
-            yield from self.down_projs(i)
+    def expert_input(self, layer: int, expert: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What a fused experts module feeds expert `expert`'s down projection for `hidden`
+        [tokens, hidden]: act(gate)·up from the experts' fused gate_up, [tokens, intermediate] —
+        the same computation as the module's own forward, declared by the adapter."""
+        a = self.adapter
+        spec = next((u for u in a.up_projs if u.layout == "experts"), None)
+        if spec is None or spec.chunks != 2 or not a.experts_act:
+            raise SuperweightError(f"the {a.model_types[0]} adapter declares no fused gated experts")
+        module = get_path(self.layers[layer], spec.path)
+        gate, up = nn.functional.linear(hidden, getattr(module, spec.param)[expert]).chunk(2, dim=-1)
+        return getattr(module, a.experts_act)(gate) * up
+
+    def residual_readers(self, layer: int) -> list[tuple[str, nn.Module]]:
+        """The modules of a layer whose input is the residual stream (q/k/v, gate/up, fc1, a MoE
+        router and experts, a shared expert), by name as in `decoder_linears`."""
+        self.check_layer(layer)
+        if not self.adapter.residual_readers:
+            raise SuperweightError(f"the {self.adapter.model_types[0]} adapter declares no residual-stream "
+                                   "readers; add them to superweight/model/adapters.py")
+        return [(f"{self.adapter.layers}.{layer}.{path}", get_path(self.layers[layer], path))
+                for path in self.adapter.residual_readers]
 
     def decoder_linears(self) -> Iterator[tuple[str, nn.Module]]:
         """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""

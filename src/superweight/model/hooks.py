@@ -6,7 +6,7 @@ few numbers right away instead of keeping whole activations.
 
 Fused mixture-of-experts modules call `F.linear` on a 3-D parameter instead of one module per expert,
 so there is nothing per expert to hook; for them the hook on the experts module recomputes each routed
-expert's intermediate activation from the module's own weights (exactly what its forward computes).
+expert's intermediate activation as the adapter declares it (`ModelView.expert_input`).
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ def _dense_hook(proj: DownProj, callback: DownCallback):
     return hook
 
 
-def _experts_hook(projs: list[DownProj], callback: DownCallback, gate_up: str):
-    """`gate_up`: the experts module's fused [experts, 2·intermediate, hidden] parameter (adapter data)."""
+def _experts_hook(projs: list[DownProj], callback: DownCallback, view: ModelView):
     by_expert = {p.expert: p for p in projs}
 
     def hook(module, inputs, output):
@@ -69,9 +68,7 @@ def _experts_hook(projs: list[DownProj], callback: DownCallback, gate_up: str):
             if e not in by_expert:
                 continue
             tokens = (top_k_index == e).any(dim=-1).nonzero().flatten()
-            weight = getattr(module, gate_up)[e]
-            gate, up = nn.functional.linear(hidden[tokens], weight).chunk(2, dim=-1)
-            x = (module.act_fn(gate) * up).detach()  # [tokens_e, intermediate]
+            x = view.expert_input(by_expert[e].layer, e, hidden[tokens]).detach()  # [tokens_e, intermediate]
             w = by_expert[e].matrix()
             y = nn.functional.linear(x, w).detach()  # [tokens_e, hidden]
             callback(by_expert[e], x, y, tokens)
@@ -87,8 +84,7 @@ def observe_down_projs(view: ModelView, callback: DownCallback,
         projs = view.down_projs(i)
         routed = [p for p in projs if p.expert is not None]
         if routed:
-            fused = next(u for u in view.adapter.up_projs if u.layout == "experts")
-            pairs.append((routed[0].module, _experts_hook(routed, callback, fused.param)))
+            pairs.append((routed[0].module, _experts_hook(routed, callback, view)))
         pairs += [(p.module, _dense_hook(p, callback)) for p in projs if p.expert is None]
     with hooked(pairs):
         yield
