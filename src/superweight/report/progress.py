@@ -163,7 +163,7 @@ class RunProgress:
         if any(c is None for c in current):
             self._estimate = None
             return
-        later = self.stages - self.stage_index - 1
+        later = self.stages - max(self.stage_index, 0) - 1  # no stage() call: one implicit stage
         if self.stage_times:
             per_stage = sum(self.stage_times) / len(self.stage_times)
         else:

@@ -200,25 +200,34 @@ def stopword_tables(result) -> list[Table]:
 # --- quantization --------------------------------------------------------------------------------
 
 def sweep_tables(result, title: str) -> list[Table]:
-    """Figure 7 / Table 3 / one quantization: one row per method and setting, with what it did."""
+    """Figure 7 / Table 3 / one quantization: one row per method and setting, with what it did
+    (weights: relative error, entries clipped, super weights kept; W8A8: linears with protected
+    entries, linears smoothed), then Table 3's shares when the W8A8 rows are there."""
     metrics = result.metrics()
-    cols = [Column("method"), Column("bits", "right"), Column("block", "right")]
+    weights = any(r.kind == "weight" for r in result.rows)
+    w8a8 = any(r.kind == "w8a8" for r in result.rows)
+    cols = [Column("method"), Column("bits", "right")] + ([Column("block", "right")] if weights else [])
     cols += [Column(m.label, "right") for m in metrics]
-    cols += [Column(c, "right") for c in ("rel. error", "clipped", "kept", "s")]
-    t = Table(title, cols)
+    cols += [Column(c, "right") for c in ("rel. error", "clipped", "kept")] if weights else []
+    cols += [Column(c, "right") for c in ("protected", "smoothed")] if w8a8 else []
+    t = Table(title, cols + [Column("s", "right")])
     for r in result.rows:
-        q = r.quant.get("summary", r.quant) if isinstance(r.quant, dict) else {}
         if "error" in r.metrics:
             figures = [r.metrics["error"]] + [""] * (len(metrics) - 1) if metrics else []
         else:
             figures = [value(m, r.metrics.get(m.name)) for m in metrics]
-        t.rows.append([r.label, num(r.bits, "d"), num(r.block, "d"), *figures,
-                       num(q.get("mean_rel_error"), ".4f"), num(q.get("clipped"), "d"), num(q.get("kept"), "d"),
-                       f"{r.seconds:.0f}"])
+        cells = [r.label, num(r.bits, "d")] + ([num(r.block, "d")] if weights else []) + figures
+        if weights:
+            q = r.quant if r.kind == "weight" else {}
+            cells += [num(q.get("mean_rel_error"), ".4f"), num(q.get("clipped"), "d"), num(q.get("kept"), "d")]
+        if w8a8:
+            plan = r.quant.get("plan", {}) if r.kind == "w8a8" else {}
+            cells += [num(len(plan["protected"]) if "protected" in plan else None, "d"),
+                      num(plan.get("smoothed"), "d")]
+        t.rows.append(cells + [f"{r.seconds:.0f}"])
     notes = stand_in_note(metrics)
-    share = result.share_kept() if hasattr(result, "share_kept") else {}
     by_name = {m.name: m for m in metrics}
-    for key, v in share.items():
+    for key, v in result.share_kept().items():
         m = by_name.get(key.removeprefix("log:"))
         what = (f"log {m.label}" if key.startswith("log:") else m.label) if m else key
         notes.append(f"share of SmoothQuant's {what} improvement kept by the data-free method: "
