@@ -13,7 +13,7 @@ detection runs on the loaded model. Coordinates are written one way everywhere, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from superweight.errors import SuperweightError
@@ -30,17 +30,6 @@ class Selection:
     super_weights: list[SuperWeight]
     source: str  # "given coordinates", "catalog (<its provenance>)" or "detection"
     catalog_id: str | None = None
-    details: dict = field(default_factory=dict)
-
-    def __iter__(self):
-        return iter(self.super_weights)
-
-    def __len__(self) -> int:
-        return len(self.super_weights)
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "catalog_id": self.catalog_id,
-                "super_weights": [s.to_dict() for s in self.super_weights], **self.details}
 
 
 def parse_coords(texts: str | Iterable[str]) -> list[SuperWeight]:
@@ -99,7 +88,7 @@ def resolve_super_weights(lm, coords: Sequence | str | None = None, catalog_id: 
 
     result = detect(lm)
     sws = list(result.early) + (list(result.late) if include_late else [])
-    return Selection(sws, DETECTION, details={"include_late": include_late})
+    return Selection(sws, DETECTION + (" (late-layer spikes included)" if include_late else ""))
 
 
 def _records(coords: Sequence | str) -> list[SuperWeight]:

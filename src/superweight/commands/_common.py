@@ -228,13 +228,20 @@ def write_json_arg(path: Path | None, payload) -> None:
         console(stderr=True).print(f"Wrote {where}")
 
 
+def show_tables(args, tables) -> None:
+    """Print the tables on stdout, unless stdout carries the JSON (`--json -`)."""
+    from superweight.report.tables import show
+
+    if str(getattr(args, "json", None)) != "-":
+        show(console(), tables)
+
+
 def present(tables, payload: dict, args, what: str, plot=None) -> None:
     """Show the tables, then write `--json` and the `--out` folder (markdown, JSON, PNG via `plot`)."""
     from superweight.report.output import write_bundle
-    from superweight.report.tables import show
 
     out = console()
-    show(out, tables)
+    show_tables(args, tables)
     write_json_arg(args.json, payload)
     for path in write_bundle(getattr(args, "out", None), what, tables, payload, plot):
         out.print(f"Wrote {path}", markup=False)

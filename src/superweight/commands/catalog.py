@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import add_json_arg, console, write_json_arg
+from superweight.commands._common import add_json_arg, console, show_tables, write_json_arg
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from superweight import catalog
     from superweight.errors import SuperweightError
-    from superweight.report.tables import catalog_tables, show
+    from superweight.report.tables import catalog_tables
     from superweight.selection import parse_coords
 
     out = console()
@@ -50,6 +50,6 @@ def run(args) -> int:
         if not entries:
             raise SuperweightError(f"{args.model_id!r} is not in the catalog "
                                    "(model ids match exactly; see `superweight catalog`)")
-    show(out, catalog_tables(entries))
+    show_tables(args, catalog_tables(entries))
     write_json_arg(args.json, {"entries": [{**e.to_dict(), "origin": e.origin} for e in entries]})
     return 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import (add_coords_args, add_json_arg, add_model_args, console, coords_from_args,
-                                          load_from_args, select_super_weights, write_json_arg)
+from superweight.commands._common import (add_coords_args, add_json_arg, add_model_args, coords_from_args,
+                                          load_from_args, select_super_weights, show_tables, write_json_arg)
 
 
 def register(sub) -> None:
@@ -23,14 +23,14 @@ def run(args) -> int:
     from superweight._io import result_header
     from superweight.quantize.check import SURVIVE_RATIO, check_models
     from superweight.quantize.export import read_manifest
-    from superweight.report.tables import check_tables, show
+    from superweight.report.tables import check_tables
 
     coords = coords_from_args(args)
     a = load_from_args(args, args.original)
     b = load_from_args(args, args.other)
     selection = select_super_weights(a, args, coords)
     rows = check_models(a, b, selection.super_weights, args.prompt)
-    show(console(), check_tables(rows, args.original, args.other, SURVIVE_RATIO))
+    show_tables(args, check_tables(rows, args.original, args.other, SURVIVE_RATIO))
     manifest = read_manifest(b.source) if b.kind == "local" else None
     write_json_arg(args.json, {**result_header("check", original=a.describe(), other=b.describe(),
                                                survive_ratio=SURVIVE_RATIO, super_weight_source=selection.source),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import add_json_arg, console, parse_list, write_json_arg
+from superweight.commands._common import add_json_arg, console, parse_list, show_tables, write_json_arg
 
 
 def register(sub) -> None:
@@ -23,24 +23,23 @@ def register(sub) -> None:
 
 def run_fetch(args) -> int:
     from superweight.evaluate import sources
-    from superweight.report.tables import fetch_tables, show
+    from superweight.report.tables import fetch_tables
 
     names = parse_list(args.names, str, "data set") if args.names else None
     for name in names or []:
         sources.get_source(name)  # unknown names fail before any download
     err = console(stderr=True)
     entries = sources.fetch(names, force=args.force, log=lambda m: err.print(m, markup=False))
-    show(console(), fetch_tables(entries, sources.data_root()))
+    show_tables(args, fetch_tables(entries, sources.data_root()))
     write_json_arg(args.json, {"data_root": str(sources.data_root()), "fetched": entries})
     return 0
 
 
 def run_list(args) -> int:
     from superweight.evaluate import sources
-    from superweight.report.tables import data_tables, show
+    from superweight.report.tables import data_tables
 
     rows = sources.status()
-    if str(args.json) != "-":
-        show(console(), data_tables(rows, sources.data_root(), sources.FETCH_COMMAND))
+    show_tables(args, data_tables(rows, sources.data_root(), sources.FETCH_COMMAND))
     write_json_arg(args.json, rows)
     return 0

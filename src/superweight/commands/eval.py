@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, console, eval_settings,
-                                          load_from_args, write_json_arg)
+from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, eval_settings, load_from_args,
+                                          show_tables, write_json_arg)
 
 
 def register(sub) -> None:
@@ -19,12 +19,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from superweight.report.progress import RunProgress
-    from superweight.report.tables import eval_tables, show
+    from superweight.report.tables import eval_tables
 
     settings = eval_settings(args)  # before the (slow) load
     lm = load_from_args(args)
     with RunProgress(f"{lm.ref}: evaluation", 1, settings.ppl + settings.tasks) as progress:
         result = settings.run(lm, on_event=progress.on_event)
-    show(console(), eval_tables(result, lm.ref))
+    show_tables(args, eval_tables(result, lm.ref))
     write_json_arg(args.json, result.to_dict())
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args, console,
                                           coords_from_args, eval_flags_given, eval_settings, load_from_args,
-                                          parse_list, select_super_weights, write_json_arg)
+                                          parse_list, select_super_weights, show_tables, write_json_arg)
 from superweight.errors import SuperweightError
 
 WEIGHT_FLAGS = {"method": "--method", "block": "--block", "z": "--z", "granularity": "--granularity",
@@ -168,7 +168,7 @@ def run(args) -> int:
         result = _run_table(lm, plan, sws, settings)
     if result is not None:
         payload.update(result.to_dict())
-        _show(result, lm, plan)
+        _show(args, result, lm, plan)
         if args.plot and plan["mode"] == "sweep":
             from superweight.report.quantize_plots import plot_sweep_metrics
 
@@ -226,8 +226,8 @@ def _run_single(lm, args, config, sws, settings):
     return QuantResult(rows, evaluator.metrics, {"config": config.to_dict()}), report
 
 
-def _show(result, lm, plan) -> None:
-    from superweight.report.tables import show, sweep_tables
+def _show(args, result, lm, plan) -> None:
+    from superweight.report.tables import sweep_tables
 
     if plan["mode"] == "w8a8":
         w = plan["w8a8"]
@@ -237,4 +237,4 @@ def _show(result, lm, plan) -> None:
         title = f"block-size sweep on {lm.ref}" + (f" (z = {z:g})" if z is not None else "")
     else:
         title = f"{plan['config'].label()} on {lm.ref}"
-    show(console(), sweep_tables(result, title))
+    show_tables(args, sweep_tables(result, title))
