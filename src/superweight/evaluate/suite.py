@@ -18,6 +18,7 @@ from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
 from superweight.evaluate.metrics import Metric, summary_metrics, text_key
+from superweight.evaluate.perplexity import DEFAULT_BATCH_SIZE as PPL_BATCH_SIZE
 from superweight.evaluate.perplexity import PerplexityResult, perplexity
 from superweight.evaluate.zeroshot import (BOOTSTRAP_ITERS, DEFAULT_BATCH_SIZE, PRIMARY_METRIC, SEED,
                                            TASKS, TaskResult, check_tasks, zero_shot)
@@ -72,7 +73,8 @@ def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS,
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of `lm` (a `LoadedModel`), as it is now.
 
     `seqlen=None` is 2048 capped by the model's context. `limit` bounds items per task, `max_tokens`
-    tokens per text. `hub=True` reads the standard sets from the Hugging Face hub instead of the
+    tokens per text; `batch_size` is the zero-shot batch (perplexity windows are batched by
+    `perplexity`'s own default, which bounds the logits' memory). `hub=True` reads the standard sets from the Hugging Face hub instead of the
     fetched copies. `on_event("ppl"|"task", name, i, n, result_or_None)` is called before and after
     each step (`superweight.report.progress` draws it); `progress` shows lm-eval's own bars.
 
@@ -82,14 +84,13 @@ def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS,
     ppl, tasks = preflight(ppl, tasks, hub)
     report = on_event
     config = {"ppl": ppl, "tasks": tasks, "limit": limit, "max_tokens": max_tokens, "seqlen": seqlen,
-              "batch_size": batch_size, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
+              "batch_size": batch_size, "ppl_batch_size": PPL_BATCH_SIZE, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
               "primary_metric": PRIMARY_METRIC}
     result = EvalResult(model=_describe(lm), config=config)
     start = time.perf_counter()
     for i, name in enumerate(ppl):
         _emit(report, "ppl", name, i, len(ppl), None)
-        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens,
-                                             batch_size=batch_size, hub=hub)
+        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens, hub=hub)
         _emit(report, "ppl", name, i, len(ppl), result.perplexity[name])
     if tasks:
         on_task = (lambda n, i, total, r: _emit(report, "task", n, i, total, r)) if report else None
