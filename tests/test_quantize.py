@@ -358,6 +358,8 @@ def test_table3_shares_come_from_methods_and_metric_kinds():
     assert share["wiki_ppl"] == pytest.approx(0.75) and share["average"] == pytest.approx(0.5)
     assert share["log:wiki_ppl"] == pytest.approx((math.log(5.83) - math.log(5.74)) / (math.log(5.83) - math.log(5.71)))
     assert result.rows[1].label == "W8A8 naive" and result.to_dict()["share_kept"] == share
+    again = QuantResult.from_dict(json.loads(json.dumps(result.to_dict())))  # read back from its JSON
+    assert again.share_kept() == share and again.metrics() == result.metrics()
     notes = sweep_tables(result, "t")[0].notes
     assert "share of SmoothQuant's wiki ppl (offline stand-in) improvement kept by the data-free method: 75.0%" in notes
 

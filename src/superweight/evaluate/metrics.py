@@ -29,6 +29,7 @@ from superweight.evaluate import sources
 KINDS = ("accuracy", "perplexity", "other")
 AVERAGE_KEY = "average"
 STAND_IN = "offline stand-in"
+STAND_IN_MARK = "*"  # in table headers: "wiki* ppl", explained under the table
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Metric:
 
     `unit` is how it is shown: "%" for accuracies (stored as fractions), "" for perplexities.
     `kind` "other" is for figures an evaluation adds that are neither (e.g. a loss in a test).
+    `short` is a table header when the label is long ("wiki* ppl", the star explained beside it).
     """
 
     name: str
@@ -44,6 +46,11 @@ class Metric:
     unit: str = ""
     higher_is_better: bool | None = None
     kind: str = "other"
+    short: str = ""
+
+    @property
+    def header(self) -> str:
+        return self.short or self.label
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,15 +69,15 @@ class Metric:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Metric":
-        return cls(**{k: d[k] for k in ("name", "label", "unit", "higher_is_better", "kind") if k in d})
+        return cls(**{k: d[k] for k in ("name", "label", "unit", "higher_is_better", "kind", "short") if k in d})
 
 
 def accuracy_metric(name: str, label: str | None = None) -> Metric:
     return Metric(name, label or name, "%", True, "accuracy")
 
 
-def perplexity_metric(name: str, label: str | None = None) -> Metric:
-    return Metric(name, label or name, "", False, "perplexity")
+def perplexity_metric(name: str, label: str | None = None, short: str = "") -> Metric:
+    return Metric(name, label or name, "", False, "perplexity", short)
 
 
 AVERAGE = accuracy_metric(AVERAGE_KEY, "Avg")
@@ -97,8 +104,10 @@ def text_metric(source: str, hub: bool = False) -> Metric:
         return perplexity_metric(key, f"{text_key(source)} ppl")
     if hub:
         return perplexity_metric(key, f"{registered.hub.label or registered.label or registered.name} ppl")
-    label = f"{registered.label or registered.name} ppl"
-    return perplexity_metric(key, f"{label} ({STAND_IN})" if registered.stand_in else label)
+    name = registered.label or registered.name
+    if registered.stand_in:
+        return perplexity_metric(key, f"{name} ppl ({STAND_IN})", f"{name}{STAND_IN_MARK} ppl")
+    return perplexity_metric(key, f"{name} ppl")
 
 
 def summary_metrics(tasks: Sequence[str], texts: Sequence[str], hub: bool = False) -> list[Metric]:

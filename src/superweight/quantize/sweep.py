@@ -49,6 +49,11 @@ class Row:
                 "a_bits": self.a_bits, "block": self.block, "metrics": self.metrics, "quant": self.quant,
                 "seconds": round(self.seconds, 2)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        return cls(d["method"], d["bits"], d["block"], d["metrics"], d.get("quant", {}), d.get("seconds", 0.0),
+                   d.get("kind", WEIGHT), d.get("a_bits"))
+
 
 @dataclass
 class QuantResult:
@@ -86,6 +91,12 @@ class QuantResult:
             if m.is_perplexity and min(vals) > 0:
                 out[f"log:{m.name}"] = share_kept(*(math.log(v) for v in vals))
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantResult":
+        """A result read back from its JSON (`to_dict()`), e.g. to draw it again."""
+        return cls([Row.from_dict(r) for r in d["rows"]], [Metric.from_dict(m) for m in d.get("metrics", [])],
+                   d.get("config", {}))
 
     def to_dict(self) -> dict:
         out = {"config": self.config, "metrics": [m.to_dict() for m in self.metrics()],

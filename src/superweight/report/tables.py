@@ -29,6 +29,7 @@ from superweight.evaluate.metrics import Metric
 class Column:
     name: str
     justify: str = "left"  # "left" | "right"
+    no_wrap: bool = False
 
 
 @dataclass
@@ -49,8 +50,8 @@ def to_rich(t: Table):
     from rich.table import Table as RichTable
 
     out = RichTable()
-    for c in t.columns:
-        out.add_column(c.name, justify=c.justify)  # type: ignore[arg-type]
+    for i, c in enumerate(t.columns):
+        out.add_column(c.name, justify=c.justify, no_wrap=c.no_wrap or i == 0)  # type: ignore[arg-type]
     for i, row in enumerate(t.rows):
         out.add_row(*row, end_section=i in t.sections)
     return out
@@ -109,7 +110,7 @@ def ratio(r) -> str:
 def summary_table(title: str, first: str, rows: Sequence[tuple[str, dict | None, str]],
                   metrics: Sequence[Metric], notes: Sequence[str] = ()) -> Table:
     """One line per (label, summary, note); a row that did not run shows its note."""
-    t = Table(title, [Column(first)] + [Column(m.label, "right") for m in metrics], notes=list(notes))
+    t = Table(title, [Column(first)] + [Column(m.header, "right") for m in metrics], notes=list(notes))
     for label, summary, note in rows:
         if summary is None:
             cells = ([f"— ({note})" if note else "—"] + ["—"] * (len(metrics) - 1)) if metrics else []
@@ -120,11 +121,11 @@ def summary_table(title: str, first: str, rows: Sequence[tuple[str, dict | None,
 
 
 def stand_in_note(metrics: Iterable[Metric]) -> list[str]:
-    from superweight.evaluate.metrics import STAND_IN
+    from superweight.evaluate.metrics import STAND_IN, STAND_IN_MARK
 
     if any(STAND_IN in m.label for m in metrics):
-        return ["(offline stand-in): the fetched Wikipedia / web texts stand in for WikiText-2 / C4; "
-                "their figures compare models and edits, not published numbers (--hub reads the standard sets)."]
+        return [f"{STAND_IN_MARK} {STAND_IN}: the fetched Wikipedia / web texts stand in for WikiText-2 / C4; "
+                "their perplexities compare models and edits, not published figures (--hub reads the standard sets)."]
     return []
 
 
@@ -144,11 +145,11 @@ def eval_tables(result, ref: str) -> list[Table]:
     if "average" in summary:
         t.rows.append(["average", "acc", f"{summary['average']:.4f}", "", str(len(result.zero_shot))])
         t.sections.add(len(t.rows) - 1)
-    labels = {m.name: m.label for m in result.metrics()}
+    labels = {m.name: m.header for m in result.metrics()}
     from superweight.evaluate.metrics import text_key
 
     for name, r in result.perplexity.items():
-        label = labels.get(f"{text_key(name)}_ppl", name).replace(" ppl", "", 1)
+        label = labels.get(f"{text_key(name)}_ppl", name).replace(" ppl", "", 1)  # "wiki*"
         t.rows.append([label, "perplexity", f"{r.ppl:.5g}", "", f"{r.tokens:,} tok"])
     t.notes += stand_in_note(result.metrics())
     return [t]
@@ -174,7 +175,7 @@ def scale_tables(result, title: str = "Scaling the super weights (Figure 6)") ->
     best = result.best
     rows = [(f"× {f:g}" + (" (original)" if f == 1 else "") + (" (best)" if f == best else ""), s, "")
             for f, s in zip(result.factors, result.summaries)]
-    by = next((m.label for m in metrics if m.name == result.best_by), result.best_by)
+    by = next((m.header for m in metrics if m.name == result.best_by), result.best_by)
     notes = [f"Best factor by {by}: × {best:g}"] + stand_in_note(metrics)
     return [summary_table(title, "Scale", rows, metrics, notes)]
 
@@ -207,7 +208,7 @@ def sweep_tables(result, title: str) -> list[Table]:
     weights = any(r.kind == "weight" for r in result.rows)
     w8a8 = any(r.kind == "w8a8" for r in result.rows)
     cols = [Column("method"), Column("bits", "right")] + ([Column("block", "right")] if weights else [])
-    cols += [Column(m.label, "right") for m in metrics]
+    cols += [Column(m.header, "right") for m in metrics]
     cols += [Column(c, "right") for c in ("rel. error", "clipped", "kept")] if weights else []
     cols += [Column(c, "right") for c in ("protected", "smoothed")] if w8a8 else []
     t = Table(title, cols + [Column("s", "right")])
@@ -229,7 +230,7 @@ def sweep_tables(result, title: str) -> list[Table]:
     by_name = {m.name: m for m in metrics}
     for key, v in result.share_kept().items():
         m = by_name.get(key.removeprefix("log:"))
-        what = (f"log {m.label}" if key.startswith("log:") else m.label) if m else key
+        what = (f"log {m.header}" if key.startswith("log:") else m.header) if m else key
         notes.append(f"share of SmoothQuant's {what} improvement kept by the data-free method: "
                      + ("n/a" if v is None else f"{100 * v:.1f}%"))
     t.notes = notes
