@@ -46,9 +46,9 @@ def run(args) -> int:
         progress.stage("original")
 
         def on_step(what, done, total):  # called after each batch
-            if what != progress.stage_name:  # "pruned": its first batch is timed from the last one
-                progress.stage(what)
             progress.done(f"batch {-(-done // args.batch_size)}", f"{done}/{total} passages")
+            if what == "original" and done == total:
+                progress.stage("pruned")
         result = stopword_shift(lm, selection.super_weights, passages, top=args.top,
                                 batch_size=args.batch_size, on_step=on_step)
     payload = result_header("stopwords", model=lm.describe(), super_weight_source=selection.source,
