@@ -166,7 +166,7 @@ def test_stopword_helpers():
 def test_columns_are_ordered_by_what_they_are_not_by_their_spelling():
     s = EvalSettings(tasks=("piqa", "arc_easy"), ppl=("wiki", "notes.txt"))
     cols = describe(["wiki_ppl", "average", "loss", "piqa", "notes_ppl", "arc_easy"], s.metrics())
-    assert [m.name for m in cols] == ["piqa", "arc_easy", "average", "loss", "wiki_ppl", "notes_ppl"]
+    assert [m.name for m in cols] == ["arc_easy", "piqa", "average", "loss", "wiki_ppl", "notes_ppl"]  # the paper's order
     assert [m.kind for m in cols] == ["accuracy"] * 3 + ["other"] + ["perplexity"] * 2
     assert describe(["x_ppl"])[0] == other("x_ppl")  # an undescribed key is never taken for a perplexity
     md = to_markdown([summary_table("", "Condition", [("x", None, "why")], cols)])

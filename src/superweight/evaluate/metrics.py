@@ -124,12 +124,15 @@ def other(name: str) -> Metric:
 
 
 def ordered(metrics: Iterable[Metric]) -> list[Metric]:
-    """Accuracies (the average last among them), then other figures, then perplexities; each once."""
+    """Accuracies (registered tasks in the registry's order, the average last among them), then other
+    figures, then perplexities; each once."""
     seen: dict[str, Metric] = {}
     for m in metrics:
         seen.setdefault(m.name, m)
     ms = list(seen.values())
-    acc = [m for m in ms if m.is_accuracy and m.name != AVERAGE_KEY]
+    registry = {name: i for i, name in enumerate(sources.TASK_SOURCES)}  # the paper's column order
+    acc = sorted((m for m in ms if m.is_accuracy and m.name != AVERAGE_KEY),
+                 key=lambda m: registry.get(m.name, len(registry)))
     avg = [m for m in ms if m.name == AVERAGE_KEY]
     return acc + avg + [m for m in ms if m.kind == "other"] + [m for m in ms if m.is_perplexity]
 

@@ -68,16 +68,21 @@ def show(console, tables: Iterable[Table]) -> None:
             console.print(note, markup=False, highlight=False)
 
 
+def _md(text: str) -> str:
+    """Plain text in markdown: `*` and `|` taken literally ("wiki* ppl", a note starting with `*`)."""
+    return text.replace("*", "\\*").replace("|", "\\|")
+
+
 def to_markdown(tables: Iterable[Table]) -> str:
     parts = []
     for t in tables:
-        lines = [f"**{t.title}**", ""] if t.title else []
+        lines = [f"**{_md(t.title)}**", ""] if t.title else []
         if t.columns:
-            lines.append("| " + " | ".join(c.name for c in t.columns) + " |")
+            lines.append("| " + " | ".join(_md(c.name) for c in t.columns) + " |")
             lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in t.columns) + "|")
-            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in t.rows]
+            lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in t.rows]
         if t.notes:
-            lines += ([""] if t.columns else []) + list(t.notes)
+            lines += ([""] if t.columns else []) + [_md(n) for n in t.notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
