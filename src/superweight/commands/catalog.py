@@ -33,6 +33,9 @@ def run(args) -> int:
         return 0
     if args.action == "add":
         texts = list(args.coords or []) + list(args.old_coords or [])
+        if args.old_coords:
+            console(stderr=True).print("note: coordinates after the model id are deprecated; use --coords "
+                                       "L,R,C[;L,R,C...]", markup=False)
         if not args.model_id or not texts:
             raise SuperweightError("usage: superweight catalog add MODEL_ID --coords L,R,C[;L,R,C...]")
         sws = parse_coords(texts)

@@ -82,7 +82,7 @@ def to_markdown(tables: Iterable[Table]) -> str:
             lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in t.columns) + "|")
             lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in t.rows]
         if t.notes:
-            lines += ([""] if t.columns else []) + [_md(n) for n in t.notes]
+            lines += ([""] if t.columns else []) + "\n\n".join(_md(n) for n in t.notes).split("\n")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
