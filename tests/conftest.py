@@ -20,6 +20,20 @@ def _threads(request):
     yield
 
 
+# Every data set a test reads from the user's cache (not the fake ones tests fetch into a temporary
+# cache): fetched once per session, so no test depends on another having run first, and none skips.
+NEEDED_DATA = ("wiki", "c4", "lambada", "arc_easy", "piqa")
+
+
+@pytest.fixture(scope="session")
+def fetched_data():
+    """The real evaluation data the tests use, fetched (once; cached afterwards) into the user's cache."""
+    from superweight.evaluate import fetch
+
+    fetch(NEEDED_DATA)
+    return NEEDED_DATA
+
+
 @pytest.fixture(scope="session")
 def default_lm():
     """The real default model (smollm2-135m), loaded once per session from the cached copy."""

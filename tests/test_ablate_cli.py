@@ -6,12 +6,21 @@ import json
 
 import pytest
 
-from planted import save_planted
 from superweight.cli import main
+from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
 
 TEXT = "The cat sat on the mat. It was a sunny day, and the birds sang in the trees. " * 20
+LAYER, ROW, COL = 2, 17, 45
 
 
+def save_tiny(path, plant: bool = True) -> str:
+    """A tiny Llama (with a super weight planted at (2, 17, 45), or none) saved as a model folder."""
+    model = tiny_model("llama")
+    if plant:
+        plant_super_weight(model, LAYER, ROW, COL)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +28,12 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate-cli")
     text = root / "tiny.txt"
     text.write_text(TEXT + "\n")
-    return {"sw": str(save_planted(root / "sw")), "nosw": str(save_planted(root / "nosw", sw=False)),
+    return {"sw": save_tiny(root / "sw"), "nosw": save_tiny(root / "nosw", plant=False),
             "text": str(text), "root": root}
 
 
 def fast(models) -> list[str]:
-    return ["--tasks", "none", "--ppl", models["text"], "--seqlen", "64"]
+    return ["--ppl", models["text"], "--seqlen", "64"]  # only --ppl given: no task runs
 
 
 def run(argv, capsys):
@@ -35,14 +44,16 @@ def run(argv, capsys):
 
 def test_ablate_writes_markdown_json_and_png(models, capsys, tmp_path):
     code, out, err = run(["ablate", models["sw"], "--coords", "2,17,45", "-k", "50", *fast(models),
-                          "--out", str(tmp_path / "res")], capsys)
+                          "--out", str(tmp_path / "res"), "--json", str(tmp_path / "a.json")], capsys)
     assert code == 0, err
-    assert "Super weights (--coords): (2, 17, 45)" in out
-    for condition in ("Original", "Prune SW", "Prune Non-SW", "Prune SW + restore SA"):
-        assert f"| {condition} |" in out
+    assert "Super weights (given coordinates): (2, 17, 45)" in out
     md = (tmp_path / "res" / "ablation.md").read_text()
-    assert md.strip() in out
+    for condition in ("Original", "Prune SW", "Prune Non-SW", "Prune SW + restore SA"):
+        assert f"│ {condition} " in out and f"| {condition} |" in md  # a rich table; markdown in the file
+    assert "tiny ppl" in out and "tiny ppl" in md
+    assert "[4/4] Prune SW + restore SA · " in err  # progress: one line per evaluation step
     payload = json.loads((tmp_path / "res" / "ablation.json").read_text())
+    assert json.loads((tmp_path / "a.json").read_text()) == payload
     assert payload["kind"] == "ablate" and payload["k"] == 50 and payload["schema_version"] >= 1
     assert payload["model"]["weights_sha256"] and payload["evaluation"]["seqlen"] == 64
     assert [r["condition"] for r in payload["rows"]][0] == "Original"
@@ -61,9 +72,10 @@ def test_ablate_without_a_super_weight_still_shows_original(models, capsys, tmp_
                          capsys)
     assert code == 0, err
     assert "no super weight found" in err and "--coords" in err
-    original = next(line for line in out.splitlines() if line.startswith("| Original |"))
+    md = (tmp_path / "ablation.md").read_text()
+    original = next(line for line in md.splitlines() if line.startswith("| Original |"))
     assert "—" not in original
-    assert "| Prune SW | — (no super weight found) |" in out
+    assert "| Prune SW | — (no super weight found) |" in md and "no super weight found" in out
     assert json.loads((tmp_path / "ablation.json").read_text())["super_weights"] == []
 
 
@@ -72,8 +84,8 @@ def test_ablate_without_a_super_weight_still_shows_original(models, capsys, tmp_
     (["ablate", "--coords", "9,1,1"], "layer 9 out of range"),
     (["ablate", "--coords", "2,17"], "is not L,R,C"),
     (["ablate", "--coords", "a,b,c"], "is not L,R,C"),
+    (["ablate", "--coords", "2,17,45;1,1"], "'1,1' is not L,R,C"),
     (["ablate", "-k", "100000000"], "is larger than the"),
-    (["ablate", "-k", "0"], "K must be a positive"),
     (["ablate", "--non-sw-modules", "*.nothing"], "no decoder linear layer matches"),
     (["ablate", "--tasks", "nosuchtask"], "nosuchtask"),
     (["ablate", "--catalog"], "the catalog has no entry"),
@@ -91,7 +103,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(models, capsys, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("argv", [["ablate", "--threads", "0"], ["stopwords", "-n", "0"],
+@pytest.mark.parametrize("argv", [["ablate", "--threads", "0"], ["stopwords", "-n", "0"], ["ablate", "-k", "0"],
                                   ["ablate", "--limit", "x"], ["ablate", "--coords", "1,1,1", "--catalog"]])
 def test_malformed_flags_are_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as exc:
@@ -111,32 +123,26 @@ def test_scale_marks_the_best_factor(models, capsys, tmp_path):
     code, out, err = run(["scale", models["sw"], "--coords", "2,17,45", "--factors", "0,1,2",
                           *fast(models), "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    assert "| × 1 (original) |" in out.replace(" (best)", "") and "(best)" in out
-    assert "Best factor by tiny_ppl" in out
+    assert "× 1 (original)" in out and "(best)" in out
+    assert "Best factor by tiny ppl" in out
     payload = json.loads((tmp_path / "scale.json").read_text())
     assert payload["factors"] == [0.0, 1.0, 2.0] and payload["best_factor"] in (0.0, 1.0, 2.0)
     assert (tmp_path / "scale.png").is_file()
 
 
-def test_scale_and_stopwords_need_a_super_weight(models, capsys):
+def test_scale_and_stopwords_need_a_super_weight(models, capsys, fetched_data):
     code, _, err = run(["scale", models["nosw"], "--factors", "1", *fast(models)], capsys)
     assert code == 2 and "no super weight found" in err
     code, _, err = run(["stopwords", models["nosw"], "-n", "2"], capsys)
-    assert code == 2 and ("no super weight found" in err or "superweight data fetch" in err)
+    assert code == 2 and "no super weight found" in err
 
 
-def test_stopwords_on_lambada(models, capsys, tmp_path):
-    from superweight.errors import SuperweightError
-    from superweight.evaluate import lambada_passages
-
-    try:
-        lambada_passages(1)
-    except SuperweightError:
-        pytest.skip("LAMBADA not fetched (superweight data fetch)")
+def test_stopwords_on_lambada(models, capsys, tmp_path, fetched_data):
     code, out, err = run(["stopwords", models["sw"], "--coords", "2,17,45", "-n", "6", "--top", "3",
-                          "--out", str(tmp_path)], capsys)
+                          "--batch-size", "4", "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    assert "over 6 LAMBADA passages" in out and "| punctuation |" in out
+    assert "over 6 LAMBADA passages" in out and "punctuation" in out
+    assert "[4/4] pruned · batch 2: 6/6 passages" in err
     payload = json.loads((tmp_path / "stopwords.json").read_text())
     assert payload["kind"] == "stopwords" and len(payload["rising"]) == 3
     assert (tmp_path / "stopwords.png").is_file()

@@ -30,15 +30,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def table(default_lm, sws, one_thread):
+def table(default_lm, sws, one_thread, fetched_data):
     from superweight.ablation import ablation_table
-    from superweight.errors import SuperweightError
     from superweight.evaluate import perplexity
-
-    try:
-        perplexity(default_lm, "wiki", max_tokens=16, seqlen=8)
-    except SuperweightError as e:
-        pytest.skip(str(e))
 
     def evaluator(lm):
         return {"wiki_ppl": perplexity(lm, "wiki", max_tokens=512, seqlen=256).ppl}
@@ -64,18 +58,14 @@ def test_restoring_the_super_activation_recovers_part_of_the_loss(table):
     assert table["Prune SW + restore SA"] < table["Prune SW"]
 
 
-def test_stopword_probabilities_rise(default_lm, one_thread):
+def test_stopword_probabilities_rise(default_lm, one_thread, fetched_data):
     """With the first super weight pruned (ppl 17 → ~60), the paper's Figure 5 shift: stopwords and
     punctuation gain. (With both detected weights pruned the model collapses, ppl ~1e5, and its
     probability goes to junk tokens instead; see the README.)"""
     from superweight.ablation import stopword_shift
-    from superweight.errors import SuperweightError
     from superweight.evaluate import lambada_passages
 
-    try:
-        passages = lambada_passages(12)
-    except SuperweightError as e:
-        pytest.skip(str(e))
+    passages = lambada_passages(12)
     result = stopword_shift(default_lm, [SW], passages)
     assert result.groups["stopwords"]["ratio"] > 1.1
     assert result.groups["punctuation"]["ratio"] > 1.0

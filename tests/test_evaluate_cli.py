@@ -1,7 +1,7 @@
 """`superweight eval` and `superweight data`, run as a user would, through `cli.main`.
 
-The integration tests use the real default model and the real data, fetched once through the same
-fetch code into the user's cache (so only a fresh machine downloads). One CLI run feeds the
+The integration tests use the real default model and the real data, fetched once per session by the
+`fetched_data` fixture (tests/conftest.py) into the user's cache (so only a fresh machine downloads). One CLI run feeds the
 perplexity and accuracy checks, to keep the suite short on 2 cores.
 """
 
@@ -32,7 +32,7 @@ def test_data_list_on_an_empty_cache(empty_cache, capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "arc_challenge" in out and "winogrande" in out and "superweight data fetch" in out
-    assert main(["data", "list", "--json"]) == 0
+    assert main(["data", "list", "--json", "-"]) == 0  # `-`: the JSON on stdout, no table
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} >= {"wiki", "c4", "ptb", "lambada"} and not any(r["fetched"] for r in rows)
 
@@ -43,7 +43,6 @@ def test_data_list_on_an_empty_cache(empty_cache, capsys):
     (["eval", "--ppl", "wiki", "--tasks", "none"], "run `superweight data fetch wiki`"),
     (["eval", "--ppl", "none", "--tasks", "piqa"], "run `superweight data fetch piqa`"),
     (["eval", "--ppl", "none", "--tasks", "none"], "nothing to evaluate"),
-    (["eval", "--limit", "0"], "--limit must be at least 1"),
     (["eval", "--ppl", "missing.txt", "--tasks", "none"], "text file 'missing.txt' does not exist"),
     (["data", "fetch", "wiki,nope"], "unknown data set 'nope'"),
 ])
@@ -53,23 +52,42 @@ def test_bad_input_is_one_line_and_exit_2(empty_cache, capsys, argv, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [["eval", "--limit", "0"], ["eval", "--batch-size", "x"], ["eval", "--seqlen", "-5"]])
+def test_malformed_numbers_are_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_only_the_half_asked_for_is_evaluated(empty_cache, tmp_path, capsys):
+    """`--ppl FILE` alone runs no task, so unfetched task data cannot stop it (and vice versa)."""
+    from types import SimpleNamespace
+
+    from superweight.commands._common import eval_settings
+
+    text = tmp_path / "my.txt"
+    text.write_text("hello world")
+    flags = dict(quick=False, tasks=None, ppl=None, limit=None, max_tokens=None, seqlen=None, batch_size=None, hub=False)
+    s = eval_settings(SimpleNamespace(**{**flags, "ppl": str(text)}))  # nothing is fetched in this cache
+    assert s.tasks == () and s.ppl == (str(text),)
+    from superweight.errors import SuperweightError
+
+    with pytest.raises(SuperweightError, match="superweight data fetch piqa"):
+        eval_settings(SimpleNamespace(**{**flags, "tasks": "piqa"}))  # tasks alone: only the task data
+    assert eval_settings(SimpleNamespace(**{**flags, "quick": True, "ppl": str(text)})).tasks == ()
+
+
 @pytest.mark.integration
 def test_eval_on_a_local_text_file_with_a_too_long_seqlen(tmp_path, capsys):
     path = tmp_path / "t.txt"
-    path.write_text("hello world")
-    assert main(["eval", "--ppl", str(path), "--tasks", "none", "--seqlen", "100000"]) == 2
+    path.write_text("hello world")  # only --ppl given: no task runs
+    assert main(["eval", "--ppl", str(path), "--seqlen", "100000"]) == 2
     assert "longer than the model's maximum of 8192 positions" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
-def fetched():
-    from superweight.evaluate import fetch
-
-    fetch(("wiki", "c4") + INTEGRATION_TASKS)
-
-
-@pytest.fixture(scope="module")
-def cli_result(fetched, tmp_path_factory):
+def cli_result(fetched_data, tmp_path_factory):
+    assert set(("wiki", "c4") + INTEGRATION_TASKS) <= set(fetched_data)
     out = tmp_path_factory.mktemp("eval") / "result.json"
     with one_thread():
         code = main(["eval", "--ppl", "wiki,c4", "--tasks", ",".join(INTEGRATION_TASKS),
@@ -103,7 +121,7 @@ def test_default_model_beats_chance(cli_result, task):
 
 
 @pytest.mark.integration
-def test_default_model_perplexity_matches_its_own_loss(fetched, default_lm):
+def test_default_model_perplexity_matches_its_own_loss(fetched_data, default_lm):
     import math
 
     import torch
@@ -138,6 +156,6 @@ def test_data_fetch_from_scratch(empty_cache, capsys):
     assert "ptb" in capsys.readouterr().out
     (doc,) = text_documents("ptb")
     assert doc.count("\n") == 3761 and "<unk>" in doc  # the Mikolov PTB test split: 3,761 sentences
-    assert main(["data", "list", "--json"]) == 0
+    assert main(["data", "list", "--json", "-"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["ptb"]["fetched"] and not rows["wiki"]["fetched"]

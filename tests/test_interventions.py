@@ -8,22 +8,26 @@ from contextlib import ExitStack
 import pytest
 import torch
 
-from planted import COL, LAYER, ROW, SW_VALUE, planted_lm
 from superweight.errors import SuperweightError
 from superweight.interventions import (check_coords, measure_super_activations, prune, prune_top_k,
                                        restore_super_activation, scale, top_k_weights)
+from superweight.model import wrap_model
 from superweight.model.hooks import observe_down_projs
 from superweight.records import SuperWeight
+from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
 
+LAYER, ROW, COL, SW_VALUE, INPUT = 2, 17, 45, 50.0, 300.0
 SW = SuperWeight(LAYER, ROW, COL)
 TEXT = "The quick brown fox. It jumps over the lazy dog, and again."
 
 
-
-
 @pytest.fixture(scope="module")
 def lm():
-    return planted_lm()
+    """A tiny Llama with a super weight planted at (2, 17, 45): its super activation (~1.5e4) on
+    channel 17 at every token, from input feature 45 (~300)."""
+    model = tiny_model("llama")
+    plant_super_weight(model, LAYER, ROW, COL, weight=SW_VALUE, input_scale=INPUT)
+    return wrap_model(model, tiny_tokenizer(), ref="planted-llama")
 
 
 def snapshot(lm) -> dict[str, torch.Tensor]:
@@ -184,21 +188,20 @@ def down_outputs(lm, text=TEXT) -> dict[int, torch.Tensor]:
 
 
 def test_restore_sa_reproduces_the_unpruned_activation_exactly_and_nothing_else(lm):
-    text = "abc" + lm.tokenizer.bos_token + "def"  # the trigger at positions 0 and 4
     before = snapshot(lm)
-    orig = down_outputs(lm, text)
+    orig = down_outputs(lm)
     with prune(lm.view, [SW]):
-        pruned = down_outputs(lm, text)
-    sws = measure_super_activations(lm, [SW], text)
+        pruned = down_outputs(lm)
+    sws = measure_super_activations(lm, [SW], TEXT)
     top = int(orig[LAYER][:, ROW].abs().argmax())
-    assert top in (0, 4) and sws[0].output_value == orig[LAYER][top, ROW].item() == sws[0].output_value
-    assert sws[0].position == top
+    assert sws[0].output_value == orig[LAYER][top, ROW].item() and sws[0].position == top
     with restore_super_activation(lm.view, sws) as log:
         assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == 0.0  # pruned meanwhile
-        restored = down_outputs(lm, text)
+        restored = down_outputs(lm)
     assert_identical(lm, before)
-    assert log.calls == 1 and log.restored == 2
-    sa = [0, 4]
+    # the super activation positions: where the unpruned value reaches a quarter of its size
+    sa = (orig[LAYER][:, ROW].abs() >= 0.25 * abs(sws[0].output_value)).nonzero().flatten().tolist()
+    assert log.calls == 1 and log.restored == len(sa) > 0
     y, yo, yp = restored[LAYER], orig[LAYER], pruned[LAYER]
     assert torch.equal(y[sa, ROW], yo[sa, ROW])  # exactly the unpruned activation
     assert not torch.equal(yp[sa, ROW], yo[sa, ROW])
@@ -208,8 +211,8 @@ def test_restore_sa_reproduces_the_unpruned_activation_exactly_and_nothing_else(
     assert torch.equal(y[:, rest], yp[:, rest])
     for layer in range(LAYER):
         assert torch.equal(restored[layer], orig[layer])
-    # downstream the restored model is the unpruned one again (only the SA mattered here)
-    assert torch.allclose(restored[LAYER + 1], orig[LAYER + 1], atol=1e-3)
+    # downstream the restored model is the unpruned one again where the SA was restored
+    assert torch.allclose(restored[LAYER + 1][sa], orig[LAYER + 1][sa], rtol=1e-3, atol=1e-2)
 
 
 def test_restore_sa_at_given_positions(lm):
@@ -234,18 +237,26 @@ def test_restore_sa_needs_to_know_what_a_super_activation_is(lm):
 
 
 def test_restore_sa_with_a_threshold_and_batches(lm):
+    """The planted super activation sits at every token (padding included): a threshold below it
+    restores all of them, over both rows, and the model is the unpruned one again; one above it
+    restores nothing."""
     ids = lm.tokenizer(["one two", "three four five"], return_tensors="pt", padding=True)
-    orig_logits = lm.model(**ids).logits
-    with restore_super_activation(lm.view, [SW], threshold=100.0) as log:
-        logits = lm.model(**ids).logits
-    assert log.restored == 2  # position 0 of each row
-    assert torch.allclose(logits, orig_logits, atol=1e-4)
+    with torch.no_grad():
+        orig_logits = lm.model(**ids).logits
+        with prune(lm.view, [SW]):
+            pruned_logits = lm.model(**ids).logits
+        with restore_super_activation(lm.view, [SW], threshold=0.5 * SW_VALUE * INPUT) as log:
+            logits = lm.model(**ids).logits
+        assert log.restored == ids["input_ids"].numel() and torch.allclose(logits, orig_logits, atol=1e-4)
+        with restore_super_activation(lm.view, [SW], threshold=10 * SW_VALUE * INPUT) as log:
+            logits = lm.model(**ids).logits
+        assert log.restored == 0 and torch.equal(logits, pruned_logits)
 
 
 def test_measure_super_activations_fills_the_records(lm):
     (rec,) = measure_super_activations(lm, [(LAYER, ROW, COL)])
-    assert rec.coord == (LAYER, ROW, COL) and rec.value == SW_VALUE and rec.position == 0
-    assert rec.output_value > 1e4 and rec.input_value > 1e3
+    assert rec.coord == (LAYER, ROW, COL) and rec.value == SW_VALUE and rec.position is not None
+    assert rec.output_value > 0.2 * SW_VALUE * INPUT and rec.input_value > 0.2 * INPUT
 
 
 def test_gpt2_conv1d_layout_exclusion_and_restore():

@@ -14,9 +14,13 @@ from superweight.quantize import (HQQConfig, NaiveW8A8Config, RTNClipConfig, RTN
                                   fake_w8a8, quantize_, quantized, weight_targets)
 from superweight.quantize.check import check_models
 from superweight.quantize.export import MANIFEST_NAME, read_manifest, save_checkpoint
-from superweight.quantize.sweep import plot_sweep, share_kept, weight_sweep
+from superweight.evaluate import Evaluator
+from superweight.evaluate.metrics import AVERAGE, Metric, perplexity_metric
+from superweight.quantize.sweep import QuantResult, Row, run_sweep, share_kept, w8a8_configs, weight_sweep
 from superweight.quantize.w8a8 import protect_plan
 from superweight.records import SuperActivation
+from superweight.report.quantize_plots import plot_sweep
+from superweight.report.tables import sweep_tables, to_markdown
 from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
 
 LAYER, ROW, COL = 2, 7, 11
@@ -195,6 +199,7 @@ def test_config_serialises():
 def test_sweep_rows_and_plot(planted, tmp_path):
     lm, sw = planted
     ids = _ids(lm)
+    loss = Metric("loss", "loss", "", False, "other")
 
     def evaluate(m):
         with torch.inference_mode():
@@ -205,8 +210,50 @@ def test_sweep_rows_and_plot(planted, tmp_path):
                                                    for m in ("rtn", "rtn-clip", "superweight")]
     assert [r.quant["kept"] for r in rows] == [0, 0, 1, 0, 0, 1]
     assert all(r.quant["clipped"] > 0 for r in rows if r.method != "rtn")
-    plot_sweep(rows, "loss", tmp_path / "fig.png")
+    plot_sweep(rows, loss, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_sweep_describes_its_figures(planted):
+    lm, sw = planted
+    ids = _ids(lm)
+    ppl = perplexity_metric("tiny_ppl", "tiny ppl")
+
+    def evaluate(m):
+        with torch.inference_mode():
+            return {"tiny_ppl": float(m.model(ids, labels=ids).loss.exp())}
+
+    result = run_sweep(lm, Evaluator(evaluate, [ppl]), bits=[4], blocks=[BIG_BLOCK], methods=["rtn"])
+    assert [r.kind for r in result.rows] == ["baseline", "weight"] and result.metrics() == [ppl]
+    assert result.share_kept() == {}  # no W8A8 rows
+    md = to_markdown(sweep_tables(result, "t"))
+    assert "| method | bits | block | tiny ppl |" in md and "| fp32 | — | — |" in md
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"methods": ["rtn"], "z": 3.0}, "method 'rtn' takes no z"),
+    ({"methods": ["hqq"], "z": 3.0}, "method 'hqq' takes no z"),
+    ({"methods": ["nope"]}, "unknown method 'nope'"),
+])
+def test_sweep_refuses_settings_it_would_drop(planted, kwargs, match):
+    lm, _ = planted
+    with pytest.raises(SuperweightError, match=match):
+        weight_sweep(lm, lambda m: pytest.fail("evaluated"), bits=[4], blocks=[64], **kwargs)
+
+
+def test_weight_configs_refuse_settings_they_would_drop():
+    from superweight.quantize import weight_config
+
+    with pytest.raises(SuperweightError, match=r"takes no z \(z applies to rtn-clip, superweight\)"):
+        weight_config("rtn", bits=4, z=3.0)
+    with pytest.raises(SuperweightError, match="takes no block size"):
+        RTNConfig(bits=4, block=128, granularity="channel")
+    assert RTNConfig(granularity="channel").block is None and RTNConfig().block == 128
+    with pytest.raises(SuperweightError, match="W8A8 setting 'alpah' applies to none"):
+        w8a8_configs(alpha=0.5, alpah=0.5)
+    with pytest.raises(SuperweightError, match="W8A8 setting 'alpha' applies to none of naive, superact"):
+        w8a8_configs(["naive", "superact"], alpha=0.5)
+    assert [c.alpha for c in w8a8_configs(["smoothquant"], alpha=0.75)] == [0.75]
 
 
 # --- W8A8 ------------------------------------------------------------------------------------------
@@ -235,6 +282,10 @@ def test_superact_protects_the_spike_and_beats_naive(planted):
     assert plan.linears[down].protect[:2] == [(0, COL), (1, COL)]
     assert (0, ROW) in plan.linears[f"model.layers.{LAYER + 1}.self_attn.q_proj"].protect
     assert not plan.linears[f"model.layers.{LAYER}.self_attn.q_proj"].protect  # not before it exists
+    later = {n for n, lp in plan.linears.items() if (0, ROW) in lp.protect}
+    assert later == {f"model.layers.{i}.{p}" for i in range(LAYER + 1, 6)
+                     for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                               "mlp.up_proj")}  # the residual readers only: never o_proj, never down_proj
     module = lm.view.down_proj(LAYER).module
     seen = {}
     for cfg, p in ((NaiveW8A8Config(), None), (SuperActW8A8Config(), plan)):
@@ -253,6 +304,17 @@ def test_superact_protects_the_spike_and_beats_naive(planted):
     rest[COL] = False
     err = {k: (seen[k + " out"] - seen[k + " in"])[..., rest].abs().mean().item() for k in ("naive", "superact")}
     assert err["superact"] < 0.1 * err["naive"]  # the others keep their resolution
+
+
+def test_superact_protects_a_moe_models_residual_readers():
+    """Qwen2-MoE: the router and experts are not linear modules, but the shared expert and its gate
+    read the residual stream and are protected (the old width test protected o_proj instead)."""
+    lm = wrap_model(tiny_model("qwen2_moe"), tiny_tokenizer())
+    plan = protect_plan(lm, [], [SuperActivation(1, ROW, 0, 1e4)])
+    protected = {n.removeprefix("model.layers.2.") for n, lp in plan.linears.items()
+                 if lp.protect and n.startswith("model.layers.2.")}
+    assert protected == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.shared_expert.gate_proj",
+                         "mlp.shared_expert.up_proj", "mlp.shared_expert_gate"}
 
 
 def test_smoothquant_groups_shared_inputs(planted):
@@ -275,6 +337,31 @@ def test_bad_w8a8_configs():
 def test_share_kept_matches_paper():
     assert share_kept(5.83, 5.71, 5.74) == pytest.approx(0.75)
     assert share_kept(1.0, 1.0, 1.0) is None
+
+
+def test_table3_shares_come_from_methods_and_metric_kinds():
+    """The rows are found by their method, the figures by their kind: average accuracy and every
+    perplexity (also on log perplexity), never per-task accuracies or unknown figures."""
+    import math
+
+    wiki = perplexity_metric("wiki_ppl", "wiki ppl (offline stand-in)")
+    piqa = Metric("piqa", "PIQA", "%", True, "accuracy")
+
+    def row(method, ppl, avg):
+        return Row(method, 8, None, {"wiki_ppl": ppl, "average": avg, "piqa": avg, "loss": 1.0},
+                   kind="w8a8", a_bits=8)
+    result = QuantResult([Row("fp32", None, None, {"wiki_ppl": 5.68}, kind="baseline"),
+                          row("naive", 5.83, 0.60), row("smoothquant", 5.71, 0.70), row("superact", 5.74, 0.65)],
+                         [wiki, AVERAGE, piqa])
+    share = result.share_kept()
+    assert set(share) == {"wiki_ppl", "log:wiki_ppl", "average"}
+    assert share["wiki_ppl"] == pytest.approx(0.75) and share["average"] == pytest.approx(0.5)
+    assert share["log:wiki_ppl"] == pytest.approx((math.log(5.83) - math.log(5.74)) / (math.log(5.83) - math.log(5.71)))
+    assert result.rows[1].label == "W8A8 naive" and result.to_dict()["share_kept"] == share
+    again = QuantResult.from_dict(json.loads(json.dumps(result.to_dict())))  # read back from its JSON
+    assert again.share_kept() == share and again.metrics() == result.metrics()
+    notes = sweep_tables(result, "t")[0].notes
+    assert "share of SmoothQuant's wiki ppl (offline stand-in) improvement kept by the data-free method: 75.0%" in notes
 
 
 # --- save, load, check -----------------------------------------------------------------------------
@@ -336,19 +423,43 @@ def test_check_refuses_different_architectures_and_shapes(planted):
     (["--block", "0"], "block size must be a positive integer"),
     (["--block", "-64"], "block size must be a positive integer"),
     (["--block", "1.5"], "block size must be a positive integer"),
-    (["--sweep", "128,0"], "block size must be a positive integer"),
     (["--z", "0"], "z must be a positive number"),
     (["--z", "-3"], "z must be a positive number"),
     (["--method", "hqq", "--bits", "7"], "hqq supports bits"),
     (["--bits", "4,3"], "several --bits need --sweep"),
-    (["--keep", "1,2"], "--keep takes LAYER,ROW,COL"),
-    (["--w8a8", "--alpha", "2"], "alpha must be in [0, 1]"),
-    (["--w8a8", "--calib-tokens", "0"], "calibration tokens"),
+    (["--coords", "1,2"], "'1,2' is not L,R,C"),
+    (["--method", "rtn", "--z", "3"], "method 'rtn' takes no z"),
+    (["--method", "hqq", "--z", "3"], "method 'hqq' takes no z"),
+    (["--granularity", "channel", "--block", "64"], "takes no block size"),
+    (["--method", "rtn", "--coords", "1,2,3"], "the rtn method keeps none"),
+    (["--alpha", "0.7"], "--alpha does not apply without --w8a8"),
+    (["--methods", "rtn"], "--methods does not apply without --sweep"),
+    (["--quick"], "--quick does not apply with --no-eval"),
 ])
 def test_cli_bad_inputs_fail_before_loading(argv, match, capsys):
     from superweight.cli import main
 
-    assert main(["quantize", "/nonexistent/model", *(["--no-eval"] if "--w8a8" not in argv else []), *argv]) == 2
+    assert main(["quantize", "/nonexistent/model", "--no-eval", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--w8a8", "--alpha", "2"], "alpha must be in [0, 1]"),
+    (["--w8a8", "--calib-tokens", "0"], "calibration tokens"),
+    (["--sweep", "128,0"], "block size must be a positive integer"),
+    (["--w8a8", "--method", "rtn"], "--method does not apply to --w8a8"),
+    (["--w8a8", "--bits", "4"], "--bits does not apply to --w8a8"),
+    (["--w8a8", "--coords", "1,2,3"], "--coords does not apply to --w8a8"),
+    (["--sweep", "64,128", "--method", "rtn"], "--method does not apply to --sweep"),
+    (["--sweep", "64", "--methods", "rtn", "--z", "3"], "method 'rtn' takes no z"),
+    (["--sweep", "64", "--methods", "rtn", "--coords", "1,2,3"], "only the superweight method does"),
+    (["--w8a8", "--no-eval"], "--sweep and --w8a8 evaluate; drop --no-eval"),
+])
+def test_cli_settings_that_would_be_ignored_are_errors(argv, match, capsys):
+    from superweight.cli import main
+
+    assert main(["quantize", "/nonexistent/model", "--ppl", "none", "--tasks", "none", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1
 
@@ -379,14 +490,16 @@ def test_cli_save_then_check(tmp_path, capsys):
     out = tmp_path / "q"
     keep = f"{LAYER},{ROW},{COL}"
     assert main(["quantize", src, "--no-eval", "--method", "superweight", "--bits", "8", "--block", "64",
-                 "--keep", keep, "--save", str(out)]) == 0
+                 "--coords", keep, "--save", str(out)]) == 0
     manifest = read_manifest(out)
     assert manifest["config"]["bits"] == 8 and manifest["super_weights_kept"][0]["col"] == COL
     assert (out / "model.safetensors").is_file() and (out / MANIFEST_NAME).is_file()
-    assert main(["check", src, str(out), "--keep", keep, "--json", str(tmp_path / "c.json")]) == 0
+    assert main(["check", src, str(out), "--coords", keep, "--threads", "1", "--json", str(tmp_path / "c.json")]) == 0
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert rows[0]["rel_error"] == 0 and rows[0]["survives"]
-    capsys.readouterr()
+    assert "1 of 1 super activation(s) survive" in capsys.readouterr().out
+    assert main(["check", src, str(out), "--keep", keep]) == 0  # the old spelling, still accepted
+    assert "--keep is deprecated" in capsys.readouterr().err
     assert main(["quantize", src, "--no-eval", "--save", src, "--force"]) == 2  # never into the model
     assert "model's own files" in capsys.readouterr().err
 

@@ -3,9 +3,9 @@
 next-token probabilities move when it is pruned) and Figure 6 (scaling it up or down).
 
 Everything here is an intervention from `superweight.interventions` wrapped around an evaluation;
-the evaluation is a plain callable `lm -> {"arc_easy": acc, ..., "average": x, "wiki_ppl": y}`, so
-tests can pass a cheap one and the CLI passes `superweight.evaluate.evaluate` with its settings.
-Results are plain dataclasses with `to_dict()` and `markdown()`.
+the evaluation is an `lm -> {"arc_easy": acc, ..., "average": x, "wiki_ppl": y}` callable — usually
+`EvalSettings(...).evaluator()`, which also says what each figure is (`Metric`), so tests can pass a
+cheap one. Results are plain dataclasses with `to_dict()`; `superweight.report` presents them.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from superweight.errors import SuperweightError
+from superweight.evaluate.metrics import AVERAGE_KEY, Metric, first_perplexity
+from superweight.evaluate.settings import Evaluator, as_evaluator
 from superweight.interventions import (check_coords, check_factor, measure_super_activations,
                                        prune, prune_top_k, restore_super_activation, scale)
 from superweight.records import SuperWeight
-
-Evaluator = Callable[[object], dict]  # lm -> summary {"arc_easy": acc, ..., "average", "wiki_ppl"}
 
 ORIGINAL, PRUNE_SW, PRUNE_NON_SW, RESTORE_SA = ("Original", "Prune SW", "Prune Non-SW",
                                                 "Prune SW + restore SA")
 CONDITIONS = (ORIGINAL, PRUNE_SW, PRUNE_NON_SW, RESTORE_SA)
 DEFAULT_K = 7000  # the paper's "Prune Non-SW": the 7,000 largest-magnitude other weights
-TASK_LABELS = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "hellaswag": "HellaSwag",
-               "lambada": "LAMBADA", "piqa": "PIQA", "sciq": "SciQ", "winogrande": "Wino"}
-PPL_LABELS = {"wiki": "Wiki-2 ppl", "c4": "C4 ppl", "ptb": "PTB ppl"}
+DEFAULT_FACTORS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # Figure 6's scaling factors
+DEFAULT_PASSAGES = 500  # Figure 5: LAMBADA passages averaged over, as in the paper
+DEFAULT_TOP = 10  # tokens listed rising and falling
 NO_SUPER_WEIGHT = "no super weight found"
 
 
@@ -60,67 +60,28 @@ class AblationResult:
     super_weights: list[SuperWeight]
     k: int
     config: dict = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=list)  # what the evaluator's figures are
 
     def row(self, condition: str) -> Row:
         return next(r for r in self.rows if r.condition == condition)
 
-    def columns(self) -> list[str]:
-        keys: list[str] = []
-        for r in self.rows:
-            for key in (r.summary or {}):
-                if key not in keys:
-                    keys.append(key)
-        return order_columns(keys)
+    def columns(self) -> list[Metric]:
+        """The figures of the rows, described and in table order (tasks, average, perplexities)."""
+        return _columns([r.summary for r in self.rows], self.metrics)
 
     def to_dict(self) -> dict:
         return {"rows": [r.to_dict() for r in self.rows], "k": self.k,
-                "super_weights": [s.to_dict() for s in self.super_weights], "config": self.config}
-
-    def markdown(self) -> str:
-        return summary_table([(r.condition, r.summary, r.note) for r in self.rows], self.columns())
+                "super_weights": [s.to_dict() for s in self.super_weights], "config": self.config,
+                "metrics": [m.to_dict() for m in self.columns()]}
 
 
-def order_columns(keys: Iterable[str]) -> list[str]:
-    """Tasks in the registry's order, then the average, then perplexities, then anything else."""
-    keys = list(keys)
-    tasks = [k for k in TASK_LABELS if k in keys]
-    ppl = [k for k in keys if k.endswith("_ppl")]
-    rest = [k for k in keys if k not in tasks and k not in ppl and k != "average"]
-    return tasks + (["average"] if "average" in keys else []) + rest + ppl
+def _columns(summaries: Iterable[dict | None], known: Sequence[Metric]) -> list[Metric]:
+    from superweight.evaluate.metrics import describe
 
-
-def column_label(key: str) -> str:
-    if key in TASK_LABELS:
-        return TASK_LABELS[key]
-    if key == "average":
-        return "Avg"
-    if key.endswith("_ppl"):
-        return PPL_LABELS.get(key[:-4], f"{key[:-4]} ppl")
-    return key
-
-
-def format_value(key: str, value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if key.endswith("_ppl"):
-        return f"{value:.4g}" if value < 1e4 else f"{value:.3g}"
-    if isinstance(value, float) and 0.0 <= value <= 1.0:
-        return f"{100 * value:.2f}"  # accuracies in percent, as in the paper
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def summary_table(rows: Sequence[tuple[str, dict | None, str]], columns: Sequence[str],
-                  first: str = "Condition") -> str:
-    """A markdown table: one line per (label, summary, note); a note fills rows that did not run."""
-    head = [first] + [column_label(c) for c in columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
-    for label, summary, note in rows:
-        if summary is None:
-            cells = [f"— ({note})" if note else "—"] + ["—"] * (len(columns) - 1) if columns else []
-        else:
-            cells = [format_value(c, summary.get(c)) for c in columns]
-        lines.append("| " + " | ".join([label] + cells) + " |")
-    return "\n".join(lines)
+    keys: list[str] = []
+    for s in summaries:
+        keys += [k for k in (s or {}) if k not in keys]
+    return describe(keys, known)
 
 
 def with_activation_sizes(lm, super_weights: Sequence[SuperWeight]) -> list[SuperWeight]:
@@ -134,7 +95,7 @@ def with_activation_sizes(lm, super_weights: Sequence[SuperWeight]) -> list[Supe
     return sws
 
 
-def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator, *, k: int = DEFAULT_K,
+def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable, *, k: int = DEFAULT_K,
                    modules: Sequence[str] | None = None,
                    conditions: Sequence[str] = CONDITIONS,
                    on_row: Callable[[str, Row | None], None] | None = None) -> AblationResult:
@@ -144,16 +105,21 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator, *, k: int 
     With no super weights, only Original (and Prune Non-SW, which needs none) runs; the other rows
     say why they are empty. Every edit is undone before the next row, bit for bit.
 
-    >>> result = ablation_table(lm, find_super_weights(lm), make_evaluator(EvalSettings(**QUICK)))  # doctest: +SKIP
-    >>> print(result.markdown())  # doctest: +SKIP
+    An example with a real evaluation (minutes; a tiny one runs in `tests/test_ablate.py`):
+
+    >>> settings = EvalSettings.from_options(quick=True)  # doctest: +SKIP
+    >>> result = ablation_table(lm, resolve_super_weights(lm), settings.evaluator())  # doctest: +SKIP
+    >>> result.row("Prune SW").summary["average"]  # doctest: +SKIP
     """
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         raise SuperweightError(f"unknown condition {unknown[0]!r}; choose from {', '.join(CONDITIONS)}")
+    if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SuperweightError(f"K must be a positive whole number of weights, got {k!r}")
+    evaluator = as_evaluator(evaluator)
     sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k_[:3], expert=k_[3])
            for s, k_ in zip(super_weights, check_coords(lm.view, super_weights))]
-    if k is not None:
-        # validate K (and the module globs) before any evaluation is spent
+    if PRUNE_NON_SW in conditions:  # validate K (and the module globs) before any evaluation is spent
         from superweight.interventions import top_k_weights
         top_k_weights(lm.view, k, sws, modules)
     if sws and RESTORE_SA in conditions:
@@ -169,7 +135,7 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator, *, k: int 
         rows.append(row)
         if on_row:
             on_row(condition, row)
-    return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None})
+    return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None}, evaluator.metrics)
 
 
 def _run_row(lm, condition: str, sws, evaluator: Evaluator, k: int, modules) -> Row:
@@ -196,40 +162,32 @@ class ScaleResult:
     factors: list[float]
     summaries: list[dict]
     super_weights: list[SuperWeight]
-    best_by: str  # the column that picked the best factor
+    best_by: str  # the metric that picks the best factor
     seconds: list[float] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)  # what the evaluator's figures are
 
     @property
     def best(self) -> float:
-        """The best factor: highest average accuracy (ties: lowest perplexity, then closest to 1),
-        or lowest perplexity when no task was run."""
-        ppl = next((k for k in self.columns() if k.endswith("_ppl")), None)
+        """The best factor by `best_by` (ties: the first perplexity, then closeness to 1)."""
+        cols = {m.name: m for m in self.columns()}
+        by, ppl = cols[self.best_by], first_perplexity(cols.values())
 
         def key(i: int) -> tuple:
             s = self.summaries[i]
-            if self.best_by == "average":
-                primary = -s.get("average", -math.inf)
-            else:
-                primary = s.get(self.best_by, math.inf)
-            tie = s.get(ppl, math.inf) if ppl else math.inf
+            v = s.get(by.name, math.nan)
+            primary = math.inf if math.isnan(v) else (-v if by.higher_is_better else v)
+            tie = s.get(ppl.name, math.inf) if ppl else math.inf
             return (primary, tie, abs(self.factors[i] - 1.0))
         return self.factors[min(range(len(self.factors)), key=key)]
 
-    def columns(self) -> list[str]:
-        keys: list[str] = []
-        for s in self.summaries:
-            keys += [k for k in s if k not in keys]
-        return order_columns(keys)
+    def columns(self) -> list[Metric]:
+        return _columns(self.summaries, self.metrics)
 
     def to_dict(self) -> dict:
         return {"factors": self.factors, "summaries": self.summaries, "best_factor": self.best,
                 "best_by": self.best_by, "seconds": self.seconds,
-                "super_weights": [s.to_dict() for s in self.super_weights]}
-
-    def markdown(self) -> str:
-        rows = [(f"× {f:g}" + (" (best)" if f == self.best else "") + (" (original)" if f == 1 else ""),
-                 s, "") for f, s in zip(self.factors, self.summaries)]
-        return summary_table(rows, self.columns(), first="Scale")
+                "super_weights": [s.to_dict() for s in self.super_weights],
+                "metrics": [m.to_dict() for m in self.columns()]}
 
 
 def parse_factors(factors: Iterable) -> list[float]:
@@ -239,14 +197,16 @@ def parse_factors(factors: Iterable) -> list[float]:
     return list(dict.fromkeys(out))
 
 
-def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evaluator,
+def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evaluator | Callable,
                 on_factor: Callable[[float, dict | None], None] | None = None) -> ScaleResult:
-    """Evaluate the model with its super weights multiplied by each factor (1 = as it is).
+    """Evaluate the model with its super weights multiplied by each factor (1 = as it is). The best
+    factor is the highest average accuracy, else the lowest perplexity, else the highest accuracy.
 
-    >>> r = scale_sweep(lm, sws, [0, 1, 2], make_evaluator(EvalSettings(**QUICK)))  # doctest: +SKIP
+    >>> r = scale_sweep(lm, sws, [0, 1, 2], EvalSettings.from_options(quick=True).evaluator())  # doctest: +SKIP
     >>> r.best  # doctest: +SKIP
     """
     factors = parse_factors(factors)
+    evaluator = as_evaluator(evaluator)
     keys = check_coords(lm.view, super_weights)
     if not keys:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to scale (give coordinates)")
@@ -262,12 +222,12 @@ def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evalu
         seconds.append(time.perf_counter() - start)
         if on_factor:
             on_factor(f, summaries[-1])
-    first = summaries[0]
-    best_by = "average" if "average" in first else next((k for k in order_columns(first)
-                                                          if k.endswith("_ppl")), None)
-    if best_by is None:
-        raise SuperweightError("the evaluation returned neither an average accuracy nor a perplexity")
-    return ScaleResult(factors, summaries, sws, best_by, seconds)
+    cols = _columns(summaries, evaluator.metrics)
+    best = (next((m for m in cols if m.name == AVERAGE_KEY), None) or first_perplexity(cols)
+            or next((m for m in cols if m.is_accuracy), None))
+    if best is None:
+        raise SuperweightError("the evaluation returned neither an accuracy nor a perplexity")
+    return ScaleResult(factors, summaries, sws, best.name, seconds, evaluator.metrics)
 
 
 # --- Figure 5: stopwords -------------------------------------------------------------------------
@@ -320,31 +280,14 @@ class StopwordResult:
                 "groups": self.groups, "named": [t.to_dict() for t in self.named],
                 "seconds": self.seconds}
 
-    def markdown(self) -> str:
-        def table(title, shifts):
-            lines = [f"**{title}**", "", "| token | original | pruned | ratio |", "|---|---:|---:|---:|"]
-            lines += [f"| `{t.token!r}` | {t.original:.4g} | {t.pruned:.4g} | {_times(t.ratio)} |"
-                      for t in shifts]
-            return "\n".join(lines)
-        groups = ["| group | tokens | original | pruned | ratio |", "|---|---:|---:|---:|---:|"]
-        groups += [f"| {name} | {g['tokens']} | {g['original']:.4f} | {g['pruned']:.4f} | "
-                   f"{_times(g['ratio'])} |" for name, g in self.groups.items()]
-        return "\n\n".join([f"Average next-token probability over {self.passages} LAMBADA passages "
-                            "(last word removed), model as it is vs super weights pruned.",
-                            "\n".join(groups), table("The paper's examples", self.named),
-                            table("Rising most", self.rising), table("Falling most", self.falling)])
 
-
-def _times(ratio: float | None) -> str:
-    return "—" if ratio is None else f"{ratio:.3g}×"
-
-
-def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8,
+                            on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
     """The average over prompts of the next-token probability distribution after each one, [vocab].
 
     Prompts are left-padded in batches, with position ids counted from each prompt's first real
     token and padding masked out, so every prompt is scored as if alone; only the last position's
-    logits are computed.
+    logits are computed. `on_batch(prompts_done)` is called after each batch.
     """
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -367,6 +310,8 @@ def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8) -> 
                 logits = lm.model(**inputs).logits[:, -1]
             probs = logits.float().softmax(-1).sum(0)  # [vocab]
             total = probs if total is None else total + probs
+            if on_batch:
+                on_batch(min(start + batch_size, len(prompts)))
     return (total / len(prompts)).cpu()
 
 
@@ -379,12 +324,14 @@ def _single_tokens(tok, texts: Iterable[str]) -> dict[int, str]:
     return out
 
 
-def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top: int = 10,
-                   batch_size: int = 8) -> StopwordResult:
+def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top: int = DEFAULT_TOP,
+                   batch_size: int = 8,
+                   on_step: Callable[[str, int, int], None] | None = None) -> StopwordResult:
     """Figure 5: the average next-token distribution over `passages` (last word removed), with the
     model as it is and with its super weights pruned; tokens rising and falling most; and the total
     probability of standard English stopwords (" the", " of", … as single tokens after a space) and
-    of punctuation, before and after.
+    of punctuation, before and after. `on_step(what, prompts_done, prompts)` reports each batch
+    ("original", then "pruned").
 
     >>> r = stopword_shift(lm, sws, lambada_passages(500))  # doctest: +SKIP
     >>> r.groups["stopwords"]["ratio"]  # doctest: +SKIP
@@ -396,9 +343,12 @@ def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top:
     if not prompts:
         raise SuperweightError("no passages to score")
     start = time.perf_counter()
-    p_orig = next_token_distribution(lm, prompts, batch_size)
+
+    def report(what):
+        return (lambda done: on_step(what, done, len(prompts))) if on_step else None
+    p_orig = next_token_distribution(lm, prompts, batch_size, report("original"))
     with prune(lm.view, keys):
-        p_pruned = next_token_distribution(lm, prompts, batch_size)
+        p_pruned = next_token_distribution(lm, prompts, batch_size, report("pruned"))
     tok = lm.tokenizer
 
     def shift(i: int, label: str | None = None) -> TokenShift:
@@ -422,38 +372,3 @@ def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top:
            for s, k in zip(super_weights, keys)]
     return StopwordResult(len(prompts), sws, rising, falling, groups, named,
                           time.perf_counter() - start)
-
-
-# --- evaluation settings -------------------------------------------------------------------------
-
-@dataclass
-class EvalSettings:
-    """What every row is evaluated on: zero-shot tasks, perplexity texts and how much of each."""
-
-    tasks: tuple[str, ...] = tuple(TASK_LABELS)
-    ppl: tuple[str, ...] = ("wiki", "c4")
-    limit: int | None = None  # items per zero-shot task (None: all)
-    max_tokens: int | None = None  # tokens of each perplexity text (None: all)
-    seqlen: int | None = None  # perplexity window (None: 2048 capped by the model's context)
-
-    def __post_init__(self) -> None:
-        self.tasks, self.ppl = tuple(self.tasks), tuple(self.ppl)
-        if not self.tasks and not self.ppl:
-            raise SuperweightError("nothing to evaluate: give at least one task or perplexity text")
-        for name, v in (("limit", self.limit), ("max_tokens", self.max_tokens), ("seqlen", self.seqlen)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise SuperweightError(f"{name} must be a positive whole number, got {v!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
-    """`lm -> summary` through `superweight.evaluate.evaluate` with these settings."""
-    def run(lm) -> dict:
-        from superweight.evaluate import evaluate
-
-        return evaluate(lm, ppl=settings.ppl, tasks=settings.tasks, limit=settings.limit,
-                        max_tokens=settings.max_tokens, seqlen=settings.seqlen,
-                        progress=progress).summary()
-    return run

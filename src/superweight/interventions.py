@@ -31,8 +31,6 @@ from superweight.records import SuperWeight
 
 PROBE_TEXT = "The super weight is a single scalar that large language models depend on."
 
-Coord = tuple  # (layer, row, col) or (layer, row, col, expert)
-
 
 def _as_key(c) -> tuple[int, int, int, int | None]:
     if isinstance(c, SuperWeight):

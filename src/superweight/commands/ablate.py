@@ -2,60 +2,56 @@
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
-from superweight.commands._common import add_model_args
+from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args,
+                                          add_out_arg, console, coords_from_args, eval_settings,
+                                          model_and_super_weights, parse_list, positive_int, present)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ablate", help="Table 1: prune the super weights vs 7,000 others vs restoring the SA",
+    from superweight.ablation import DEFAULT_K
+
+    p = sub.add_parser("ablate", help=f"Table 1: prune the super weights vs {DEFAULT_K:,} others vs restoring the SA",
                        description="Evaluate the model as it is, with its super weights pruned, with "
                                    "the K largest other weights pruned instead, and with the super "
                                    "weights pruned but their super activation restored (the paper's "
-                                   "Table 1): seven zero-shot tasks, their average, Wiki-2 and C4 "
-                                   "perplexity.")
+                                   "Table 1): seven zero-shot tasks, their average, and perplexity.")
     add_model_args(p)
-    add_super_weight_args(p)
+    add_coords_args(p)
     add_eval_args(p)
-    p.add_argument("-k", "--k", dest="k", type=int, default=7000, metavar="K",
-                   help="how many of the largest other weights 'Prune Non-SW' zeroes (default 7000)")
+    p.add_argument("-k", "--k", dest="k", type=positive_int, default=DEFAULT_K, metavar="K",
+                   help=f"how many of the largest other weights 'Prune Non-SW' zeroes (default {DEFAULT_K})")
     p.add_argument("--non-sw-modules", metavar="GLOB[,GLOB]",
                    help="restrict 'Prune Non-SW' to decoder linears matching these globs "
                         "(e.g. '*.mlp.down_proj'; default: every linear layer of the decoder)")
+    add_json_arg(p)
     add_out_arg(p, "ablation")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from superweight._io import result_header
-    from superweight.ablation import NO_SUPER_WEIGHT, ablation_table, make_evaluator
-    from superweight.errors import SuperweightError
+    from superweight.ablation import CONDITIONS, NO_SUPER_WEIGHT, ablation_table
     from superweight.report.ablation_plots import plot_ablation
+    from superweight.report.progress import RunProgress
+    from superweight.report.tables import ablation_tables
 
-    settings = settings_from_args(args)  # validate before the (slow) load
-    if args.coords:
-        parse_coords(args.coords)
-    if args.k < 1:
-        raise SuperweightError(f"K must be a positive whole number of weights, got {args.k}")
-    modules = [m.strip() for m in args.non_sw_modules.split(",") if m.strip()] if args.non_sw_modules else None
-    out, err, lm, sws, source = load_with_super_weights(args)
-    if not sws:
-        err.print(f"{NO_SUPER_WEIGHT} in {lm.ref} by detection: the table shows Original and Prune "
-                  "Non-SW only; give --coords L,R,C or --catalog to ablate known coordinates.")
-
-    def on_row(condition, row):
-        if row is None:
-            err.print(f"[bold]{condition}[/bold]")
-        elif row.summary is not None:
-            err.print(f"{condition}: done in {row.seconds:.0f} s")
-
-    result = ablation_table(lm, sws, make_evaluator(settings), k=args.k, modules=modules, on_row=on_row)
-    markdown = result.markdown()
-    print(markdown)
-    payload = result_header("ablate", model=lm.describe(), super_weight_source=source,
-                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
+    settings = eval_settings(args)  # validate before the (slow) load
+    coords = coords_from_args(args)
+    modules = parse_list(args.non_sw_modules, str, "module glob") if args.non_sw_modules else None
+    lm, selection = model_and_super_weights(args, coords)
+    if not selection.super_weights:
+        console(stderr=True).print(f"{NO_SUPER_WEIGHT} in {lm.ref} by detection: the table shows Original and "
+                                   "Prune Non-SW only; give --coords L,R,C or --catalog to ablate known "
+                                   "coordinates.", markup=False)
     title = f"{lm.ref}: super weight ablation (Table 1)"
-    for path in write_outputs(args.out, "ablation", markdown, payload,
-                              lambda p: plot_ablation(result, title, p)):
-        out.print(f"Wrote {path}")
+    runs = len(CONDITIONS) if selection.super_weights else 2
+    with RunProgress(title, runs, settings.ppl + settings.tasks) as progress:
+        def on_row(condition, row):
+            if row is None:
+                progress.stage(condition)
+        result = ablation_table(lm, selection.super_weights, settings.evaluator(progress.on_event), k=args.k,
+                                modules=modules, on_row=on_row)
+    payload = result_header("ablate", model=lm.describe(), super_weight_source=selection.source,
+                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
+    present(ablation_tables(result, title), payload, args, "ablation", lambda p: plot_ablation(result, title, p))
     return 0

@@ -2,63 +2,57 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import console
+from superweight.commands._common import add_json_arg, console, show_tables, write_json_arg
 
 
 def register(sub) -> None:
+    from superweight.selection import COORDS_GRAMMAR
+
     p = sub.add_parser("catalog", help="list or extend the catalog of known super weights")
     p.add_argument("action", nargs="?", default="list", choices=["list", "show", "add", "path"],
-                   help="list (default), show MODEL_ID, add MODEL_ID COORD..., path of the local file")
+                   help="list (default), show MODEL_ID, add MODEL_ID --coords ..., path of the local file")
     p.add_argument("model_id", nargs="?", help="exact hub id, e.g. meta-llama/Llama-2-7b-hf")
-    p.add_argument("coords", nargs="*", metavar="L,R,C", help="coordinates to add: layer,row,col")
+    p.add_argument("old_coords", nargs="*", metavar="L,R,C", help="(deprecated: use --coords)")
+    p.add_argument("--coords", action="append", metavar="L,R,C",
+                   help=f"coordinates to add, {COORDS_GRAMMAR}; repeatable")
     p.add_argument("--source", default="added by hand", help="provenance of added coordinates")
+    add_json_arg(p)
     p.set_defaults(func=run)
 
 
-def parse_coord(text: str) -> tuple[int, int, int]:
-    from superweight.errors import SuperweightError
-
-    parts = text.replace("(", "").replace(")", "").split(",")
-    try:
-        coord = tuple(int(p) for p in parts)
-    except ValueError:
-        coord = ()
-    if len(coord) != 3 or min(coord) < 0:
-        raise SuperweightError(f"a coordinate is layer,row,col with non-negative integers, got {text!r}")
-    return coord  # type: ignore[return-value]
-
-
 def run(args) -> int:
-    from rich.table import Table
-
     from superweight import catalog
     from superweight.errors import SuperweightError
+    from superweight.report.tables import catalog_tables
+    from superweight.selection import parse_coords
 
     out = console()
     if args.action == "path":
-        out.print(str(catalog.local_path()))
+        out.print(str(catalog.local_path()), markup=False)
+        write_json_arg(args.json, {"path": str(catalog.local_path())})
         return 0
     if args.action == "add":
-        if not args.model_id or not args.coords:
-            raise SuperweightError("usage: superweight catalog add MODEL_ID L,R,C [L,R,C ...]")
-        path = catalog.add(args.model_id, [parse_coord(c) for c in args.coords], args.source)
-        out.print(f"Added {len(args.coords)} coordinate(s) for {args.model_id} to {path}")
+        texts = list(args.coords or []) + list(args.old_coords or [])
+        if args.old_coords:
+            console(stderr=True).print("note: coordinates after the model id are deprecated; use --coords "
+                                       "L,R,C[;L,R,C...]", markup=False)
+        if not args.model_id or not texts:
+            raise SuperweightError("usage: superweight catalog add MODEL_ID --coords L,R,C[;L,R,C...]")
+        sws = parse_coords(texts)
+        if any(s.expert is not None for s in sws):
+            raise SuperweightError("the catalog holds dense (layer, row, col) coordinates; drop the expert")
+        path = catalog.add(args.model_id, [s.coord for s in sws], args.source)
+        out.print(f"Added {len(sws)} coordinate(s) for {args.model_id} to {path}", markup=False)
+        write_json_arg(args.json, {"path": str(path), "entry": catalog.lookup(args.model_id).to_dict()})
         return 0
+    if args.coords or args.old_coords:
+        raise SuperweightError(f"coordinates are only for `catalog add`, not `catalog {args.action}`")
     entries = catalog.load()
     if args.action == "show" or args.model_id:
         entries = [e for e in entries if e.model == args.model_id]
         if not entries:
             raise SuperweightError(f"{args.model_id!r} is not in the catalog "
                                    "(model ids match exactly; see `superweight catalog`)")
-    table = Table(title="Known super weights (layer, row, col) into down_proj.weight[row, col]",
-                  title_justify="left")
-    for c in ("model", "super weights", "source", "from"):
-        table.add_column(c)
-    for e in entries:
-        coords = ", ".join(f"({l}, {r}, {c})" for l, r, c in e.super_weights)
-        if e.alternatives:
-            coords += " · alt " + ", ".join(f"({l}, {r}, {c})" for l, r, c in e.alternatives)
-        note = f"{e.source}" + (f" — {e.notes}" if e.notes else "")
-        table.add_row(e.model, coords, note, e.origin)
-    out.print(table)
+    show_tables(args, catalog_tables(entries))
+    write_json_arg(args.json, {"entries": [{**e.to_dict(), "origin": e.origin} for e in entries]})
     return 0

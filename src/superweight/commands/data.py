@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import console, parse_list
+from superweight.commands._common import add_json_arg, console, parse_list, show_tables, write_json_arg
 
 
 def register(sub) -> None:
@@ -14,46 +14,32 @@ def register(sub) -> None:
     fetch.add_argument("names", nargs="?", metavar="NAMES",
                        help="comma-separated data sets, e.g. wiki,c4,arc_easy (default: all)")
     fetch.add_argument("--force", action="store_true", help="extract again even if already fetched")
+    add_json_arg(fetch)
     fetch.set_defaults(func=run_fetch)
     listing = actions.add_parser("list", help="list the data sets and whether each is fetched")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_arg(listing)
     listing.set_defaults(func=run_list)
 
 
 def run_fetch(args) -> int:
     from superweight.evaluate import sources
+    from superweight.report.tables import fetch_tables
 
     names = parse_list(args.names, str, "data set") if args.names else None
     for name in names or []:
         sources.get_source(name)  # unknown names fail before any download
     err = console(stderr=True)
-    entries = sources.fetch(names, force=args.force, log=lambda m: err.print(m))
-    out = console()
-    for e in entries:
-        out.print(f"{e['name']:<14} {e['file']:<28} sha256 {e['sha256'][:16]}…  from {e['package']}")
-    out.print(f"Data in {sources.data_root()}")
+    entries = sources.fetch(names, force=args.force, log=lambda m: err.print(m, markup=False))
+    show_tables(args, fetch_tables(entries, sources.data_root()))
+    write_json_arg(args.json, {"data_root": str(sources.data_root()), "fetched": entries})
     return 0
 
 
 def run_list(args) -> int:
-    import json
-
-    from rich.table import Table
-
     from superweight.evaluate import sources
+    from superweight.report.tables import data_tables
 
     rows = sources.status()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = Table(title=f"Evaluation data ({sources.data_root()})")
-    for col in ("name", "kind", "fetched", "offline source", "hub (online)", "what"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], "perplexity" if r["kind"] == "text" else "zero-shot",
-                      "yes" if r["fetched"] else "no", r["package"], r["hub"], r["description"])
-    out = console()
-    out.print(table)
-    if not all(r["fetched"] for r in rows):
-        out.print(f"Fetch the missing ones with `{sources.FETCH_COMMAND}`.")
+    show_tables(args, data_tables(rows, sources.data_root(), sources.FETCH_COMMAND))
+    write_json_arg(args.json, rows)
     return 0

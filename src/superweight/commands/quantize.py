@@ -2,65 +2,84 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from superweight.commands._common import add_model_args, console, eprint, load_from_args, parse_list
+from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args, console,
+                                          coords_from_args, eval_flags_given, eval_settings, load_from_args,
+                                          parse_list, select_super_weights, show_tables, write_json_arg)
 from superweight.errors import SuperweightError
 
-METHOD_CHOICES = ("rtn", "rtn-clip", "superweight", "hqq")
+WEIGHT_FLAGS = {"method": "--method", "block": "--block", "z": "--z", "granularity": "--granularity",
+                "tail": "--tail", "include": "--include", "keep_late": "--keep-late", "sweep": "--sweep",
+                "methods": "--methods", "save": "--save"}
+W8A8_FLAGS = {"act_granularity": "--act-granularity", "scheme": "--scheme", "alpha": "--alpha",
+              "calib_tokens": "--calib-tokens"}
 
 
 def register(sub) -> None:
+    from superweight.quantize import WEIGHT_METHODS
+    from superweight.quantize.rtn import DEFAULT_BITS, DEFAULT_BLOCK
+    from superweight.quantize.rtn_clip import DEFAULT_Z
+    from superweight.quantize.sweep import SWEEP_METHODS
+    from superweight.quantize.w8a8.core import ACT_GRANULARITIES
+    from superweight.quantize.w8a8.smoothquant import DEFAULT_ALPHA, DEFAULT_CALIB_TOKENS
+    from superweight.tensor.quant import GRANULARITIES, TAILS
+
     p = sub.add_parser("quantize", help="round-to-nearest quantization that keeps the super weights",
                        description="Fake-quantize every linear weight of the decoder layers (RTN, RTN "
-                                   "with z-score clipping, or clipping with the super weights restored), "
-                                   "evaluate, sweep block sizes (the paper's Figure 7), run W8A8 "
-                                   "(Table 3), and save a quantized checkpoint.")
+                                   "with z-score clipping, clipping with the super weights restored, or "
+                                   "HQQ), evaluate, sweep block sizes (the paper's Figure 7), run W8A8 "
+                                   "(Table 3), and save a quantized checkpoint. Settings that do not "
+                                   "apply to what is asked are errors, not ignored.")
     add_model_args(p)
-    p.add_argument("--bits", default="4", metavar="N[,N]",
-                   help="weight bits, 2-8 (a list with --sweep, e.g. 4,3; default 4)")
-    p.add_argument("--block", default="128", metavar="N",
-                   help="block size: entries of the flattened weight per block (default 128)")
-    p.add_argument("--granularity", default="block", choices=["block", "group", "channel", "tensor"],
+    p.add_argument("--bits", metavar="N[,N]",
+                   help=f"weight bits, 2-8 (a list with --sweep, e.g. 4,3; default {DEFAULT_BITS})")
+    p.add_argument("--block", metavar="N",
+                   help=f"block size: entries of the flattened weight per block (default {DEFAULT_BLOCK}; "
+                        "block and group granularity only)")
+    p.add_argument("--granularity", choices=GRANULARITIES,
                    help="block: flattened blocks (the paper); group: along the input dim (default block)")
-    p.add_argument("--tail", default="ragged", choices=["ragged", "error"],
+    p.add_argument("--tail", choices=TAILS,
                    help="when the size does not divide: a shorter last block, or an error (default ragged)")
-    p.add_argument("--method", default="superweight", choices=METHOD_CHOICES,
+    p.add_argument("--method", choices=list(WEIGHT_METHODS),
                    help="rtn, rtn-clip (clipping alone), superweight (clip + restore), hqq (default superweight)")
-    p.add_argument("--z", default="10", metavar="Z", help="z-score clipping threshold per block (default 10)")
-    p.add_argument("--keep", action="append", metavar="L,R,C",
-                   help="super weight to keep (repeatable; default: detected)")
-    p.add_argument("--keep-late", action="store_true",
-                   help="also keep the late-layer spikes detection reports")
-    p.add_argument("--include", default="", metavar="WHAT",
+    p.add_argument("--z", type=float, metavar="Z",
+                   help=f"z-score clipping threshold per block (rtn-clip and superweight; default {DEFAULT_Z:g})")
+    add_coords_args(p, default="detected; superweight method only")
+    p.add_argument("--keep-late", action="store_true", help="also keep the late-layer spikes detection reports")
+    p.add_argument("--include", metavar="WHAT",
                    help="also quantize lm_head and/or embed (comma list; default: decoder linears only)")
     p.add_argument("--sweep", metavar="N,N,...", help="evaluate each method at each of these block sizes")
-    p.add_argument("--methods", default="rtn,rtn-clip,superweight",
-                   help="methods for --sweep (default rtn,rtn-clip,superweight; add hqq to compare)")
+    p.add_argument("--methods", help=f"methods for --sweep (default {','.join(SWEEP_METHODS)}; add hqq to compare)")
     p.add_argument("--w8a8", action="store_true",
                    help="W8A8 table: naive, the paper's super-activation method, SmoothQuant")
-    p.add_argument("--act-granularity", default="tensor", choices=["tensor", "token"],
+    p.add_argument("--act-granularity", choices=list(ACT_GRANULARITIES),
                    help="W8A8 activation ranges per tensor or per token (default tensor)")
-    p.add_argument("--scheme", default="asym", choices=["asym", "sym"],
+    p.add_argument("--scheme", choices=["asym", "sym"],
                    help="W8A8 rounding: asymmetric min-max (the paper) or symmetric absmax (default asym)")
-    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength (default 0.5)")
-    p.add_argument("--calib-tokens", type=int, default=512, metavar="N",
-                   help="SmoothQuant calibration tokens, from the end of c4 (default 512)")
-    p.add_argument("--quick", action="store_true", help="the quick evaluation preset")
-    p.add_argument("--ppl", metavar="SOURCES", help="perplexity texts (comma list, or none)")
-    p.add_argument("--tasks", metavar="TASKS", help="zero-shot tasks (comma list, or none)")
-    p.add_argument("--limit", type=int, metavar="N", help="items per zero-shot task")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="tokens of each perplexity text")
-    p.add_argument("--seqlen", type=int, metavar="N", help="perplexity window (default 2048)")
+    p.add_argument("--alpha", type=float, help=f"SmoothQuant migration strength (default {DEFAULT_ALPHA})")
+    p.add_argument("--calib-tokens", type=int, metavar="N",
+                   help=f"SmoothQuant calibration tokens, from the end of c4 (default {DEFAULT_CALIB_TOKENS})")
+    add_eval_args(p)
     p.add_argument("--no-eval", action="store_true", help="quantize (and --save) without evaluating")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write the sweep plot (PNG) here")
+    add_json_arg(p)
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write the sweep plots (PNG) here")
     p.add_argument("--save", type=Path, metavar="DIR", help="save the quantized model (safetensors + manifest)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --save directory")
     p.set_defaults(func=run)
 
 
 # --- parsing -------------------------------------------------------------------------------------
+
+def _given(args, flags: dict) -> list[str]:
+    return [flag for key, flag in flags.items() if getattr(args, key, None) not in (None, False)]
+
+
+def _refuse(flags: list[str], why: str) -> None:
+    if flags:
+        raise SuperweightError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply {why}")
+
 
 def _int(text: str, what: str) -> int:
     try:
@@ -69,239 +88,153 @@ def _int(text: str, what: str) -> int:
         raise SuperweightError(f"{what} must be a positive integer, got {text!r}") from None
 
 
-def _float(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        raise SuperweightError(f"{what} must be a positive number, got {text!r}") from None
-
-
-def parse_keep(items: list[str] | None):
-    from superweight.records import SuperWeight
-
-    out = []
-    for item in items or []:
-        parts = [p.strip() for p in item.split(",")]
-        if len(parts) not in (3, 4) or not all(p.lstrip("-").isdigit() for p in parts):
-            raise SuperweightError(f"--keep takes LAYER,ROW,COL[,EXPERT], got {item!r}")
-        out.append(SuperWeight(*map(int, parts)))
-    return out
-
-
-def configs_from_args(args) -> dict:
-    """Every number checked before the model is loaded: bits, blocks, z, methods."""
+def plan_from_args(args) -> dict:
+    """Every setting checked before the model is loaded, and every flag that would be silently
+    ignored refused: what to run ("single", "sweep" or "w8a8") and its validated configs."""
     from superweight.quantize import weight_config
-    from superweight.tensor.quant import check_bits, check_size, check_z
+    from superweight.quantize.rtn import DEFAULT_BITS
+    from superweight.quantize.sweep import SWEEP_METHODS, sweep_configs, w8a8_configs
+    from superweight.tensor.quant import check_bits
 
-    bits = [check_bits(_int(b, "bits")) for b in parse_list(args.bits, str, "bits")]
-    if len(bits) > 1 and not args.sweep:
-        raise SuperweightError("several --bits need --sweep")
-    block = check_size(_int(args.block, "block size"), "block size")
-    z = check_z(_float(args.z, "z"))
-    blocks = ([check_size(_int(b, "block size"), "block size") for b in parse_list(args.sweep, str, "block size")]
-              if args.sweep else [block])
-    methods = parse_list(args.methods, str, "method") if args.sweep else [args.method]
-    for m in methods:
-        if m not in METHOD_CHOICES:
-            raise SuperweightError(f"unknown method {m!r}; choose from {', '.join(METHOD_CHOICES)}")
-    include = tuple(parse_list(args.include, str, "include")) if args.include.strip() else ()
-    gran_size = None if args.granularity in ("channel", "tensor") else block
-    single = weight_config(methods[0], bits=bits[0], block=gran_size, z=z, granularity=args.granularity,
-                           tail=args.tail, include=include)
-    if args.save and (args.sweep or args.w8a8):
-        raise SuperweightError("--save writes one quantized model: use it without --sweep and --w8a8")
-    if args.w8a8 and args.sweep:
-        raise SuperweightError("run --w8a8 and --sweep separately")
+    coords = coords_from_args(args)
+    selecting = coords is not None or args.catalog or args.keep_late
+    if args.no_eval:
+        if args.sweep or args.w8a8:
+            raise SuperweightError("--sweep and --w8a8 evaluate; drop --no-eval")
+        _refuse(eval_flags_given(args) + ["--plot"] * bool(args.plot), "with --no-eval")
     if args.w8a8:
-        from superweight.quantize import SmoothQuantW8A8Config
+        _refuse(_given(args, WEIGHT_FLAGS) + ["--bits"] * bool(args.bits) + ["--coords"] * selecting,
+                "to --w8a8 (its weights are 8-bit per channel, its super activations come from detection)")
+        settings = {"act_granularity": args.act_granularity or "tensor", "symmetric": args.scheme == "sym"}
+        settings.update({k: getattr(args, k) for k in ("alpha", "calib_tokens") if getattr(args, k) is not None})
+        return {"mode": "w8a8", "w8a8": settings, "configs": w8a8_configs(**settings), "coords": None}
+    _refuse(_given(args, W8A8_FLAGS), "without --w8a8")
+    bits = [check_bits(_int(b, "bits")) for b in parse_list(args.bits or str(DEFAULT_BITS), str, "bits")]
+    include = tuple(parse_list(args.include, str, "include")) if args.include and args.include.strip() else ()
+    common = {"granularity": args.granularity or "block", "tail": args.tail or "ragged"}
+    if args.sweep:
+        _refuse(["--method"] * bool(args.method) + ["--block"] * bool(args.block) + ["--save"] * bool(args.save)
+                + ["--include"] * bool(include), "to --sweep (it takes --methods and its own block sizes)")
+        blocks = [_int(b, "block size") for b in parse_list(args.sweep, str, "block size")]
+        methods = parse_list(args.methods, str, "method") if args.methods else list(SWEEP_METHODS)
+        configs = sweep_configs(bits, blocks, methods, args.z, **common)
+        if selecting and "superweight" not in methods:
+            raise SuperweightError("--coords, --catalog and --keep-late choose super weights to keep, "
+                                   "which only the superweight method does")
+        return {"mode": "sweep", "bits": bits, "blocks": blocks, "methods": methods, "z": args.z,
+                "configs": configs, "coords": coords, **common}
+    _refuse(["--methods"] * bool(args.methods), "without --sweep")
+    if len(bits) > 1:
+        raise SuperweightError("several --bits need --sweep")
+    method = args.method or "superweight"
+    block = _int(args.block, "block size") if args.block is not None else None
+    config = weight_config(method, bits=bits[0], block=block, include=include,
+                           **({"z": args.z} if args.z is not None else {}), **common)
+    if selecting and method != "superweight":
+        raise SuperweightError(f"--coords, --catalog and --keep-late choose super weights to keep; "
+                               f"the {method} method keeps none")
+    if args.save:
+        from superweight.quantize.export import check_output_dir
 
-        SmoothQuantW8A8Config(act_granularity=args.act_granularity, symmetric=args.scheme == "sym",
-                              alpha=args.alpha, calib_tokens=args.calib_tokens)  # validates
-    return {"bits": bits, "blocks": blocks, "z": z, "methods": methods, "single": single}
-
-
-def make_evaluator(args):
-    """lm -> summary dict, built from the evaluation module's `evaluate` and its QUICK preset."""
-    try:
-        from superweight import evaluate as ev
-
-        evaluate = ev.evaluate
-    except (ImportError, AttributeError):
-        raise SuperweightError("evaluation is not available in this install (superweight.evaluate)") from None
-    kw = dict(getattr(ev, "QUICK", {})) if args.quick else {}
-    if args.ppl is not None:
-        kw["ppl"] = () if args.ppl.strip() == "none" else tuple(parse_list(args.ppl, str, "text"))
-    if args.tasks is not None:
-        kw["tasks"] = () if args.tasks.strip() == "none" else tuple(parse_list(args.tasks, str, "task"))
-    for key in ("limit", "max_tokens", "seqlen"):
-        if getattr(args, key) is not None:
-            kw[key] = getattr(args, key)
-    return (lambda lm: evaluate(lm, **kw).summary()), kw
+        check_output_dir(args.save, args.force, sources=(args.model,))
+    return {"mode": "single", "config": config, "configs": [config], "coords": coords}
 
 
 # --- running -------------------------------------------------------------------------------------
 
 def run(args) -> int:
-    from superweight._io import result_header, write_json
-    from superweight.quantize.export import check_output_dir
+    from superweight._io import result_header
 
-    cfg = configs_from_args(args)
-    keep = parse_keep(args.keep)
-    if args.save:
-        check_output_dir(args.save, args.force, sources=(args.model,))
-    evaluate, eval_kw = (None, {}) if args.no_eval else make_evaluator(args)
-    if evaluate is None and (args.sweep or args.w8a8):
-        raise SuperweightError("--sweep and --w8a8 evaluate; drop --no-eval")
+    plan = plan_from_args(args)
+    settings = None if args.no_eval else eval_settings(args)
     lm = load_from_args(args)
-    sws = _super_weights(lm, args, keep, cfg["methods"])
-    payload = result_header("quantize", model=lm.describe(), evaluation=eval_kw,
-                            super_weights=[s.to_dict() for s in sws],
-                            config={"bits": cfg["bits"], "blocks": cfg["blocks"], "z": cfg["z"],
-                                    "methods": ["w8a8"] if args.w8a8 else cfg["methods"],
-                                    "granularity": args.granularity, "tail": args.tail})
-    if args.w8a8:
-        rows = _run_w8a8(lm, args, evaluate)
-    elif args.sweep:
-        rows = _run_sweep(lm, args, cfg, sws, evaluate)
+    selection = None
+    if any(c.method == "superweight" for c in plan["configs"] if plan["mode"] != "w8a8"):
+        selection = select_super_weights(lm, args, plan["coords"], include_late=args.keep_late)
+        if not selection.super_weights:
+            raise SuperweightError("detection found no super weight to keep; give --coords L,R,C "
+                                   "or use --method rtn-clip")
+        console(stderr=True).print(f"super weights kept ({selection.source}): "
+                                   + ", ".join(s.label() for s in selection.super_weights), markup=False)
+    sws = selection.super_weights if selection else []
+    payload = result_header("quantize", model=lm.describe(),
+                            evaluation=settings.to_dict() if settings else None,
+                            super_weight_source=selection.source if selection else None,
+                            super_weights=[s.to_dict() for s in sws])
+    if plan["mode"] == "single":
+        result, report = _run_single(lm, args, plan["config"], sws, settings)
+        payload["report"] = report.to_dict()
     else:
-        rows = _run_single(lm, args, cfg["single"], sws, evaluate, payload)
-    payload["rows"] = [r.to_dict() for r in rows]
-    if args.w8a8:
-        payload["share_kept"] = _share_kept(rows)
-    if args.json:
-        write_json(args.json, payload)
-        eprint(f"wrote {args.json}")
+        result = _run_table(lm, plan, sws, settings)
+    if result is not None:
+        payload.update(result.to_dict())
+        _show(args, result, lm, plan)
+        if args.plot and plan["mode"] == "sweep":
+            from superweight.report.quantize_plots import plot_sweep_metrics
+
+            for path in plot_sweep_metrics(result, args.plot, lm.ref):
+                console(stderr=True).print(f"Wrote {path}")
+    else:
+        payload["config"] = plan["config"].to_dict()
+    write_json_arg(args.json, payload)
     return 0
 
 
-def _super_weights(lm, args, keep, methods):
-    if keep:
-        from superweight.interventions import check_coords
+def _progress(lm, plan, settings):
+    from superweight.report.progress import RunProgress
 
-        check_coords(lm.view, keep)
-        return keep
-    if "superweight" not in methods or args.w8a8:
-        return []  # W8A8's super-activation plan runs detection itself (early and late spikes)
-    from superweight.detect import detect
-
-    with console(stderr=True).status("Detecting super weights…"):
-        found = detect(lm)
-    sws = [s for s in found.super_weights if args.keep_late or not s.late]
-    if not sws:
-        raise SuperweightError("detection found no super weight to keep; give --keep LAYER,ROW,COL "
-                               "or use --method rtn-clip")
-    eprint("super weights kept: " + ", ".join(s.label() for s in sws))
-    return sws
+    return RunProgress(f"{lm.ref}: quantization", len(plan["configs"]) + 1, settings.ppl + settings.tasks)
 
 
-def _run_single(lm, args, config, sws, evaluate, payload):
-    from superweight.quantize.export import save_checkpoint
-    from superweight.quantize.sweep import Row, baseline
+def _run_table(lm, plan, sws, settings):
+    from superweight.quantize.sweep import run_sweep, run_w8a8
+
+    with _progress(lm, plan, settings) as progress:
+        evaluator = settings.evaluator(progress.on_event)
+        if plan["mode"] == "w8a8":
+            return run_w8a8(lm, evaluator, on_start=progress.stage, **plan["w8a8"])
+        return run_sweep(lm, evaluator, plan["bits"], plan["blocks"], plan["methods"], plan["z"],
+                         plan["granularity"], plan["tail"], sws, on_start=progress.stage)
+
+
+def _run_single(lm, args, config, sws, settings):
+    """One config: the model as loaded and quantized (evaluated unless --no-eval), saved if asked."""
+    from superweight.quantize.export import quantization_manifest, save_checkpoint
+    from superweight.quantize.sweep import QuantResult, Row, baseline
     from superweight.quantize.weights import quantized
 
-    rows = [baseline(lm, evaluate)] if evaluate else []
-    eprint(f"quantizing ({config.label()})…")
-    with quantized(lm, config, sws) as report:
-        row = Row(config.method, config.bits, config.block, evaluate(lm) if evaluate else {},
-                  report.summary())
-        rows.append(row)
-        if args.save:
-            kept = [{"layer": s.layer, "row": s.row, "col": s.col, "expert": s.expert,
-                     "value": float(lm.view.down_proj(s.layer, s.expert).matrix()[s.row, s.col].detach())}
-                    for s in report.super_weights] if config.method == "superweight" else []
-            manifest = {"config": config.to_dict(), "super_weights_kept": kept,
-                        "summary": report.summary(), "metrics": row.metrics}
-            out = save_checkpoint(lm, args.save, manifest, force=args.force)
-            eprint(f"saved the quantized model to {out}")
-    payload["report"] = report.to_dict()
-    _render(rows, f"{config.label()} on {lm.ref}")
-    return rows
+    err = console(stderr=True)
+    if settings is None:
+        with err.status(f"quantizing ({config.label()})…"), quantized(lm, config, sws) as report:
+            if args.save:
+                out = save_checkpoint(lm, args.save, quantization_manifest(lm, config, report), force=args.force)
+                err.print(f"saved the quantized model to {out}")
+        return None, report
+    with _progress(lm, {"configs": [config]}, settings) as progress:
+        evaluator = settings.evaluator(progress.on_event)
+        progress.stage("as loaded")
+        rows = [baseline(lm, evaluator)]
+        progress.stage(config.label())
+        start = time.perf_counter()
+        with quantized(lm, config, sws) as report:
+            rows.append(Row(config.method, config.bits, config.block, evaluator(lm), report.summary()))
+            rows[-1].seconds = time.perf_counter() - start
+            if args.save:
+                manifest = quantization_manifest(lm, config, report, rows[-1].metrics)
+                out = save_checkpoint(lm, args.save, manifest, force=args.force)
+                progress.log(f"saved the quantized model to {out}")
+    return QuantResult(rows, evaluator.metrics, {"config": config.to_dict()}), report
 
 
-def _run_sweep(lm, args, cfg, sws, evaluate):
-    from superweight.quantize.sweep import baseline, plot_sweep, weight_sweep
+def _show(args, result, lm, plan) -> None:
+    from superweight.report.tables import sweep_tables
 
-    rows = [baseline(lm, evaluate)]
-    _progress(rows[0])
-    rows += weight_sweep(lm, evaluate, cfg["bits"], cfg["blocks"], cfg["methods"], z=cfg["z"],
-                         granularity=args.granularity, tail=args.tail, super_weights=sws, on_row=_progress)
-    _render(rows, f"block-size sweep on {lm.ref} (z = {cfg['z']:g})")
-    if args.plot:
-        for metric in _metrics(rows):
-            path = args.plot / f"quantize_sweep_{metric}.png"
-            plot_sweep(rows, metric, path, f"{lm.ref}: {metric} vs block size")
-            eprint(f"wrote {path}")
-    return rows
-
-
-def _run_w8a8(lm, args, evaluate):
-    from superweight.quantize.sweep import baseline, w8a8_table
-
-    rows = [baseline(lm, evaluate)]
-    _progress(rows[0])
-    rows += w8a8_table(lm, evaluate, on_row=_progress, act_granularity=args.act_granularity,
-                       symmetric=args.scheme == "sym", alpha=args.alpha, calib_tokens=args.calib_tokens)
-    _render(rows, f"W8A8 on {lm.ref} (activations per {args.act_granularity}, {args.scheme})")
-    share = _share_kept(rows)
-    for metric, value in share.items():
-        console().print(f"share of SmoothQuant's {metric} improvement kept by the data-free method: "
-                        + ("n/a" if value is None else f"{100 * value:.1f}%"))
-    return rows
-
-
-def _share_kept(rows) -> dict:
-    """Share of SmoothQuant's improvement over naive W8A8 that ours keeps, for the average accuracy
-    and each perplexity (also on log perplexity, which stays readable when naive W8A8 explodes);
-    per-task accuracies on a few items are too noisy for a ratio."""
-    import math
-
-    from superweight.quantize.sweep import share_kept
-
-    by = {r.method.split()[-1]: r.metrics for r in rows}
-    if not all(k in by for k in ("naive", "smoothquant", "superact")):
-        return {}
-    out = {}
-    for m in _metrics(rows):
-        if m != "average" and not m.endswith("_ppl"):
-            continue
-        vals = [by[k].get(m) for k in ("naive", "smoothquant", "superact")]
-        if None in vals:
-            continue
-        out[m] = share_kept(*vals)
-        if m.endswith("_ppl") and min(vals) > 0:
-            out[f"log_{m}"] = share_kept(*(math.log(v) for v in vals))
-    return out
-
-
-def _metrics(rows) -> list[str]:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k, v in r.metrics.items() if isinstance(v, (int, float)) and k not in keys]
-    return keys
-
-
-def _progress(row) -> None:
-    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in row.metrics.items() if isinstance(v, (int, float)))
-    eprint(f"  {row.method} W{row.bits} block {row.block}: {shown or row.metrics} ({row.seconds:.0f}s)"
-           if row.block else f"  {row.method}: {shown or row.metrics} ({row.seconds:.0f}s)")
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _render(rows, title: str) -> None:
-    from rich.table import Table
-
-    metrics = _metrics(rows)
-    t = Table(title=title)
-    for col in ["method", "bits", "block", *metrics, "rel. error", "clipped", "kept"]:
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for r in rows:
-        q = r.quant if "mean_rel_error" in r.quant else {}
-        err = r.metrics.get("error")
-        t.add_row(r.method, str(r.bits or "—"), str(r.block or "—"),
-                  *[_fmt(r.metrics[m]) if m in r.metrics else (err or "—")[:40] for m in metrics],
-                  f"{q['mean_rel_error']:.4f}" if q else "—", str(q.get("clipped", "—")),
-                  str(q.get("kept", "—")))
-    console().print(t)
+    if plan["mode"] == "w8a8":
+        w = plan["w8a8"]
+        title = f"W8A8 on {lm.ref} (activations per {w['act_granularity']}, {'sym' if w['symmetric'] else 'asym'})"
+    elif plan["mode"] == "sweep":
+        z = next((c.z for c in plan["configs"] if hasattr(c, "z")), None)
+        title = f"block-size sweep on {lm.ref}" + (f" (z = {z:g})" if z is not None else "")
+    else:
+        title = f"{plan['config'].label()} on {lm.ref}"
+    show_tables(args, sweep_tables(result, title))

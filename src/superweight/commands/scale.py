@@ -2,52 +2,46 @@
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (
-    add_eval_args, add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, settings_from_args, write_outputs)
-from superweight.commands._common import add_model_args, parse_list
-
-DEFAULT_FACTORS = "0,0.5,1,1.5,2,3"
+from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args,
+                                          add_out_arg, coords_from_args, eval_settings, model_and_super_weights,
+                                          parse_list, present)
 
 
 def register(sub) -> None:
+    from superweight.ablation import DEFAULT_FACTORS
+
+    factors = ",".join(f"{f:g}" for f in DEFAULT_FACTORS)
     p = sub.add_parser("scale", help="Figure 6: accuracy and perplexity with the super weights scaled",
                        description="Multiply the super weights by each factor and evaluate: average "
                                    "zero-shot accuracy and perplexity against the factor, best marked.")
     add_model_args(p)
-    add_super_weight_args(p)
-    p.add_argument("--factors", default=DEFAULT_FACTORS, metavar="F1,F2",
-                   help=f"scaling factors, comma-separated (default {DEFAULT_FACTORS})")
+    add_coords_args(p)
+    p.add_argument("--factors", default=factors, metavar="F1,F2",
+                   help=f"scaling factors, comma-separated (default {factors})")
     add_eval_args(p)
+    add_json_arg(p)
     add_out_arg(p, "scale")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from superweight._io import result_header
-    from superweight.ablation import NO_SUPER_WEIGHT, make_evaluator, parse_factors, scale_sweep
-    from superweight.errors import SuperweightError
+    from superweight.ablation import parse_factors, scale_sweep
     from superweight.report.ablation_plots import plot_scale
+    from superweight.report.progress import RunProgress
+    from superweight.report.tables import scale_tables
 
     factors = parse_factors(parse_list(args.factors, float, "scaling factor"))  # before the load
-    settings = settings_from_args(args)
-    if args.coords:
-        parse_coords(args.coords)
-    out, err, lm, sws, source = load_with_super_weights(args)
-    if not sws:
-        raise SuperweightError(f"{NO_SUPER_WEIGHT} in {lm.ref}: nothing to scale; give --coords L,R,C "
-                               "or --catalog")
-
-    def on_factor(f, summary):
-        if summary is None:
-            err.print(f"[bold]Super weights × {f:g}[/bold]")
-
-    result = scale_sweep(lm, sws, factors, make_evaluator(settings), on_factor=on_factor)
-    markdown = result.markdown()
-    print(markdown)
-    out.print(f"Best factor by {result.best_by}: × {result.best:g}")
-    payload = result_header("scale", model=lm.describe(), super_weight_source=source,
-                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
+    settings = eval_settings(args)
+    lm, selection = model_and_super_weights(args, coords_from_args(args), require="scale")
     title = f"{lm.ref}: scaling the super weights (Figure 6)"
-    for path in write_outputs(args.out, "scale", markdown, payload, lambda p: plot_scale(result, title, p)):
-        out.print(f"Wrote {path}")
+    with RunProgress(title, len(factors), settings.ppl + settings.tasks) as progress:
+        def on_factor(f, summary):
+            if summary is None:
+                progress.stage(f"× {f:g}")
+        result = scale_sweep(lm, selection.super_weights, factors, settings.evaluator(progress.on_event),
+                             on_factor=on_factor)
+    payload = result_header("scale", model=lm.describe(), super_weight_source=selection.source,
+                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
+    present(scale_tables(result, title), payload, args, "scale", lambda p: plot_scale(result, title, p))
     return 0

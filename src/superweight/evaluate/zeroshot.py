@@ -92,7 +92,8 @@ def zero_shot(lm, tasks: Sequence[str] = TASKS, *, limit: int | None = None,
         for i, name in enumerate(tasks):
             if on_task:
                 on_task(name, i, len(tasks), None)
-            results[name] = _run_task(harness, manager, name, files.get(name), limit, hub)
+            with _silent(not progress):
+                results[name] = _run_task(harness, manager, name, files.get(name), limit, hub)
             if on_task:
                 on_task(name, i, len(tasks), results[name])
     return results
@@ -197,6 +198,20 @@ def _sha(path: Path | None) -> str | None:
     from superweight._io import sha256_file
 
     return sha256_file(path) if path else None
+
+
+@contextlib.contextmanager
+def _silent(on: bool) -> Iterator[None]:
+    """Without progress, swallow what lm-eval prints by itself while it scores a task (its request
+    bars, its "bootstrapping for stddev" line); errors still raise. A caller drawing its own progress
+    writes to the console it opened, not to the redirected streams."""
+    if not on:
+        yield
+        return
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager

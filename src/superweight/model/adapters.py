@@ -7,8 +7,11 @@ The adapter also names the two branches each layer adds to the residual stream �
 module (and any norm on its output) and the MLP module (and any norm on its output) — so that a
 massive activation's increment can be split into the attention part and the MLP part.
 The adapter also says which projections produce the down projection's input features (gate/up,
-fc1, fused gate_up, expert gate_up) and where a mixture-of-experts router is: `superweight.testing`
-uses that to plant super weights in tiny models, with no per-architecture code.
+fc1, fused gate_up, expert gate_up), how a fused experts module computes an expert's input
+(`experts_act`: act(gate)·up from its fused gate_up), where a mixture-of-experts router is, and which
+linears read the residual stream (`residual_readers`: where a super activation enters later layers).
+`superweight.testing` uses that to plant super weights in tiny models, hooks use it to see inside
+fused experts, and W8A8 uses it to protect super activations, all with no per-architecture code.
 
 | layout    | module                        | stored weight     | W[row, col] is            |
 |-----------|-------------------------------|-------------------|---------------------------|
@@ -56,6 +59,11 @@ class UpProj:
 GATED = (UpProj("mlp.gate_proj"), UpProj("mlp.up_proj"))  # Llama-style: act(gate(x)) * up(x)
 FUSED_EXPERTS = (UpProj("mlp.experts", layout="experts", param="gate_up_proj", chunks=2),)
 
+# Linears (paths from one decoder layer) whose input is the residual stream, normalised or not: a
+# super activation created in an earlier layer reaches the later layers through exactly these.
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+LLAMA_READERS = QKV + ("mlp.gate_proj", "mlp.up_proj")
+
 
 @dataclass
 class FeatureRow:
@@ -94,16 +102,21 @@ class Adapter:
     post_attn_norm: str | None = None  # ... unless a norm on that output comes before the add (Gemma 2/3, OLMo 2)
     attn_out: str = "self_attn.o_proj"  # the attention's output projection (planting in tests)
     mlp: str | None = "mlp"  # the MLP module (None: the down projection's output is the MLP branch)
+    residual_readers: tuple[str, ...] = LLAMA_READERS  # modules whose input is the residual stream
+    experts_act: str | None = None  # fused experts: attribute of the experts module holding act()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "experts" and not self.experts_act:
+            raise ValueError("a fused experts adapter must name the experts' activation (experts_act)")
 
 
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
     Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
-            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),)),
+            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),),
+            residual_readers=("self_attn.qkv_proj", "mlp.gate_up_proj")),
     Adapter(("olmo",)),
     Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm",
             post_attn_norm="post_attention_layernorm"),
@@ -111,19 +124,24 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0,
             post_attn_norm="post_attention_layernorm"),
     Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
-            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),), attention="attn", attn_out="attn.c_proj"),
+            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),), attention="attn", attn_out="attn.c_proj",
+            residual_readers=("attn.c_attn", "mlp.c_fc")),
     Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
             up_projs=(UpProj("mlp.dense_h_to_4h"),), attention="attention", attn_out="attention.dense",
+            residual_readers=("attention.query_key_value", "mlp.dense_h_to_4h"),
             notes="attention and MLP added in parallel (use_parallel_residual)"),
     Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),),
-            attn_out="self_attn.out_proj", mlp=None, notes="fc1/fc2 sit in the layer: no MLP module"),
+            attn_out="self_attn.out_proj", mlp=None, residual_readers=QKV + ("fc1",),
+            notes="fc1/fc2 sit in the layer: no MLP module"),
     Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
-            router="mlp.gate"),
+            router="mlp.gate", experts_act="act_fn", residual_readers=QKV + ("mlp.gate", "mlp.experts")),
     Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
             shared_down_proj="mlp.shared_expert.down_proj", up_projs=FUSED_EXPERTS,
             shared_up_projs=(UpProj("mlp.shared_expert.gate_proj"),
                              UpProj("mlp.shared_expert.up_proj")),
-            router="mlp.gate"),
+            router="mlp.gate", experts_act="act_fn",
+            residual_readers=QKV + ("mlp.gate", "mlp.experts", "mlp.shared_expert.gate_proj",
+                                    "mlp.shared_expert.up_proj", "mlp.shared_expert_gate")),
 )
 
 HOW_TO_ADD = (
@@ -162,7 +180,7 @@ def adapter_for(model_type: str, layers: str | None = None, down_proj: str | Non
             raise SuperweightError(
                 f"unsupported architecture {model_type!r} (known: {', '.join(known_model_types())}); "
                 + HOW_TO_ADD)
-        return Adapter((model_type,), layers=layers, down_proj=down_proj)
+        return Adapter((model_type,), layers=layers, down_proj=down_proj, residual_readers=())
     if layers or down_proj:
         return replace(base, layers=layers or base.layers, down_proj=down_proj or base.down_proj)
     return base
@@ -372,9 +390,40 @@ class ModelView:
             raise SuperweightError(f"{self.adapter.router} of layer {layer} has no 2-D router weight")
         return w
 
-    def iter_down_projs(self) -> Iterator[DownProj]:
-        for i in range(self.num_layers):
-            yield from self.down_projs(i)
+    def _experts_spec(self) -> UpProj:
+        a = self.adapter
+        spec = next((u for u in a.up_projs if u.layout == "experts"), None)
+        if spec is None or spec.chunks != 2 or not a.experts_act:
+            raise SuperweightError(f"the {a.model_types[0]} adapter declares no fused gated experts")
+        return spec
+
+    def experts_gate_up(self, layer: int) -> torch.Tensor:
+        """The fused experts' gate_up weight of a layer, [experts, 2·intermediate, hidden] (real values,
+        also for an offloaded layer)."""
+        spec = self._experts_spec()
+        return read_param(get_path(self.layers[layer], spec.path), spec.param)
+
+    def expert_input(self, layer: int, expert: int, hidden: torch.Tensor,
+                     gate_up: torch.Tensor | None = None) -> torch.Tensor:
+        """What a fused experts module feeds expert `expert`'s down projection for `hidden`
+        [tokens, hidden]: act(gate)·up from the experts' fused gate_up, [tokens, intermediate] —
+        the same computation as the module's own forward, declared by the adapter. `gate_up`: that
+        expert's [2·intermediate, hidden] weight when the caller has read it already."""
+        spec = self._experts_spec()
+        module = get_path(self.layers[layer], spec.path)
+        w = gate_up if gate_up is not None else self.experts_gate_up(layer)[expert]
+        gate, up = nn.functional.linear(hidden, w).chunk(2, dim=-1)
+        return getattr(module, self.adapter.experts_act)(gate) * up
+
+    def residual_readers(self, layer: int) -> list[tuple[str, nn.Module]]:
+        """The modules of a layer whose input is the residual stream (q/k/v, gate/up, fc1, a MoE
+        router and experts, a shared expert), by name as in `decoder_linears`."""
+        self.check_layer(layer)
+        if not self.adapter.residual_readers:
+            raise SuperweightError(f"the {self.adapter.model_types[0]} adapter declares no residual-stream "
+                                   "readers; add them to superweight/model/adapters.py")
+        return [(f"{self.adapter.layers}.{layer}.{path}", get_path(self.layers[layer], path))
+                for path in self.adapter.residual_readers]
 
     def decoder_linears(self) -> Iterator[tuple[str, nn.Module]]:
         """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""

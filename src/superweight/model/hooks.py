@@ -6,8 +6,8 @@ few numbers right away instead of keeping whole activations.
 
 Fused mixture-of-experts modules call `F.linear` on a 3-D parameter instead of one module per expert,
 so there is nothing per expert to hook; for them the hook on the experts module recomputes each routed
-expert's intermediate activation from the module's own weights (exactly what its forward computes).
-Those weights are read through `read_param`: a hook runs after accelerate has put an offloaded
+expert's intermediate activation as the adapter declares it (`ModelView.expert_input`).
+The experts' weights are read through `read_param`: a hook runs after accelerate has put an offloaded
 module's placeholders back, so `module.<param>` is a meta tensor there.
 """
 
@@ -61,22 +61,21 @@ def _dense_hook(proj: DownProj, callback: DownCallback):
     return hook
 
 
-def _experts_hook(projs: list[DownProj], callback: DownCallback, gate_up: str):
-    """`gate_up`: the experts module's fused [experts, 2·intermediate, hidden] parameter (adapter data)."""
+def _experts_hook(projs: list[DownProj], callback: DownCallback, view: ModelView):
     by_expert = {p.expert: p for p in projs}
+    routed_layer = projs[0].layer
 
     def hook(module, inputs, output):
         hidden, top_k_index = inputs[0].detach(), inputs[1]
         hidden = _flat(hidden)
         # read once per call: for an offloaded layer these are copies loaded from the offload map
-        gate_up_w = read_param(module, gate_up).to(hidden.device)  # [experts, 2·intermediate, hidden]
+        gate_up_w = view.experts_gate_up(routed_layer).to(hidden.device)  # [experts, 2·intermediate, hidden]
         down_w = read_param(module, projs[0].param).to(hidden.device)  # [experts, hidden, intermediate]
         for e in torch.unique(top_k_index).tolist():
             if e not in by_expert:
                 continue
             tokens = (top_k_index == e).any(dim=-1).nonzero().flatten()
-            gate, up = nn.functional.linear(hidden[tokens], gate_up_w[e]).chunk(2, dim=-1)
-            x = (module.act_fn(gate) * up).detach()  # [tokens_e, intermediate]
+            x = view.expert_input(routed_layer, e, hidden[tokens], gate_up_w[e]).detach()  # [tokens_e, inter]
             y = nn.functional.linear(x, down_w[e]).detach()  # [tokens_e, hidden]
             callback(by_expert[e], x, y, tokens)
     return hook
@@ -91,8 +90,7 @@ def observe_down_projs(view: ModelView, callback: DownCallback,
         projs = view.down_projs(i)
         routed = [p for p in projs if p.expert is not None]
         if routed:
-            fused = next(u for u in view.adapter.up_projs if u.layout == "experts")
-            pairs.append((routed[0].module, _experts_hook(routed, callback, fused.param)))
+            pairs.append((routed[0].module, _experts_hook(routed, callback, view)))
         pairs += [(p.module, _dense_hook(p, callback)) for p in projs if p.expert is None]
     with hooked(pairs):
         yield

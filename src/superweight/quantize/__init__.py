@@ -3,9 +3,16 @@ W8A8 fake quantization (naive, the paper's super activations, SmoothQuant), savi
 
 One config dataclass per method, validated on construction and written into every result:
 
->>> from superweight.quantize import SuperWeightQuantConfig, quantized
->>> with quantized(lm, SuperWeightQuantConfig(bits=4, block=16384, z=3)) as report:
-...     print(report.summary())
+>>> from superweight.model import wrap_model
+>>> from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
+>>> lm = wrap_model(tiny_model("llama"), tiny_tokenizer())
+>>> sw = plant_super_weight(lm.model, layer=2, row=7, col=11, weight=2.0)
+>>> with quantized(lm, SuperWeightQuantConfig(bits=4, block=1024, z=3), [sw]) as report:
+...     print(report.summary()["kept"], report.summary()["clipped"] > 0)
+1 True
+>>> weight_config("rtn", bits=4, z=3)
+Traceback (most recent call last):
+superweight.errors.SuperweightError: method 'rtn' takes no z (z applies to rtn-clip, superweight)
 """
 
 from superweight.quantize.hqq import HQQConfig
@@ -26,8 +33,12 @@ def weight_config(method: str, **kwargs) -> RTNConfig:
     if method not in WEIGHT_METHODS:
         raise SuperweightError(f"unknown method {method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
     cls = WEIGHT_METHODS[method]
-    if "z" in kwargs and not hasattr(cls, "z"):
-        kwargs.pop("z")
+    fields = cls.__dataclass_fields__
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        takers = [m for m, c in WEIGHT_METHODS.items() if unknown[0] in c.__dataclass_fields__]
+        where = f" ({unknown[0]} applies to {', '.join(takers)})" if takers else ""
+        raise SuperweightError(f"method {method!r} takes no {unknown[0]}{where}")
     return cls(**kwargs)
 
 

@@ -73,6 +73,16 @@ def _shard_kwargs(lm: LoadedModel) -> dict:
     return {"max_shard_size": max(lm.plan.budget // 2, lm.plan.largest)}
 
 
+def quantization_manifest(lm: LoadedModel, config, report, metrics: dict | None = None) -> dict:
+    """How a quantized model was made: the config, the super weights kept with their (exact) values,
+    what quantization did, and its evaluation if there was one."""
+    kept = [{"layer": s.layer, "row": s.row, "col": s.col, "expert": s.expert,
+             "value": float(lm.view.down_proj(s.layer, s.expert).matrix()[s.row, s.col].detach())}
+            for s in report.super_weights] if config.method == "superweight" else []
+    return {"config": config.to_dict(), "super_weights_kept": kept, "summary": report.summary(),
+            "metrics": metrics or {}}
+
+
 def read_manifest(path: str | os.PathLike) -> dict | None:
     """The quantization manifest of a saved checkpoint folder, if it has one."""
     import json

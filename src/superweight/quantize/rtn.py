@@ -24,14 +24,15 @@ EXTRA_TARGETS = ("lm_head", "embed")  # outside the decoder layers, quantized on
 class RTNConfig:
     """Round-to-nearest: `bits`, blocks of `block` entries (see superweight.tensor.quant's table).
 
-    `granularity` "block" is the paper's flattened blocks, "group" groups along the input dimension,
-    "channel"/"tensor" ignore `block`. `tail` says what a size that does not divide does ("error" or
-    a shorter "ragged" last block). `include` adds "lm_head" and/or "embed" to the decoder linears.
+    `granularity` "block" is the paper's flattened blocks, "group" groups along the input dimension
+    (both of `block` entries, DEFAULT_BLOCK when not given); "channel"/"tensor" take no size, and a
+    `block` given with them is an error. `tail` says what a size that does not divide does ("error"
+    or a shorter "ragged" last block). `include` adds "lm_head" and/or "embed" to the decoder linears.
     """
 
     method: ClassVar[str] = "rtn"
     bits: int = DEFAULT_BITS
-    block: int | None = DEFAULT_BLOCK
+    block: int | None = None
     granularity: str = "block"
     tail: str = "ragged"
     symmetric: bool = False
@@ -43,9 +44,11 @@ class RTNConfig:
             raise SuperweightError(f"granularity must be one of {', '.join(GRANULARITIES)}, "
                                    f"got {self.granularity!r}")
         if self.granularity in SIZED:
+            self.block = DEFAULT_BLOCK if self.block is None else self.block
             check_size(self.block, f"{self.granularity} size")
-        else:
-            self.block = None
+        elif self.block is not None:
+            raise SuperweightError(f"granularity {self.granularity!r} takes no block size (got {self.block}); "
+                                   f"sizes apply to {' and '.join(SIZED)}")
         if self.tail not in TAILS:
             raise SuperweightError(f"tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
         self.include = tuple(self.include)

@@ -2,61 +2,149 @@
 
 Every row is one (method, bits, block) or one W8A8 method, with the evaluation summary next to the
 quantization summary, so the table shows where restoring the super weights pays (large blocks) and
-where it does not (small groups, where each super weight is its own group's maximum anyway).
+where it does not (small groups, where each super weight is its own group's maximum anyway). The
+Table 3 arithmetic (how much of SmoothQuant's gain the data-free method keeps) lives here too, read
+from the rows' methods and the metrics' kinds — never from display labels.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from superweight.errors import SuperweightError
+from superweight.evaluate.metrics import AVERAGE_KEY, Metric
+from superweight.evaluate.settings import Evaluator, as_evaluator
 from superweight.model.load import LoadedModel
 from superweight.quantize.w8a8 import W8A8_METHODS, fake_w8a8
-from superweight.quantize.rtn_clip import DEFAULT_Z
 from superweight.quantize.weights import quantized
 from superweight.records import SuperWeight
 
-Evaluator = Callable[[LoadedModel], dict]  # lm -> {"wiki_ppl": ..., "average": ..., ...}
 SWEEP_METHODS = ("rtn", "rtn-clip", "superweight")
+BASELINE, WEIGHT, W8A8 = "baseline", "weight", "w8a8"
+TABLE3 = ("naive", "smoothquant", "superact")  # (baseline, calibrated reference, ours)
 
 
 @dataclass
 class Row:
+    """One evaluated setting. `kind`: "baseline" (the model as loaded), "weight" or "w8a8"."""
+
     method: str
     bits: int | None
     block: int | None
     metrics: dict
     quant: dict = field(default_factory=dict)
     seconds: float = 0.0
+    kind: str = WEIGHT
+    a_bits: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"W{self.bits}A{self.a_bits} {self.method}" if self.kind == W8A8 else self.method
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "bits": self.bits, "block": self.block, "metrics": self.metrics,
-                "quant": self.quant, "seconds": round(self.seconds, 2)}
+        return {"method": self.method, "kind": self.kind, "label": self.label, "bits": self.bits,
+                "a_bits": self.a_bits, "block": self.block, "metrics": self.metrics, "quant": self.quant,
+                "seconds": round(self.seconds, 2)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        return cls(d["method"], d["bits"], d["block"], d["metrics"], d.get("quant", {}), d.get("seconds", 0.0),
+                   d.get("kind", WEIGHT), d.get("a_bits"))
 
 
-def baseline(lm: LoadedModel, evaluate: Evaluator) -> Row:
+@dataclass
+class QuantResult:
+    """Rows of one quantization run, the metrics that describe their figures, and its settings."""
+
+    rows: list[Row]
+    known_metrics: list[Metric] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def metrics(self) -> list[Metric]:
+        """The numeric figures of the rows, described and in table order."""
+        from superweight.evaluate.metrics import describe
+
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k, v in r.metrics.items() if isinstance(v, (int, float)) and k not in keys]
+        return describe(keys, self.known_metrics)
+
+    def share_kept(self) -> dict[str, float | None]:
+        """Table 3: for the average accuracy and each perplexity, the share of SmoothQuant's
+        improvement over naive W8A8 that the data-free method keeps; for perplexities also on their
+        logarithm (`"log:<name>"`), which stays readable when naive W8A8 explodes. Per-task accuracies
+        on a few items are too noisy for a ratio. Empty unless all three W8A8 rows are there."""
+        by = {r.method: r.metrics for r in self.rows if r.kind == W8A8}
+        if not all(m in by for m in TABLE3):
+            return {}
+        out: dict[str, float | None] = {}
+        for m in self.metrics():
+            if not (m.is_perplexity or m.name == AVERAGE_KEY):
+                continue
+            vals = [by[k].get(m.name) for k in TABLE3]
+            if any(not isinstance(v, (int, float)) for v in vals):
+                continue
+            out[m.name] = share_kept(*vals)
+            if m.is_perplexity and min(vals) > 0:
+                out[f"log:{m.name}"] = share_kept(*(math.log(v) for v in vals))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantResult":
+        """A result read back from its JSON (`to_dict()`), e.g. to draw it again."""
+        return cls([Row.from_dict(r) for r in d["rows"]], [Metric.from_dict(m) for m in d.get("metrics", [])],
+                   d.get("config", {}))
+
+    def to_dict(self) -> dict:
+        out = {"config": self.config, "metrics": [m.to_dict() for m in self.metrics()],
+               "rows": [r.to_dict() for r in self.rows]}
+        share = self.share_kept()
+        if share:
+            out["share_kept"] = share
+        return out
+
+
+def baseline(lm: LoadedModel, evaluate: Callable) -> Row:
     start = time.perf_counter()
-    return Row("fp32" if str(lm.dtype).endswith("float32") else str(lm.dtype).removeprefix("torch."),
-               None, None, evaluate(lm), seconds=time.perf_counter() - start)
+    name = "fp32" if str(lm.dtype).endswith("float32") else str(lm.dtype).removeprefix("torch.")
+    return Row(name, None, None, dict(evaluate(lm)), seconds=time.perf_counter() - start, kind=BASELINE)
 
 
-def weight_sweep(lm: LoadedModel, evaluate: Evaluator, bits: Sequence[int], blocks: Sequence[int],
-                 methods: Sequence[str] = SWEEP_METHODS, z: float = DEFAULT_Z, granularity: str = "block",
+def sweep_configs(bits: Sequence[int], blocks: Sequence[int], methods: Sequence[str] = SWEEP_METHODS,
+                  z: float | None = None, granularity: str = "block", tail: str = "ragged") -> list:
+    """Every method × bits × block size as validated configs. `z` goes to the methods that clip; a
+    `z` that none of the methods uses is an error rather than a setting silently dropped."""
+    from superweight.quantize import WEIGHT_METHODS, weight_config
+
+    unknown = [m for m in methods if m not in WEIGHT_METHODS]
+    if unknown:
+        raise SuperweightError(f"unknown method {unknown[0]!r}; choose from {', '.join(WEIGHT_METHODS)}")
+    clips = [m for m in methods if "z" in WEIGHT_METHODS[m].__dataclass_fields__]
+    if z is not None and not clips:
+        weight_config(methods[0], bits=bits[0], z=z)  # raises: names the methods that take z
+    return [weight_config(m, bits=b, block=s, granularity=granularity, tail=tail,
+                          **({"z": z} if z is not None and m in clips else {}))
+            for b in bits for s in blocks for m in methods]
+
+
+def weight_sweep(lm: LoadedModel, evaluate: Callable, bits: Sequence[int], blocks: Sequence[int],
+                 methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
                  tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
+                 on_start: Callable[[str], None] | None = None,
                  on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Evaluate every method × bits × block size; the model is restored after each."""
-    from superweight.quantize import weight_config
-
-    configs = [weight_config(m, bits=b, block=s, z=z, granularity=granularity, tail=tail)
-               for b in bits for s in blocks for m in methods]  # validate all before any work
+    configs = sweep_configs(bits, blocks, methods, z, granularity, tail)  # validate all before any work
     rows = []
     for cfg in configs:
+        if on_start:
+            on_start(cfg.label())
         start = time.perf_counter()
         try:
             with quantized(lm, cfg, super_weights) as report:
-                metrics = evaluate(lm)
+                metrics = dict(evaluate(lm))
         except SuperweightError as e:
             if cfg.method != "hqq":
                 raise
@@ -69,19 +157,32 @@ def weight_sweep(lm: LoadedModel, evaluate: Evaluator, bits: Sequence[int], bloc
     return rows
 
 
-def w8a8_table(lm: LoadedModel, evaluate: Evaluator, methods: Sequence[str] = tuple(W8A8_METHODS),
-               on_row: Callable[[Row], None] | None = None, **config) -> list[Row]:
+def w8a8_configs(methods: Sequence[str] = tuple(W8A8_METHODS), **settings) -> list:
+    """One validated config per W8A8 method; a setting no method takes is an error."""
+    unknown_methods = [m for m in methods if m not in W8A8_METHODS]
+    if unknown_methods:
+        raise SuperweightError(f"unknown W8A8 method {unknown_methods[0]!r}; choose from {', '.join(W8A8_METHODS)}")
+    taken = {k for m in methods for k in W8A8_METHODS[m].__dataclass_fields__}
+    unused = sorted(set(settings) - taken)
+    if unused:
+        raise SuperweightError(f"W8A8 setting {unused[0]!r} applies to none of {', '.join(methods)}")
+    return [W8A8_METHODS[m](**{k: v for k, v in settings.items() if k in W8A8_METHODS[m].__dataclass_fields__})
+            for m in methods]
+
+
+def w8a8_table(lm: LoadedModel, evaluate: Callable, methods: Sequence[str] = tuple(W8A8_METHODS),
+               on_start: Callable[[str], None] | None = None,
+               on_row: Callable[[Row], None] | None = None, **settings) -> list[Row]:
     """Evaluate each W8A8 method (naive, superact, smoothquant) with the same bit widths."""
     rows = []
-    for name in methods:
-        cls = W8A8_METHODS[name]
-        fields = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
-        cfg = cls(**fields)
+    for cfg in w8a8_configs(methods, **settings):
+        if on_start:
+            on_start(cfg.label())
         start = time.perf_counter()
         with fake_w8a8(lm, cfg) as plan:
-            metrics = evaluate(lm)
-        row = Row(f"W{cfg.w_bits}A{cfg.a_bits} {name}", cfg.w_bits, None, metrics,
-                  {"config": cfg.to_dict(), "plan": plan.summary()}, time.perf_counter() - start)
+            metrics = dict(evaluate(lm))
+        row = Row(cfg.method, cfg.w_bits, None, metrics, {"config": cfg.to_dict(), "plan": plan.summary()},
+                  time.perf_counter() - start, kind=W8A8, a_bits=cfg.a_bits)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -100,34 +201,36 @@ def share_kept(naive: float, smooth: float, ours: float) -> float | None:
     return None if gain == 0 else (naive - ours) / gain
 
 
-def plot_sweep(rows: Sequence[Row], metric: str, path, title: str = "") -> None:
-    """Figure 7: the metric against block size, one line per method and bit width.
+def run_sweep(lm: LoadedModel, evaluate: Evaluator | Callable, bits: Sequence[int], blocks: Sequence[int],
+              methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
+              tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
+              on_start: Callable[[str], None] | None = None,
+              on_row: Callable[[Row], None] | None = None) -> QuantResult:
+    """Figure 7: the model as loaded, then every method × bits × block size, as one result."""
+    evaluate = as_evaluator(evaluate)
+    sweep_configs(bits, blocks, methods, z, granularity, tail)
+    if on_start:
+        on_start("as loaded")
+    rows = [baseline(lm, evaluate)]
+    if on_row:
+        on_row(rows[0])
+    rows += weight_sweep(lm, evaluate, bits, blocks, methods, z, granularity, tail, super_weights,
+                         on_start, on_row)
+    config = {"bits": list(bits), "blocks": list(blocks), "methods": list(methods), "z": z,
+              "granularity": granularity, "tail": tail}
+    return QuantResult(rows, evaluate.metrics, config)
 
-    Block sizes on a log2 axis; perplexities on a log axis, accuracies on a linear one.
-    """
-    from superweight.report.figures import new_figure, save_png
 
-    fig, axes = new_figure(1, 1, (6.4, 4.2))
-    ax = axes[0][0]
-    series: dict[tuple, list] = {}
-    for r in rows:
-        if r.block is not None and metric in r.metrics:
-            series.setdefault((r.method, r.bits), []).append((r.block, r.metrics[metric]))
-    styles = {"rtn": ("o", "--"), "rtn-clip": ("x", ":"), "superweight": ("s", "-"), "hqq": ("^", "-.")}
-    for (method, bits), pts in sorted(series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        pts.sort()
-        marker, ls = styles.get(method, ("d", "-"))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=ls,
-                label=f"{method} W{bits}")
-    base = [r for r in rows if r.block is None and r.bits is None and metric in r.metrics]
-    if base:
-        ax.axhline(base[0].metrics[metric], color="gray", lw=1, label=base[0].method)
-    ax.set_xscale("log", base=2)
-    if "ppl" in metric or "perplexity" in metric:
-        ax.set_yscale("log")
-    ax.set_xlabel("block size (entries of the flattened weight)")
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs block size")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    save_png(fig, path)
+def run_w8a8(lm: LoadedModel, evaluate: Evaluator | Callable, methods: Sequence[str] = tuple(W8A8_METHODS),
+             on_start: Callable[[str], None] | None = None,
+             on_row: Callable[[Row], None] | None = None, **settings) -> QuantResult:
+    """Table 3: the model as loaded, then each W8A8 method, as one result (with `share_kept()`)."""
+    evaluate = as_evaluator(evaluate)
+    w8a8_configs(methods, **settings)
+    if on_start:
+        on_start("as loaded")
+    rows = [baseline(lm, evaluate)]
+    if on_row:
+        on_row(rows[0])
+    rows += w8a8_table(lm, evaluate, methods, on_start, on_row, **settings)
+    return QuantResult(rows, evaluate.metrics, {"methods": list(methods), **settings})

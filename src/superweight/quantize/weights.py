@@ -125,26 +125,25 @@ def keep_map(lm: LoadedModel, targets: list[Target],
     return out
 
 
-def resolve_super_weights(lm: LoadedModel, config: RTNConfig,
-                          super_weights: Sequence[SuperWeight] | None) -> list[SuperWeight]:
-    """The super weights to restore: given ones, else detection's (only for the 'superweight' method)."""
-    if config.method != "superweight":
+def _super_weights(lm: LoadedModel, config: RTNConfig,
+                   super_weights: Sequence[SuperWeight] | None) -> list[SuperWeight]:
+    """The super weights to restore: given ones, else detection's (only the 'superweight' method
+    restores any)."""
+    if super_weights is not None or config.method != "superweight":
         return list(super_weights or [])
-    if super_weights is not None:
-        return list(super_weights)
-    from superweight.detect import find_super_weights
+    from superweight.selection import resolve_super_weights
 
-    found = find_super_weights(lm)
+    found = resolve_super_weights(lm).super_weights
     if not found:
-        raise SuperweightError("detection found no super weight to keep; give coordinates "
-                               "with --keep LAYER,ROW,COL or use --method rtn-clip")
+        raise SuperweightError("detection found no super weight to keep; give the super weights "
+                               "to keep, or use the rtn-clip method")
     return found
 
 
 def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[SuperWeight] | None,
                   edits: Overrides) -> QuantReport:
     start = time.perf_counter()
-    sws = resolve_super_weights(lm, config, super_weights)
+    sws = _super_weights(lm, config, super_weights)
     targets = weight_targets(lm, config.include)
     keeps = keep_map(lm, targets, sws) if config.method == "superweight" else {}
     stats_out = []
@@ -165,9 +164,7 @@ def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[Su
 def quantized(lm: LoadedModel, config: RTNConfig,
               super_weights: Sequence[SuperWeight] | None = None) -> Iterator[QuantReport]:
     """Fake-quantize the model's weights for the block; restore the exact originals after.
-
-    >>> with quantized(lm, SuperWeightQuantConfig(bits=4, block=16384)) as report:
-    ...     ppl = perplexity(lm, "wiki")
+    `super_weights=None` detects them for the 'superweight' method (an example: `superweight.quantize`).
     """
     with Overrides(spill=True) as edits:
         yield _quantize_all(lm, config, super_weights, edits)

@@ -17,8 +17,8 @@ def _times(ratio) -> str:
 def plot_ablation(result, title: str, path: str | Path) -> Path:
     """Table 1 as bars: average zero-shot accuracy (left) and perplexities on a log scale (right)."""
     rows = [r for r in result.rows if r.summary is not None]
-    ppl_keys = [k for k in result.columns() if k.endswith("_ppl")]
-    panels = (["average"] if any("average" in r.summary for r in rows) else []) + (["ppl"] if ppl_keys else [])
+    ppl = [m for m in result.columns() if m.is_perplexity]
+    panels = (["average"] if any("average" in r.summary for r in rows) else []) + (["ppl"] if ppl else [])
     fig, axes = new_figure(1, max(1, len(panels)), size=(5.0 * max(1, len(panels)), 4.0))
     for ax, panel in zip(axes[0], panels):
         if panel == "average":
@@ -28,11 +28,11 @@ def plot_ablation(result, title: str, path: str | Path) -> Path:
             ax.set_xticks(range(len(rows)), [r.condition for r in rows], rotation=20, ha="right", fontsize=8)
             ax.set_ylabel("average zero-shot accuracy (%)")
         else:
-            width = 0.8 / len(ppl_keys)
-            for j, key in enumerate(ppl_keys):
-                xs = [i + (j - (len(ppl_keys) - 1) / 2) * width for i in range(len(rows))]
-                vals = [r.summary.get(key, float("nan")) for r in rows]
-                bars = ax.bar(xs, vals, width, label=key.removesuffix("_ppl"))
+            width = 0.8 / len(ppl)
+            for j, m in enumerate(ppl):
+                xs = [i + (j - (len(ppl) - 1) / 2) * width for i in range(len(rows))]
+                vals = [r.summary.get(m.name, float("nan")) for r in rows]
+                bars = ax.bar(xs, vals, width, label=m.label)
                 ax.bar_label(bars, fmt="%.3g", fontsize=7)
             ax.set_yscale("log")
             ax.set_xticks(range(len(rows)), [r.condition for r in rows], rotation=20, ha="right", fontsize=8)
@@ -80,17 +80,17 @@ def plot_scale(result, title: str, path: str | Path) -> Path:
     f = result.factors
     order = sorted(range(len(f)), key=lambda i: f[i])
     xs = [f[i] for i in order]
-    ppl_keys = [k for k in result.columns() if k.endswith("_ppl")]
+    ppl = [m for m in result.columns() if m.is_perplexity]
     has_avg = any("average" in s for s in result.summaries)
     if has_avg:
         ys = [100 * result.summaries[i].get("average", float("nan")) for i in order]
         ax.plot(xs, ys, "o-", color=COLORS["Original"], label="average zero-shot accuracy")
         ax.set_ylabel("average zero-shot accuracy (%)")
-    twin = ax.twinx() if has_avg and ppl_keys else ax
-    for key in ppl_keys:
-        ys = [result.summaries[i].get(key, float("nan")) for i in order]
-        twin.plot(xs, ys, "s--", label=key.removesuffix("_ppl") + " perplexity", alpha=0.8)
-    if ppl_keys:
+    twin = ax.twinx() if has_avg and ppl else ax
+    for m in ppl:
+        ys = [result.summaries[i].get(m.name, float("nan")) for i in order]
+        twin.plot(xs, ys, "s--", label=m.label, alpha=0.8)
+    if ppl:
         twin.set_yscale("log")
         twin.set_ylabel("perplexity (log scale)")
     best = result.best

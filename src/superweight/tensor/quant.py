@@ -252,15 +252,3 @@ def _index(m: torch.Tensor, work: torch.Tensor, k: Index) -> tuple[torch.Tensor,
     if len(k) != target.dim() or any(not 0 <= v < n for v, n in zip(k, target.shape)):
         raise SuperweightError(f"kept coordinate {k} is outside a tensor of shape {tuple(work.shape)}")
     return target, k
-
-
-def restore(quantized: torch.Tensor, original: torch.Tensor, keep: Sequence[Index]) -> torch.Tensor:
-    """Write the original values at `keep` back into `quantized` (in place) and return it."""
-    qm, om = as_matrix(quantized), as_matrix(original)
-    for k in keep:
-        k = tuple(int(v) for v in k)
-        if len(k) == 2:
-            qm[k] = om[k]
-        else:
-            quantized[k] = original[k]
-    return quantized

