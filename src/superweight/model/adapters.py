@@ -16,6 +16,7 @@ uses that to plant super weights in tiny models, with no per-architecture code.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -50,6 +51,12 @@ class UpProj:
 
 
 GATED = (UpProj("mlp.gate_proj"), UpProj("mlp.up_proj"))  # Llama-style: act(gate(x)) * up(x)
+
+# What each decoder linear does, as (kind, glob on its path inside one decoder layer); first match wins.
+# Fine-tuning chooses modules by kind (SMT's "which kinds may be chosen", LoRA's targets).
+LLAMA_KINDS = (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+               ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+               ("down", "mlp.down_proj"))
 FUSED_EXPERTS = (UpProj("mlp.experts", layout="experts", param="gate_up_proj", chunks=2),)
 
 
@@ -85,32 +92,49 @@ class Adapter:
     up_projs: tuple[UpProj, ...] = GATED  # what produces the down projection's input features
     shared_up_projs: tuple[UpProj, ...] = ()  # ... of the shared expert (Qwen2-MoE)
     router: str | None = None  # MoE router: a module whose `weight` [experts, hidden] scores experts
+    linear_kinds: tuple[tuple[str, str], ...] = LLAMA_KINDS  # (kind, glob inside a layer)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
+    def kind_of(self, path: str) -> str:
+        """The kind ("q", "v", "down", ...) of a decoder linear at `path` inside one layer, or "other"."""
+        return next((k for k, glob in self.linear_kinds if fnmatch.fnmatchcase(path, glob)), "other")
+
 
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
     Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
-            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),)),
+            up_projs=(UpProj("mlp.gate_up_proj", chunks=2),),
+            linear_kinds=(("qkv", "self_attn.qkv_proj"), ("o", "self_attn.o_proj"),
+                          ("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj"))),
     Adapter(("olmo",)),
     Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm"),
     Adapter(("gemma",)),
     Adapter(("gemma2", "gemma3_text"), post_mlp_norm="post_feedforward_layernorm", norm_gain_offset=1.0),
     Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
-            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),)),
+            up_projs=(UpProj("mlp.c_fc", layout="conv1d"),),
+            linear_kinds=(("qkv", "attn.c_attn"), ("o", "attn.c_proj"), ("up", "mlp.c_fc"),
+                          ("down", "mlp.c_proj"))),
     Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
-            up_projs=(UpProj("mlp.dense_h_to_4h"),)),
-    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),)),
+            up_projs=(UpProj("mlp.dense_h_to_4h"),),
+            linear_kinds=(("qkv", "attention.query_key_value"), ("o", "attention.dense"),
+                          ("up", "mlp.dense_h_to_4h"), ("down", "mlp.dense_4h_to_h"))),
+    Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),),
+            linear_kinds=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+                          ("o", "self_attn.out_proj"), ("up", "fc1"), ("down", "fc2"))),
     Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
             router="mlp.gate"),
     Adapter(("qwen2_moe",), down_proj="mlp.experts", layout="experts",
             shared_down_proj="mlp.shared_expert.down_proj", up_projs=FUSED_EXPERTS,
             shared_up_projs=(UpProj("mlp.shared_expert.gate_proj"),
                              UpProj("mlp.shared_expert.up_proj")),
-            router="mlp.gate"),
+            router="mlp.gate",
+            linear_kinds=LLAMA_KINDS + (("gate", "mlp.shared_expert.gate_proj"),
+                                        ("up", "mlp.shared_expert.up_proj"),
+                                        ("down", "mlp.shared_expert.down_proj"),
+                                        ("router", "mlp.shared_expert_gate"))),
 )
 
 HOW_TO_ADD = (
@@ -311,7 +335,12 @@ class ModelView:
 
     def decoder_linears(self) -> Iterator[tuple[str, nn.Module]]:
         """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""
+        for _, _, name, mod in self.decoder_linears_by_kind():
+            yield name, mod
+
+    def decoder_linears_by_kind(self) -> Iterator[tuple[int, str, str, nn.Module]]:
+        """`(layer, kind, name, module)` for every decoder linear; kinds from `Adapter.linear_kinds`."""
         for i, layer in enumerate(self.layers):
             for name, mod in layer.named_modules():
                 if isinstance(mod, nn.Linear) or is_conv1d(mod):
-                    yield f"{self.adapter.layers}.{i}.{name}", mod
+                    yield i, self.adapter.kind_of(name), f"{self.adapter.layers}.{i}.{name}", mod
