@@ -207,6 +207,8 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
     model = lm.model
     flags = {p: p.requires_grad for p in model.parameters()}
     total = sum(p.numel() for p in model.parameters())
+    use_cache = getattr(model.config, "use_cache", None)
+    attrs = set(vars(model))
     plan, warmup_s = None, 0.0
     try:
         with ExitStack() as stack:
@@ -244,6 +246,11 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        if use_cache is not None:
+            model.config.use_cache = use_cache  # the Trainer turns it off and would save that
+        for name in set(vars(model)) - attrs:
+            if name.startswith("_is_accelerate"):  # so that a later Trainer prepares the model again
+                delattr(model, name)
         model.eval()
     stats = TrainStats(config.steps, losses, timer.seconds, seconds, trainable, total,
                        config.tokens_per_step(), int(blocks.shape[0]), peak_rss_mb(), warmup_s)
