@@ -30,6 +30,7 @@ def worker(args) -> dict:
     import torch
 
     from superweight.finetune import FinetuneConfig, LoRASettings, SMTConfig, finetune, training_documents
+    from superweight.finetune.lora import lora_share
     from superweight.records import SuperWeight
 
     torch.set_num_threads(args.threads)
@@ -39,7 +40,7 @@ def worker(args) -> dict:
     lm = load_model(args.model, quiet=True)
     loaded_mb = peak_rss_mib()
     lora = LoRASettings(r=args.rank)
-    budget = lora_share(lm, args.rank)
+    budget = lora_share(lm, LoRASettings(r=args.rank))
     config = FinetuneConfig(method=args.worker, guard="freeze", steps=args.steps, lr=1e-4, weight_decay=0.1,
                             batch_size=args.batch, seqlen=args.seqlen, guard_every=args.steps + 1, lora=lora,
                             smt=SMTConfig(block=256, warmup_steps=args.warmup, budget=budget))
@@ -53,16 +54,6 @@ def worker(args) -> dict:
             "peak_rss_mb": peak_rss_mib(), "threads": torch.get_num_threads(),
             "super_weights_exact": all(w["bit_identical"] for w in r.drift.weight_rows()),
             "smt_blocks_per_kind": r.smt.placement()["blocks_per_kind"] if r.smt else None}
-
-
-def lora_share(lm, rank: int) -> float:
-    """The share of decoder-linear parameters that rank-`rank` LoRA on every decoder linear trains."""
-    total = lora = 0
-    for _, _, _, m in lm.view.decoder_linears_by_kind():
-        out_f, in_f = m.weight.shape
-        total += out_f * in_f
-        lora += rank * (out_f + in_f)
-    return lora / total
 
 
 def main() -> None:

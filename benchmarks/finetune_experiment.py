@@ -52,13 +52,15 @@ def baseline(args) -> dict:
 
 def one_run(args, spec: tuple, sws: list) -> dict:
     from superweight.finetune import FinetuneConfig, LoRASettings, SMTConfig, finetune, training_documents
+    from superweight.finetune.lora import lora_share
+    from superweight.finetune.smt import super_weight_blocks
     from superweight.model import load_model
     from superweight.records import SuperWeight
 
     name, method, guard, lr, wd = spec
     docs = training_documents(args.corpus)
     lm = load_model(args.model, quiet=True)
-    share = lora_share(lm, args.rank)
+    share = lora_share(lm, LoRASettings(r=args.rank))
     config = FinetuneConfig(method=method, guard=guard, steps=args.steps, lr=lr, weight_decay=wd,
                             batch_size=args.batch, seqlen=args.seqlen, guard_every=args.guard_every,
                             lora=LoRASettings(r=args.rank),
@@ -69,19 +71,9 @@ def one_run(args, spec: tuple, sws: list) -> dict:
     out = {"name": name, "result": r.to_dict(), "ppl_after": evaluate(lm, args), "seconds": train_s,
            "peak_rss_mb": peak_rss_mib()}
     if r.smt:
-        out["smt_holds_super_weight"] = [b.to_dict() for b in r.smt.blocks
-                                         if any(b.layer == s["layer"] and b.kind == "down"
-                                                and b.contains(s["row"], s["col"]) for s in sws)]
+        held = super_weight_blocks(lm, r.smt.blocks, r.super_weights)
+        out["smt_holds_super_weight"] = [b.to_dict() for b in held]
     return out
-
-
-def lora_share(lm, rank: int) -> float:
-    total = lora = 0
-    for _, _, _, m in lm.view.decoder_linears_by_kind():
-        out_f, in_f = m.weight.shape
-        total += out_f * in_f
-        lora += rank * (out_f + in_f)
-    return lora / total
 
 
 def subprocess_json(args, *extra: str) -> dict:

@@ -192,3 +192,14 @@ def test_force_replaces_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
                  out=tmp_path / "new", check=False)
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_lora_share_counts_rank_times_in_plus_out():
+    from superweight.finetune.lora import lora_share
+
+    lm, _ = planted_lm()
+    # per layer: q 64x64, k 32x64, v 32x64, o 64x64, gate/up 128x64, down 64x128
+    shapes = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
+    total = sum(a * b for a, b in shapes)
+    assert lora_share(lm, LoRASettings(r=4)) == pytest.approx(sum(4 * (a + b) for a, b in shapes) / total)
+    assert lora_share(lm, LoRASettings(r=4, kinds=("v",))) == pytest.approx(4 * (32 + 64) / total)

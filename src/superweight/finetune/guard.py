@@ -11,7 +11,7 @@ value and the super activation it makes on a probe prompt (one forward pass, a s
 down projection output at (position, row)), and flags drift above a threshold.
 
 The same object works from a plain PyTorch loop (`with guard.attach(optimizer): ...`, or
-`guard.after_step()` by hand after each `optimizer.step()`) and inside the `transformers` Trainer
+`with guard.attach(): ...` and `guard.after_step()` by hand after each `optimizer.step()`) and inside the `transformers` Trainer
 (`callbacks=[guard.callback()]`: it acts in `on_optimizer_step`, which transformers 5 calls right
 after `optimizer.step()` and before the gradients are zeroed and the scheduler steps) — the two give
 the same result.
@@ -208,6 +208,7 @@ class SuperWeightGuard:
         self.notes: list[str] = []
         self.step = 0
         self._handles: list = []
+        self._attached = False
         self._started = False
 
     # --- where the values live ------------------------------------------------------------------
@@ -223,7 +224,7 @@ class SuperWeightGuard:
         when the guard restores or clamps."""
         if key not in self._slots:
             raise SuperweightError(f"{key} is not one of the guarded super weights")
-        if self._handles:
+        if self._attached:
             raise SuperweightError("add slots before attaching the guard")
         slot = _Slot(tensor, int(index))
         if not torch.equal(slot.read(), self.original[key]):
@@ -263,8 +264,9 @@ class SuperWeightGuard:
 
     def install(self) -> None:
         """Record the start and register the gradient masks; `detach()` undoes it."""
-        if self._handles:
+        if self._attached:
             raise SuperweightError("the guard is already attached")
+        self._attached = True
         self.start()
         if self.config.mode == "freeze":
             by_tensor: dict[int, tuple[torch.Tensor, list[int]]] = {}
@@ -274,13 +276,13 @@ class SuperWeightGuard:
                         by_tensor.setdefault(id(slot.tensor), (slot.tensor, []))[1].append(slot.index)
             for tensor, indices in by_tensor.values():
                 self._handles.append(tensor.register_hook(_zero_entries(indices)))
-        self._handles.append(_Sentinel())
 
     def detach(self) -> None:
         """Remove the hooks and record the last step if it was not recorded yet."""
         handles, self._handles = self._handles, []
         for h in handles:
             h.remove()
+        self._attached = False
         if self._started and (not self.snapshots or self.snapshots[-1].step != self.step):
             self.record("end")
 
@@ -387,13 +389,12 @@ class SuperWeightGuard:
             return []
         outs = self._probe_outputs()
         sites, seen = [], set()
-        for sw, (layer, row, col, expert) in zip(self.super_weights, self.keys):
+        for layer, row, _, expert in self.keys:
             if (layer, row, expert) in seen or (layer, expert) not in outs:
                 continue
             seen.add((layer, row, expert))
-            y = outs[(layer, expert)][:, row]  # [tokens]
-            pos = sw.position if sw.position is not None and sw.position < y.numel() else int(y.abs().argmax())
-            sites.append(Site(layer, row, expert, pos))
+            y = outs[(layer, expert)][:, row]  # [tokens]: the position of the largest |value| now, kept after
+            sites.append(Site(layer, row, expert, int(y.abs().argmax())))
         return sites
 
     def activations(self) -> list[float]:
@@ -436,10 +437,3 @@ def _zero_entries(indices: list[int]):
         return grad.reshape(-1).index_fill(0, index.to(grad.device), 0).view_as(grad)
 
     return hook
-
-
-class _Sentinel:
-    """Marks the guard as attached (a handle with nothing to remove)."""
-
-    def remove(self) -> None:
-        pass

@@ -19,7 +19,7 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.finetune.guard import entry_slot
-from superweight.model.adapters import is_conv1d
+from superweight.model.adapters import is_conv1d, linear_matrix
 from superweight.model.load import LoadedModel
 
 
@@ -61,6 +61,18 @@ def lora_targets(lm: LoadedModel, kinds: tuple[str, ...] | None) -> list[str]:
     if not names:
         raise SuperweightError("no decoder linear of the chosen kinds to put LoRA adapters on")
     return names
+
+
+def lora_share(lm: LoadedModel, settings: LoRASettings) -> float:
+    """The share of the decoder linears' parameters LoRA trains: r·(in + out) per target linear
+    over in·out of them all (to give SMT the same budget)."""
+    targets = set(lora_targets(lm, settings.kinds))
+    total = lora = 0
+    for name, module in lm.view.decoder_linears():
+        out_f, in_f = linear_matrix(module).shape
+        total += out_f * in_f
+        lora += settings.r * (out_f + in_f) if name in targets else 0
+    return lora / total
 
 
 @contextmanager

@@ -191,13 +191,14 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
         notes.append("LoRA: the guard can only act on the merged weights (freeze restores them, clip bounds "
                      "their total change); during training it records the effective value W + B·A.")
     plan, stats = _train(lm, config, blocks, sws, guard)
+    report = guard.report()
     if out_path is not None:
         save_checkpoint(lm, out_path, {"config": config.to_dict(), "super_weights": [s.to_dict() for s in sws],
-                                       "drift": {"weights": guard.report().weight_rows(),
-                                                 "activations": guard.report().activation_rows()},
+                                       "drift": {"weights": report.weight_rows(),
+                                                 "activations": report.activation_rows()},
                                        "smt": plan.to_dict() if plan else None}, described)
     rows = _check(lm, original, out_path, sws, notes) if check else None
-    return FinetuneResult(config, described, sws, stats, guard.report(), plan, rows,
+    return FinetuneResult(config, described, sws, stats, report, plan, rows,
                           str(out_path) if out_path else None, notes)
 
 
@@ -232,7 +233,8 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
                 trained = model
             trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
             timer = step_timer()
-            trainer = make_trainer(trained, config, BlockDataset(blocks), [guard.callback(), timer])
+            trainer = make_trainer(trained, config, BlockDataset(blocks), [guard.callback(), timer],
+                                   device=lm.device)
             start = time.perf_counter()
             try:
                 trainer.train()
@@ -266,9 +268,11 @@ def iter_batches(blocks: torch.Tensor, batch_size: int, n: int) -> Iterator[dict
         yield {"input_ids": ids, "labels": ids.clone()}
 
 
-def make_trainer(model, config: FinetuneConfig, dataset, callbacks: list, optimizers=(None, None)):
-    """A CPU `transformers.Trainer` for `config`: no hub, no reports, no checkpoints, no printing,
-    the blocks in corpus order (so every method sees the same batches)."""
+def make_trainer(model, config: FinetuneConfig, dataset, callbacks: list, optimizers=(None, None),
+                 device: torch.device | str = "cpu"):
+    """A `transformers.Trainer` for `config`: no hub, no reports, no checkpoints, no printing, the
+    blocks in corpus order (so every method sees the same batches); on the CPU unless the model
+    was loaded on an accelerator."""
     from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, default_data_collator
 
     scratch = tempfile.mkdtemp(prefix="superweight-trainer-")
@@ -277,7 +281,7 @@ def make_trainer(model, config: FinetuneConfig, dataset, callbacks: list, optimi
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         weight_decay=config.weight_decay, lr_scheduler_type=config.lr_scheduler,
         max_grad_norm=config.max_grad_norm, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, seed=config.seed, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=torch.device(device).type == "cpu", seed=config.seed, dataloader_num_workers=0, disable_tqdm=True,
         train_sampling_strategy="sequential", push_to_hub=False)
     try:
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
