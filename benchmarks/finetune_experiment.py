@@ -88,7 +88,7 @@ def subprocess_json(args, *extra: str) -> dict:
 
 
 def fmt(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
+    return f"{x:.5g}" if abs(x) < 1e4 else f"{x:.4e}"
 
 
 def markdown(args, base: dict, runs: list[dict]) -> str:
@@ -107,23 +107,34 @@ def markdown(args, base: dict, runs: list[dict]) -> str:
         f"held-out Wikipedia text and of the PTB test split; before: wiki {fmt(base['ppl']['wiki'])}, "
         f"PTB {fmt(base['ppl']['ptb'])}.",
         "",
+        "Drift is the signed relative change (final − original) / |original| of each super weight in the saved "
+        "model (LoRA: after the merge); the super activation is the layer-11 down projection output on channel "
+        "507 at the first token of the probe prompt; the input spike is the down projection's input on the super "
+        "weight's column (what gate/up and the earlier layers make). Weight decay alone would shrink a weight by "
+        "1 − (1 − lr·wd)^steps of itself.",
+        "",
         "| run | lr | wd | trainable | " + " | ".join(f"drift {l}" for l in labels)
-        + " | super act. before → after | wiki ppl after | PTB ppl after | loss first → last | s/step | peak RSS MB |",
-        "|---|---:|---:|---:|" + "---:|" * len(labels) + "---:|---:|---:|---:|---:|---:|",
+        + f" | super act. before → after | input spike {labels[0]} before → after | wiki ppl after "
+          "| PTB ppl after | loss first → last | s/step | peak RSS MB |",
+        "|---|---:|---:|---:|" + "---:|" * len(labels) + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         r = run["result"]
         cfg, train, drift = r["config"], r["train"], r["drift"]
-        weights = drift["weights"]
-        drifts = ["0 (bit-identical)" if w["bit_identical"] else f"{w['rel_change']:.2e}" for w in weights]
-        act = drift["activations"][0]
+        drifts = ["0 (bit-identical)" if w["bit_identical"] else f"{(w['final'] - w['original']) / abs(w['original']):+.2e}"
+                  for w in drift["weights"]]
+        act, check = drift["activations"][0], r["check"][0]
         losses = train["losses"]
         lines.append(f"| {run['name']} | {cfg['lr']:g} | {cfg['weight_decay']:g} | {train['trainable_params']:,} | "
                      + " | ".join(drifts)
                      + f" | {fmt(act['original'])} → {fmt(act['final'])} ({act['ratio']:.3f}×) | "
+                       f"{fmt(check['input_original'])} → {fmt(check['input_other'])} | "
                        f"{fmt(run['ppl_after']['wiki'])} | {fmt(run['ppl_after']['ptb'])} | "
                        f"{losses[0]:.3f} → {losses[-1]:.3f} | {train['median_step_seconds']:.2f} | "
                        f"{run['peak_rss_mb']:.0f} |")
+    lines += ["", "s/step: median wall time of a training step on a shared 2-core CPU (other jobs ran at the same "
+              "time; compare within `benchmarks/bench_finetune.py` instead). Peak RSS: the whole process, "
+              "including the evaluation (4 windows × 2,048 tokens of logits) and `check`'s second model."]
     smt = [run for run in runs if run["result"]["smt"]]
     if smt:
         lines += ["", "## Where SMT's blocks went (blocks per module kind × layer)", ""]
@@ -144,6 +155,23 @@ def markdown(args, base: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_all(args) -> tuple[dict, list[dict]]:
+    wanted = [s for s in RUNS if args.runs is None or s[0] in args.runs.split(",")]
+    t0 = time.perf_counter()
+    base = subprocess_json(args, "--worker=baseline")
+    print(f"baseline: {base['ppl']}  super weights {[(s['layer'], s['row'], s['col']) for s in base['super_weights']]}"
+          f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    runs = []
+    for spec in wanted:
+        t = time.perf_counter()
+        run = subprocess_json(args, f"--worker={spec[0]}", f"--super-weights={json.dumps(base['super_weights'])}")
+        runs.append(run)
+        drift = ", ".join(f"{x['rel_change']:.2e}" for x in run["result"]["drift"]["weights"])
+        print(f"{spec[0]:16s} drift [{drift}]  wiki {run['ppl_after']['wiki']:.3f}"
+              f"  ptb {run['ppl_after']['ptb']:.3f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    return base, runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
@@ -161,6 +189,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None)
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="render the markdown and plots of an earlier --json result (no runs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--super-weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,24 +206,21 @@ def main() -> None:
         return
     from superweight._io import result_header, write_json
 
-    wanted = [s for s in RUNS if args.runs is None or s[0] in args.runs.split(",")]
-    t0 = time.perf_counter()
-    base = subprocess_json(args, "--worker=baseline")
-    print(f"baseline: {base['ppl']}  super weights {[(s['layer'], s['row'], s['col']) for s in base['super_weights']]}"
-          f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    runs = []
-    for spec in wanted:
-        t = time.perf_counter()
-        run = subprocess_json(args, f"--worker={spec[0]}", f"--super-weights={json.dumps(base['super_weights'])}")
-        runs.append(run)
-        drift = ", ".join(f"{x['rel_change']:.2e}" for x in run["result"]["drift"]["weights"])
-        print(f"{spec[0]:16s} drift [{drift}]  wiki {run['ppl_after']['wiki']:.3f}"
-              f"  ptb {run['ppl_after']['ptb']:.3f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    if args.from_json:
+        earlier = json.loads(args.from_json.read_text())
+        base, runs = earlier["baseline"], earlier["runs"]
+        for key, value in earlier["args"].items():  # the settings the runs were made with
+            if key in ("steps", "seqlen", "batch", "threads", "eval_tokens", "rank", "block", "warmup"):
+                setattr(args, key, int(value))
+            elif key == "corpus":
+                args.corpus = value
+    else:
+        base, runs = run_all(args)
     text = markdown(args, base, runs)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
-    if args.json:
+    if args.json and not args.from_json:
         write_json(args.json, {**result_header("finetune-experiment", model=base["model"]),
                                "args": {k: str(v) for k, v in vars(args).items()}, "baseline": base, "runs": runs})
     if args.plots:

@@ -203,3 +203,15 @@ def test_lora_share_counts_rank_times_in_plus_out():
     total = sum(a * b for a, b in shapes)
     assert lora_share(lm, LoRASettings(r=4)) == pytest.approx(sum(4 * (a + b) for a, b in shapes) / total)
     assert lora_share(lm, LoRASettings(r=4, kinds=("v",))) == pytest.approx(4 * (32 + 64) / total)
+
+
+def test_lora_runs_are_reproducible_whatever_the_global_random_state():
+    """peft draws the adapters' initialisation from torch's RNG, which every process seeds differently."""
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        lm, sw = planted_lm()
+        finetune(lm, FinetuneConfig(method="lora", guard="none", steps=2, lr=LR, batch_size=2, seqlen=32,
+                                    lora=LoRASettings(r=4)), TEXTS, super_weights=[sw], check=False)
+        states.append(snapshot(lm.model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

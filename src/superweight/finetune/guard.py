@@ -11,10 +11,10 @@ value and the super activation it makes on a probe prompt (one forward pass, a s
 down projection output at (position, row)), and flags drift above a threshold.
 
 The same object works from a plain PyTorch loop (`with guard.attach(optimizer): ...`, or
-`with guard.attach(): ...` and `guard.after_step()` by hand after each `optimizer.step()`) and inside the `transformers` Trainer
-(`callbacks=[guard.callback()]`: it acts in `on_optimizer_step`, which transformers 5 calls right
-after `optimizer.step()` and before the gradients are zeroed and the scheduler steps) — the two give
-the same result.
+`with guard.attach(): ...` calling `guard.after_step()` after each `optimizer.step()`) and inside
+the `transformers` Trainer (`callbacks=[guard.callback()]`: it acts in `on_optimizer_step`, which
+transformers 5 calls right after `optimizer.step()`, before the gradients are zeroed and the
+scheduler steps) — the two give the same result.
 
 Where a super weight's value lives can change during training: SMT trains a block copy of it
 (`add_slot`), LoRA adds a low-rank delta that only lands in the weight at merge time
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -115,7 +115,6 @@ class DriftReport:
     sites: list[Site]
     snapshots: list[Snapshot]
     flags: list[DriftFlag]
-    notes: list[str] = field(default_factory=list)
 
     def weight_rows(self) -> list[dict]:
         """Per super weight: original, final, relative change, and the largest change seen."""
@@ -145,7 +144,7 @@ class DriftReport:
         return {"config": self.config.to_dict(), "super_weights": [s.to_dict() for s in self.super_weights],
                 "sites": [asdict(s) for s in self.sites], "weights": self.weight_rows(),
                 "activations": self.activation_rows(), "snapshots": [asdict(s) for s in self.snapshots],
-                "flags": [asdict(f) for f in self.flags], "notes": list(self.notes)}
+                "flags": [asdict(f) for f in self.flags]}
 
 
 def _rel(value: float, original: float) -> float:
@@ -205,7 +204,6 @@ class SuperWeightGuard:
         self.sites: list[Site] = []
         self.snapshots: list[Snapshot] = []
         self.flags: list[DriftFlag] = []
-        self.notes: list[str] = []
         self.step = 0
         self._handles: list = []
         self._attached = False
@@ -426,7 +424,7 @@ class SuperWeightGuard:
 
     def report(self) -> DriftReport:
         return DriftReport(self.config, list(self.super_weights), list(self.sites), list(self.snapshots),
-                           list(self.flags), list(self.notes))
+                           list(self.flags))
 
 
 def _zero_entries(indices: list[int]):

@@ -76,9 +76,13 @@ def lora_share(lm: LoadedModel, settings: LoRASettings) -> float:
 
 
 @contextmanager
-def lora_attached(lm: LoadedModel, settings: LoRASettings) -> Iterator[object]:
+def lora_attached(lm: LoadedModel, settings: LoRASettings, seed: int = 0) -> Iterator[object]:
     """Wrap `lm.model` with LoRA adapters (in place) and yield the `peft` model to train; merge on
-    a clean exit, drop the adapters unmerged on an exception. `lm.model` stays the same object."""
+    a clean exit, drop the adapters unmerged on an exception. `lm.model` stays the same object.
+
+    The adapters' random initialisation is drawn from `seed` (torch seeds every process
+    differently, so two runs would otherwise start from different adapters); the global random
+    state is left as it was."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(lm, settings.kinds)
@@ -88,7 +92,10 @@ def lora_attached(lm: LoadedModel, settings: LoRASettings) -> Iterator[object]:
                         target_modules=targets, bias="none", task_type="CAUSAL_LM",
                         fan_in_fan_out=fan_in_fan_out)
     base = lm.model
-    peft_model = get_peft_model(base, config)
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(base, config)
     try:
         yield peft_model
     except BaseException:

@@ -24,7 +24,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -218,7 +218,7 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
                     p.requires_grad_(True)
                 trained = model
             elif config.method == "lora":
-                trained = stack.enter_context(lora_attached(lm, config.lora))
+                trained = stack.enter_context(lora_attached(lm, config.lora, config.seed))
                 guard.add_offset(lora_offset(lm))
             else:
                 t = time.perf_counter()
@@ -352,7 +352,8 @@ def check_out_dir(out: str | os.PathLike, force: bool, lm: LoadedModel | None = 
     if lm is not None and lm.kind not in ("hub", "memory"):
         own = Path(lm.source).expanduser().resolve()
         if out == own or own in out.parents or out in own.parents:
-            raise SuperweightError(f"refusing to write into the model's own files ({own}); choose another output folder")
+            raise SuperweightError(f"refusing to write into the model's own files ({own}); "
+                                   "choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SuperweightError(f"output folder {str(out)!r} is not empty; use force (--force) to replace it")
     return out

@@ -36,25 +36,24 @@ def plot_smt_placement(placement: dict, path: str | Path, title: str = "SMT: cho
 
 
 def plot_drift(report_dict: dict, path: str | Path, title: str = "super weights during fine-tuning") -> Path:
-    """Relative change of each super weight and of each super activation per recorded step,
-    from `DriftReport.to_dict()`."""
+    """Signed relative change, (value − original) / |original|, of each super weight (left) and each
+    super activation on the probe (right) at every recorded step, from `DriftReport.to_dict()`."""
     snaps = report_dict["snapshots"]
+    weight_names = [f"({w['layer']}, {w['row']}, {w['col']})" for w in report_dict["super_weights"]]
+    site_names = [f"layer {s['layer']}, channel {s['row']}, position {s['position']}" for s in report_dict["sites"]]
     fig, axes = new_figure(1, 2, (11, 3.8))
     steps = [s["step"] for s in snaps]
-    for ax, key, labels in ((axes[0][0], "weights", [sw["layer"] for sw in report_dict["super_weights"]]),
-                            (axes[0][1], "activations", [s["layer"] for s in report_dict["sites"]])):
-        if not snaps or not snaps[0][key]:
-            continue
-        for i in range(len(snaps[0][key])):
+    for ax, key, names, what in ((axes[0][0], "weights", weight_names, "super weight"),
+                                 (axes[0][1], "activations", site_names, "super activation")):
+        for i, name in enumerate(names):
             orig = snaps[0][key][i]
-            rel = [abs(s[key][i] - orig) / abs(orig) if orig else 0.0 for s in snaps]
-            name = (f"({report_dict['super_weights'][i]['layer']}, {report_dict['super_weights'][i]['row']}, "
-                    f"{report_dict['super_weights'][i]['col']})" if key == "weights"
-                    else f"layer {labels[i]}, channel {report_dict['sites'][i]['row']}")
-            ax.plot(steps, rel, marker="o", ms=3, label=name)
+            ax.plot(steps, [(s[key][i] - orig) / abs(orig) if orig else 0.0 for s in snaps], marker="o", ms=3,
+                    label=name)
+        ax.axhline(0.0, color="black", lw=0.6)
         ax.set_xlabel("step")
-        ax.set_ylabel(f"relative change ({'super weight' if key == 'weights' else 'super activation'})")
+        ax.set_ylabel(f"relative change of the {what}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if names:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     return save_png(fig, path)
