@@ -112,6 +112,7 @@ def test_guard_none_without_super_weights_trains_and_skips_check():
     ({"smt": {"budget": 2}}, "budget"),
     ({"smt": {"block": 0}}, "block size"),
     ({"lora": {"r": 0}}, "LoRA rank"),
+    ({"lr_scheduler": "zigzag"}, "unknown learning-rate scheduler 'zigzag'; choose one of linear, cosine"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(SuperweightError, match=match):

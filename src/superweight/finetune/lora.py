@@ -11,6 +11,7 @@ If training fails, the adapters are removed without merging.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -93,9 +94,10 @@ def lora_attached(lm: LoadedModel, settings: LoRASettings, seed: int = 0) -> Ite
                         fan_in_fan_out=fan_in_fan_out)
     base = lm.model
     devices = [lm.device] if lm.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         torch.manual_seed(seed)
-        peft_model = get_peft_model(base, config)
+        peft_model = get_peft_model(base, config)  # (peft 0.21 calls a deprecated transformers name)
     try:
         yield peft_model
     except BaseException:

@@ -97,6 +97,13 @@ class FinetuneConfig:
         _number(self.lr, "learning rate", strict=True)
         _number(self.weight_decay, "weight decay")
         _number(self.max_grad_norm, "max grad norm")
+        from transformers import SchedulerType
+
+        try:
+            SchedulerType(self.lr_scheduler)
+        except ValueError:
+            raise SuperweightError(f"unknown learning-rate scheduler {self.lr_scheduler!r}; choose one of "
+                                   f"{', '.join(t.value for t in SchedulerType)}") from None
         if isinstance(self.lora, dict):
             self.lora = LoRASettings(**self.lora)
         if isinstance(self.smt, dict):
@@ -177,6 +184,8 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     from superweight.detect import find_super_weights
 
     check_corpus(texts)
+    if lm.tokenizer is None:
+        raise SuperweightError("the model has no tokenizer to turn the training text into tokens")
     out_path = check_out_dir(out, force, lm) if out is not None else None
     sws = list(super_weights) if super_weights is not None else find_super_weights(lm)
     guard = SuperWeightGuard(lm, sws, config.guard_config())
