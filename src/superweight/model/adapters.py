@@ -22,6 +22,7 @@ fused experts, and W8A8 uses it to protect super activations, all with no per-ar
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -57,6 +58,12 @@ class UpProj:
 
 
 GATED = (UpProj("mlp.gate_proj"), UpProj("mlp.up_proj"))  # Llama-style: act(gate(x)) * up(x)
+
+# What each decoder linear does, as (kind, glob on its path inside one decoder layer); first match wins.
+# Fine-tuning chooses modules by kind (SMT's "which kinds may be chosen", LoRA's targets).
+LLAMA_KINDS = (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+               ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+               ("down", "mlp.down_proj"))
 FUSED_EXPERTS = (UpProj("mlp.experts", layout="experts", param="gate_up_proj", chunks=2),)
 
 # Linears (paths from one decoder layer) whose input is the residual stream, normalised or not: a
@@ -104,6 +111,7 @@ class Adapter:
     mlp: str | None = "mlp"  # the MLP module (None: the down projection's output is the MLP branch)
     residual_readers: tuple[str, ...] = LLAMA_READERS  # modules whose input is the residual stream
     experts_act: str | None = None  # fused experts: attribute of the experts module holding act()
+    linear_kinds: tuple[tuple[str, str], ...] = LLAMA_KINDS  # (kind, glob inside a layer)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -111,12 +119,18 @@ class Adapter:
         if self.layout == "experts" and not self.experts_act:
             raise ValueError("a fused experts adapter must name the experts' activation (experts_act)")
 
+    def kind_of(self, path: str) -> str:
+        """The kind ("q", "v", "down", ...) of a decoder linear at `path` inside one layer, or "other"."""
+        return next((k for k, glob in self.linear_kinds if fnmatch.fnmatchcase(path, glob)), "other")
+
 
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "cohere", "stablelm")),
     Adapter(("phi3",), notes="fused gate_up_proj; down_proj is a plain Linear",
             up_projs=(UpProj("mlp.gate_up_proj", chunks=2),),
-            residual_readers=("self_attn.qkv_proj", "mlp.gate_up_proj")),
+            residual_readers=("self_attn.qkv_proj", "mlp.gate_up_proj"),
+            linear_kinds=(("qkv", "self_attn.qkv_proj"), ("o", "self_attn.o_proj"),
+                          ("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj"))),
     Adapter(("olmo",)),
     Adapter(("olmo2", "olmo3"), post_mlp_norm="post_feedforward_layernorm",
             post_attn_norm="post_attention_layernorm"),
@@ -125,13 +139,19 @@ ADAPTERS: tuple[Adapter, ...] = (
             post_attn_norm="post_attention_layernorm"),
     Adapter(("gpt2",), layers="transformer.h", down_proj="mlp.c_proj", layout="conv1d",
             up_projs=(UpProj("mlp.c_fc", layout="conv1d"),), attention="attn", attn_out="attn.c_proj",
-            residual_readers=("attn.c_attn", "mlp.c_fc")),
+            residual_readers=("attn.c_attn", "mlp.c_fc"),
+            linear_kinds=(("qkv", "attn.c_attn"), ("o", "attn.c_proj"), ("up", "mlp.c_fc"),
+                          ("down", "mlp.c_proj"))),
     Adapter(("gpt_neox",), layers="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
             up_projs=(UpProj("mlp.dense_h_to_4h"),), attention="attention", attn_out="attention.dense",
             residual_readers=("attention.query_key_value", "mlp.dense_h_to_4h"),
+            linear_kinds=(("qkv", "attention.query_key_value"), ("o", "attention.dense"),
+                          ("up", "mlp.dense_h_to_4h"), ("down", "mlp.dense_4h_to_h")),
             notes="attention and MLP added in parallel (use_parallel_residual)"),
     Adapter(("opt",), layers="model.decoder.layers", down_proj="fc2", up_projs=(UpProj("fc1"),),
             attn_out="self_attn.out_proj", mlp=None, residual_readers=QKV + ("fc1",),
+            linear_kinds=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+                          ("o", "self_attn.out_proj"), ("up", "fc1"), ("down", "fc2")),
             notes="fc1/fc2 sit in the layer: no MLP module"),
     Adapter(("mixtral",), down_proj="mlp.experts", layout="experts", up_projs=FUSED_EXPERTS,
             router="mlp.gate", experts_act="act_fn", residual_readers=QKV + ("mlp.gate", "mlp.experts")),
@@ -141,7 +161,11 @@ ADAPTERS: tuple[Adapter, ...] = (
                              UpProj("mlp.shared_expert.up_proj")),
             router="mlp.gate", experts_act="act_fn",
             residual_readers=QKV + ("mlp.gate", "mlp.experts", "mlp.shared_expert.gate_proj",
-                                    "mlp.shared_expert.up_proj", "mlp.shared_expert_gate")),
+                                    "mlp.shared_expert.up_proj", "mlp.shared_expert_gate"),
+            linear_kinds=LLAMA_KINDS + (("gate", "mlp.shared_expert.gate_proj"),
+                                        ("up", "mlp.shared_expert.up_proj"),
+                                        ("down", "mlp.shared_expert.down_proj"),
+                                        ("router", "mlp.shared_expert_gate"))),
 )
 
 HOW_TO_ADD = (
@@ -427,7 +451,12 @@ class ModelView:
 
     def decoder_linears(self) -> Iterator[tuple[str, nn.Module]]:
         """Every linear-like module inside the decoder layers (nn.Linear and GPT-2 Conv1D), by name."""
+        for _, _, name, mod in self.decoder_linears_by_kind():
+            yield name, mod
+
+    def decoder_linears_by_kind(self) -> Iterator[tuple[int, str, str, nn.Module]]:
+        """`(layer, kind, name, module)` for every decoder linear; kinds from `Adapter.linear_kinds`."""
         for i, layer in enumerate(self.layers):
             for name, mod in layer.named_modules():
                 if isinstance(mod, nn.Linear) or is_conv1d(mod):
-                    yield f"{self.adapter.layers}.{i}.{name}", mod
+                    yield i, self.adapter.kind_of(name), f"{self.adapter.layers}.{i}.{name}", mod
