@@ -212,7 +212,7 @@ def test_verify_gives_every_massive_activation_a_verdict(tokenizer):
 def test_a_super_activation_only_when_a_verified_super_weight_makes_it(tokenizer):
     from rich.console import Console
 
-    from superweight.report.terminal_detect import render_detection
+    from superweight.report.detect_tables import render_detection
 
     model = tiny_model("llama")
     plant_super_weight(model, 2, 7, 11)
@@ -277,7 +277,7 @@ def test_a_layer_that_only_tips_a_large_value_over_is_said_to(tokenizer):
     activation first counts as massive after layer 2, and the report says layer 2 adds under half."""
     from rich.console import Console
 
-    from superweight.report.terminal_detect import render_detection
+    from superweight.report.detect_tables import render_detection
 
     model = tiny_model("llama", attention_bias=True)
     plant_attention_activation(model, 1, 9, value=600.0)

@@ -8,7 +8,8 @@ import pytest
 
 from superweight.errors import SuperweightError
 from superweight.report import browser
-from superweight.report.html import Code, Facts, Figure, Page, Section, Table, Text
+from superweight.report.html import Code, Facts, Figure, Page, Section, Text
+from superweight.report.tables import Column, Table
 
 
 def _png(tmp_path):
@@ -22,9 +23,10 @@ def _png(tmp_path):
 def _page(tmp_path) -> Page:
     return Page("superweight report: <tiny>", "a subtitle", [
         Section("Super weights", [Text("found & verified", tone="note"),
-                                  Table(["(layer, row, col)", "value", "ok"], [["(2, 7, 11)", 50.0, True],
-                                                                               ["(3, 1, 2)", 1234567.0, False]],
-                                        caption="candidates")],
+                                  Table("candidates", [Column("(layer, row, col)"), Column("value", "right"),
+                                                       Column("ok")],
+                                        [["(2, 7, 11)", "50", "yes"], ["(3, 1, 2)", "1.235e+06", "no"]],
+                                        notes=["a note under the table"], sections={0})],
                 how="superweight detect tiny --verify"),
         Section("Plots", [Figure(_png(tmp_path), "Figure 3"), Code("superweight trace --plot out"),
                           Facts([("model", "tiny"), ("layers", 6)])]),
@@ -38,7 +40,8 @@ def test_page_escapes_embeds_and_links_sections(tmp_path):
     assert "found &amp; verified" in text
     assert text.count("data:image/png;base64,") == 1
     assert 'href="#plots"' in text and 'href="#plots-2"' in text  # unique anchors
-    assert "1.235e+06" in text and ">yes<" in text and ">no<" in text
+    assert '<td class="num">1.235e+06</td>' in text and ">yes<" in text and "a note under the table" in text
+    assert '<caption>candidates</caption>' in text and '<tr class="rule">' in text
     assert "How it was made" in text
     # nothing is fetched from anywhere: no external sources, styles or scripts
     assert not re.search(r'(src|href)="(https?:)?//', text)
@@ -50,7 +53,7 @@ def test_write_is_atomic_and_bad_blocks_are_clear_errors(tmp_path):
     assert path.name == "index.html" and path.read_text().startswith("<!DOCTYPE html>")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["index.html"]
     with pytest.raises(SuperweightError, match="2 cells for 3 columns"):
-        Page("x", sections=[Section("t", [Table(["a", "b", "c"], [[1, 2]])])]).render()
+        Page("x", sections=[Section("t", [Table("t", [Column("a"), Column("b"), Column("c")], [["1", "2"]])])]).render()
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(SuperweightError, match="not a PNG"):
         Page("x", sections=[Section("t", [Figure(tmp_path / "bad.png")])]).render()

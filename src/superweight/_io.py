@@ -55,12 +55,24 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+_COMMAND: list[str] = []  # the command line of this process, when it runs the CLI
+
+
+def set_command(argv: list[str]) -> None:
+    """Remember the `superweight ...` command line, so that every result file says what made it."""
+    import shlex
+
+    _COMMAND[:] = ["superweight " + shlex.join(argv)]
+
+
 def result_header(kind: str, **fields: Any) -> dict:
-    """The fields every result file starts with: schema and tool versions, what made it."""
+    """The fields every result file starts with: schema and tool versions, the command that made it
+    (when run from the command line), what made it."""
     from superweight import __version__
 
+    command = {"command": _COMMAND[0]} if _COMMAND else {}
     return {"schema_version": SCHEMA_VERSION, "tool": "superweight", "tool_version": __version__,
-            "kind": kind, **fields}
+            "kind": kind, **command, **fields}
 
 
 def _json_default(obj: Any) -> Any:

@@ -51,6 +51,10 @@ class Row:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        return cls(d["condition"], d.get("summary"), d.get("seconds", 0.0), d.get("note", ""), d.get("detail", {}))
+
 
 @dataclass
 class AblationResult:
@@ -73,6 +77,16 @@ class AblationResult:
         return {"rows": [r.to_dict() for r in self.rows], "k": self.k,
                 "super_weights": [s.to_dict() for s in self.super_weights], "config": self.config,
                 "metrics": [m.to_dict() for m in self.columns()]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AblationResult":
+        """A result read back from its JSON (`to_dict()`), e.g. to draw it again."""
+        return cls([Row.from_dict(r) for r in d["rows"]], _records(d), d["k"], d.get("config", {}),
+                   [Metric.from_dict(m) for m in d.get("metrics", [])])
+
+
+def _records(d: dict) -> list[SuperWeight]:
+    return [SuperWeight.from_dict(s) for s in d.get("super_weights", [])]
 
 
 def _columns(summaries: Iterable[dict | None], known: Sequence[Metric]) -> list[Metric]:
@@ -189,6 +203,11 @@ class ScaleResult:
                 "super_weights": [s.to_dict() for s in self.super_weights],
                 "metrics": [m.to_dict() for m in self.columns()]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScaleResult":
+        return cls(list(d["factors"]), list(d["summaries"]), _records(d), d["best_by"], list(d.get("seconds", [])),
+                   [Metric.from_dict(m) for m in d.get("metrics", [])])
+
 
 def parse_factors(factors: Iterable) -> list[float]:
     out = [check_factor(f) for f in factors]
@@ -261,6 +280,10 @@ class TokenShift:
     def to_dict(self) -> dict:
         return {**asdict(self), "ratio": self.ratio}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenShift":
+        return cls(d["token_id"], d["token"], d["original"], d["pruned"])
+
 
 @dataclass
 class StopwordResult:
@@ -279,6 +302,12 @@ class StopwordResult:
                 "rising": [t.to_dict() for t in self.rising], "falling": [t.to_dict() for t in self.falling],
                 "groups": self.groups, "named": [t.to_dict() for t in self.named],
                 "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StopwordResult":
+        shifts = {k: [TokenShift.from_dict(t) for t in d.get(k, [])] for k in ("rising", "falling", "named")}
+        return cls(d["passages"], _records(d), shifts["rising"], shifts["falling"], d.get("groups", {}),
+                   shifts["named"], d.get("seconds", 0.0))
 
 
 def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8,

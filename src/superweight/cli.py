@@ -14,7 +14,8 @@ import sys
 from superweight import __version__
 from superweight.errors import SuperweightError
 
-COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "eval", "data"]
+COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "eval", "data",
+            "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from superweight._io import set_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    set_command(argv)
     try:
         return int(args.func(args) or 0)
     except SuperweightError as e:

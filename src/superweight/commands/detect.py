@@ -9,6 +9,8 @@ from superweight.commands._common import add_model_args, console, load_from_args
 
 
 def register(sub) -> None:
+    from superweight.verify import VERIFY_THRESHOLD
+
     p = sub.add_parser("detect", help="find massive activations, what makes them, and super weights (data-free)",
                        description="Find massive activations in the residual stream and what makes each "
                                    "one (a super weight, one input feature's column, a norm's gain, "
@@ -19,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="zero each candidate and ablate each massive activation; measure perplexity "
                         "on a short real text")
-    p.add_argument("--verify-threshold", type=float, default=3.0, metavar="X",
+    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
                    help="perplexity ratio that makes a spike a super weight and a massive activation "
-                        "needed (default 3)")
+                        f"needed (default {VERIFY_THRESHOLD:g})")
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
@@ -84,7 +86,7 @@ def run(args) -> int:
     from superweight import catalog
     from superweight._io import result_header, write_json
     from superweight.detect import run_detection
-    from superweight.report.terminal_detect import render_detection
+    from superweight.report.detect_tables import render_detection
 
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)

@@ -23,7 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from superweight._io import result_header, write_json
     from superweight.activations import trace
-    from superweight.report.terminal_detect import render_trace
+    from superweight.report.detect_tables import render_trace
 
     config = config_from_args(args)
     prompts = prompts_from_args(args)

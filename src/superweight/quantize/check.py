@@ -8,7 +8,7 @@ shapes; anything loadable (hub id, folder, .gguf) can be compared.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import torch
@@ -39,6 +39,11 @@ class CheckRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckRow":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def check_compatible(a: LoadedModel, b: LoadedModel) -> None:

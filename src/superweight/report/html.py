@@ -2,12 +2,14 @@
 
 Why a builder of our own: the page is a handful of headings, tables, embedded PNGs and short notes,
 so a templating engine would add a dependency for nothing. Everything is escaped; images are
-embedded as base64 data URIs; the style sheet is inline; there is no script. Features hand the
-builder plain blocks (`Text`, `Table`, `Figure`, `Code`, `Facts`) grouped in `Section`s, each of
-which can say how it was made (the command and its settings).
+embedded as base64 data URIs; the style sheet is inline; there is no script. The page is made of
+plain blocks (`Text`, `Code`, `Facts`, `Figure`, and the same `report.tables.Table`s the terminal
+draws, so both always show the same figures) grouped in `Section`s, each of which can say how it was
+made (the command and its settings).
 
->>> page = Page("demo", sections=[Section("Numbers", [Table(["a", "b"], [[1, 2.5]])])])
->>> "<table" in page.render()
+>>> from superweight.report.tables import Column
+>>> t = Table("sizes", [Column("model"), Column("params", "right")], [["smollm2-135m", "134.5M"]])
+>>> "<table" in Page("demo", sections=[Section("Numbers", [t])]).render()
 True
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 from superweight.errors import SuperweightError
+from superweight.report.tables import Table
 
 
 @dataclass
@@ -43,16 +46,6 @@ class Facts:
     """Key/value pairs, shown as a two-column list."""
 
     items: Sequence[tuple[str, object]]
-
-
-@dataclass
-class Table:
-    """A table of cells; numbers are formatted with `number_format` (str values are kept as they are)."""
-
-    headers: Sequence[str]
-    rows: Sequence[Sequence[object]]
-    caption: str | None = None
-    number_format: str = ".4g"
 
 
 @dataclass
@@ -120,7 +113,7 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _cell(value: object, fmt: str) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -128,25 +121,31 @@ def _cell(value: object, fmt: str) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return format(value, fmt)
+        return format(value, ".4g")
     return str(value)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _table(t: Table) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in t.headers)
-    rows = []
-    for row in t.rows:
-        if len(row) != len(t.headers):
-            raise SuperweightError(f"a table row has {len(row)} cells for {len(t.headers)} columns")
-        cells = "".join(f'<td class="{"num" if _is_number(v) else "txt"}">{_e(_cell(v, t.number_format))}</td>'
-                        for v in row)
-        rows.append(f"<tr>{cells}</tr>")
-    cap = f"<caption>{_e(t.caption)}</caption>" if t.caption else ""
-    return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    """A `report.tables.Table`: its title as caption, right-justified columns as numbers, a rule
+    after each section, then its notes."""
+    out = []
+    if t.columns:
+        head = "".join(f"<th>{_e(c.name)}</th>" for c in t.columns)
+        rows = []
+        for i, row in enumerate(t.rows):
+            if len(row) != len(t.columns):
+                raise SuperweightError(f"a table row has {len(row)} cells for {len(t.columns)} columns")
+            cells = "".join(f'<td class="{"num" if c.justify == "right" else "txt"}">{_e(v)}</td>'
+                            for c, v in zip(t.columns, row))
+            rule = ' class="rule"' if i in t.sections else ""
+            rows.append(f"<tr{rule}>{cells}</tr>")
+        cap = f"<caption>{_e(t.title)}</caption>" if t.title else ""
+        out.append(f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+                   f'<tbody>{"".join(rows)}</tbody></table></div>')
+    elif t.title:
+        out.append(f"<h3>{_e(t.title)}</h3>")
+    out += [f'<p class="tnote">{_e(n)}</p>' for n in t.notes]
+    return "".join(out)
 
 
 def _png_bytes(png: Union[str, Path, bytes]) -> bytes:
@@ -175,7 +174,7 @@ def _block(b: Block) -> str:
     if isinstance(b, Code):
         return f"<pre><code>{_e(b.text)}</code></pre>"
     if isinstance(b, Facts):
-        items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(_cell(v, '.4g'))}</dd>" for k, v in b.items)
+        items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(_cell(v))}</dd>" for k, v in b.items)
         return f"<dl>{items}</dl>"
     if isinstance(b, Table):
         return _table(b)
@@ -198,8 +197,9 @@ nav a{color:#1f5fa8;text-decoration:none}section{background:#fff;border:1px soli
 padding:4px 20px 16px;margin:16px 0}h2{font-size:20px;border-bottom:1px solid #eee;padding-bottom:4px}
 .scroll{overflow-x:auto}table{border-collapse:collapse;margin:8px 0;font-size:13px}
 caption{text-align:left;font-weight:600;padding:4px 0}th,td{border:1px solid #dde;padding:3px 8px}
-th{background:#f0f3f7;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tbody tr:nth-child(even){background:#f8f9fb}figure{margin:12px 0}img{max-width:100%;border:1px solid #eee}
+th{background:#f0f3f7;text-align:left}td.txt:first-child{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tbody tr:nth-child(even){background:#f8f9fb}tr.rule td{border-bottom:2px solid #99a}
+h3{font-size:16px;margin:12px 0 4px}p.tnote{margin:4px 0;font-size:14px}figure{margin:12px 0}img{max-width:100%;border:1px solid #eee}
 figcaption{color:#566;font-size:13px}pre{background:#f3f4f6;padding:8px 12px;overflow-x:auto;border-radius:4px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:600}dd{margin:0}
 p.note{background:#eef6ff;border-left:4px solid #1f5fa8;padding:6px 10px}

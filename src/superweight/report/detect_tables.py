@@ -1,4 +1,4 @@
-"""Terminal rendering of detection and trace: rich tables and one sentence per finding.
+"""Detection and trace as tables and sentences: drawn in the terminal (rich) and in the HTML report.
 
 The words follow the project's convention: a *massive activation* is seen (in the residual
 stream); a *super weight candidate* is a weight that makes a spike or a massive activation; a
@@ -8,10 +8,15 @@ called a *super activation* only when a verified super weight makes it.
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NORM_GAIN,
                                  SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
+from superweight.report.tables import Column, Table, show
+
+_LEFT = ("token@pos", "made by", "verdict", "(layer, row, col)")
+
+
+def _table(title: str, cols: list[str]) -> Table:
+    return Table(title, [Column(c, "left" if c in _LEFT else "right") for c in cols])
 
 
 def _num(v, fmt: str = ".4g") -> str:
@@ -89,12 +94,10 @@ def made_by(act: MassiveActivation, result, short: bool = False) -> str:
 
 
 def massive_table(title: str, acts, result, verified: bool, prompts: int) -> Table:
-    t = Table(title=title, title_justify="left")
     cols = ["channel", "token@pos", "first layer", "value", "× median", "through layer", "peak", "made by"]
     cols += ["prompts"] if prompts > 1 else []
     cols += ["ppl× ablated", "verdict"] if verified else []
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("token@pos", "made by", "verdict") else "right")
+    t = _table(title, cols)
     for a in acts:
         cells = [str(a.channel), _positions(a), _layer(a.first_layer), _num(a.value), _num(a.ratio, ".0f"),
                  _layer(a.last_layer), _num(a.peak), made_by(a, result, short=True)]
@@ -102,20 +105,18 @@ def massive_table(title: str, acts, result, verified: bool, prompts: int) -> Tab
             cells.append(f"{a.prompts_found}/{prompts}")
         if verified:
             cells += [_num(a.ppl_ratio, ".3g"), a.verdict or "–"]
-        t.add_row(*cells)
+        t.rows.append(cells)
     return t
 
 
 def super_weight_table(title: str, sws, show_prompts: int = 0, verified: bool = False) -> Table:
     norm = any(s.norm_output is not None for s in sws)
-    t = Table(title=title, title_justify="left")
     cols = ["(layer, row, col)", "weight", "input X", "output Y", "token@pos", "dominance",
             "Y without", "|w| rank", "round"]
     cols += ["after norm", "gain/median"] if norm else []
     cols += ["prompts"] if show_prompts > 1 else []
     cols += ["ppl× alone", "ppl× given others", "verdict"] if verified else []
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("token@pos", "verdict", "(layer, row, col)") else "right")
+    t = _table(title, cols)
     for s in sws:
         cells = [s.label(), _num(s.value), _num(s.input_value), _num(s.output_value),
                  f"{s.token!r}@{s.position}", _num(s.dominance, ".1%"), _num(s.output_without),
@@ -127,7 +128,7 @@ def super_weight_table(title: str, sws, show_prompts: int = 0, verified: bool = 
             cells += [f"{s.prompts_found}/{show_prompts}"]
         if verified:
             cells += [_num(s.ppl_ratio, ".3g"), _num(s.ppl_ratio_given_others, ".3g"), s.verdict or "–"]
-        t.add_row(*cells)
+        t.rows.append(cells)
     return t
 
 
@@ -204,48 +205,56 @@ def _columns(result) -> list[str]:
     return lines
 
 
-def render_detection(out, lm, run) -> None:
-    """The whole `detect` report for a `DetectionRun`."""
+def detection_tables(model: dict, run) -> list[Table]:
+    """The whole `detect` report for a `DetectionRun` as tables and sentences (`model`: the
+    loaded model's `describe()`)."""
+    tables: list[Table] = []
+
+    def say(line: str) -> None:  # a sentence after the tables drawn so far
+        if tables[-1].columns:
+            tables.append(Table("", []))
+        tables[-1].notes.append(line)
+
     result, verification, comparison = run.result, run.verification, run.comparison
     config = result.config
     n = len(set(result.prompts))
     verified = verification is not None
     state = "converged" if result.converged else "stopped at the round limit"
-    out.print(f"[bold]{lm.ref}[/bold] ({lm.model_type}, {lm.view.num_layers} layers, "
-              f"{str(lm.dtype).removeprefix('torch.')}) · {n} prompt(s) · {result.rounds} round(s), {state}")
-    out.print(headline(result))
+    tables.append(Table("", [], notes=[
+        f"{model['ref']} ({model['model_type']}, {model['num_layers']} layers, {model['dtype']}) · "
+        f"{n} prompt(s) · {result.rounds} round(s), {state}", headline(result)]))
     early_acts = [a for a in result.massive if not a.late]
     late_acts = [a for a in result.massive if a.late]
     criterion = (f"|h| > {config.massive_floor:g} and > {config.massive_ratio:g}× the median |h| "
                  "of its hidden state")
     if early_acts:
-        out.print(massive_table(f"Massive activations in the residual stream ({criterion})",
+        tables.append(massive_table(f"Massive activations in the residual stream ({criterion})",
                                 early_acts, result, verified, n))
     early = [s for s in result.super_weights if not s.late]
     if early:
         title = "Super weight candidates, verified" if verified else "Super weight candidates"
-        out.print(super_weight_table(title, early, n, verified))
+        tables.append(super_weight_table(title, early, n, verified))
     if late_acts:
-        out.print(massive_table(f"Late-layer massive activations (first at layer ≥ {config.late_fraction:g} "
+        tables.append(massive_table(f"Late-layer massive activations (first at layer ≥ {config.late_fraction:g} "
                                 "of depth; reported apart)", late_acts, result, verified, n))
     if result.late:
-        out.print(super_weight_table(
+        tables.append(super_weight_table(
             f"Late-layer spikes (layer ≥ {config.late_fraction:g} of depth; reported apart)",
             result.late, n, verified))
     if not result.massive and not result.super_weights:
-        out.print(f"No massive activation ({criterion}) and no down projection spike "
+        say(f"No massive activation ({criterion}) and no down projection spike "
                   f"(output ≥ max({config.min_output:g}, {config.output_ratio:g}× median layer), "
                   f"input ≥ max({config.min_input:g}, {config.input_ratio:g}× median layer)).")
     for group in _grouped(early_acts) + _grouped(late_acts):
-        out.print(_sentence(group, result))
+        say(_sentence(group, result))
     for line in _unexplained_spikes(result) + _columns(result):
-        out.print(line)
+        say(line)
     if not result.converged:
-        out.print(f"The search stopped at the round limit ({config.max_rounds} rounds) while still finding new "
+        say(f"The search stopped at the round limit ({config.max_rounds} rounds) while still finding new "
                   "candidates: there may be more (raise --max-rounds).")
     if n > 1:
         stable = [s.label() for s in result.super_weights if s.prompts_found == n]
-        out.print(f"Found in all {n} prompts: {', '.join(stable) or 'none'}")
+        say(f"Found in all {n} prompts: {', '.join(stable) or 'none'}")
     if verification:
         zeroed = [s for s in result.super_weights if not s.late]
         line = (f"Verification on {verification.tokens} tokens of the {verification.text_source}: "
@@ -255,13 +264,19 @@ def render_detection(out, lm, run) -> None:
                      f"(×{verification.ppl_all_pruned / verification.ppl:.4g})")
         if result.massive:
             line += "; a massive activation is ablated by setting it to " + verification.ablated_to
-        out.print(line + ".")
-    out.print(f"Catalog: {comparison.verdict}"
+        say(line + ".")
+    say(f"Catalog: {comparison.verdict}"
               + (f" ({comparison.entry.model}; {comparison.entry.source})" if comparison.entry else ""))
     if comparison.entry and comparison.missing:
-        out.print(f"  catalogued but not found: {comparison.missing}")
+        say(f"  catalogued but not found: {comparison.missing}")
     if comparison.entry and comparison.new:
-        out.print(f"  found but not catalogued: {comparison.new}")
+        say(f"  found but not catalogued: {comparison.new}")
+    return tables
+
+
+def render_detection(out, lm, run) -> None:
+    """Print the `detect` report on a rich console."""
+    show(out, detection_tables(lm.describe(), run))
 
 
 def headline(result) -> str:
@@ -291,13 +306,10 @@ def headline(result) -> str:
 # --- trace ---------------------------------------------------------------------------------------
 
 def trace_table(t) -> Table:
-    title = f"Residual stream per layer — {t.prompt!r}"
-    table = Table(title=title, title_justify="left")
     pruned = t.pruned is not None
     cols = ["layer", "max |h|", "channel", "token (pos)", "× median", "h at MA"]
     cols += ["max |h| zeroed", "channel ", "h at MA, zeroed"] if pruned else []
-    for c in cols:
-        table.add_column(c, justify="right")
+    table = Table(f"Residual stream per layer — {t.prompt!r}", [Column(c, "right") for c in cols])
     rows = zip(t.original, t.pruned) if pruned else ((o, None) for o in t.original)
     for o, p in rows:
         tok = t.tokens[o.position] if o.position < len(t.tokens) else "?"
@@ -305,7 +317,7 @@ def trace_table(t) -> Table:
                  _num(o.ratio, ".0f"), _num(o.at)]
         if p is not None:
             cells += [_num(abs(p.value)), str(p.channel), _num(p.at)]
-        table.add_row(*cells)
+        table.rows.append(cells)
     return table
 
 
@@ -326,6 +338,11 @@ def trace_summary(t) -> str:
     return line
 
 
+def trace_tables(t) -> list[Table]:
+    table = trace_table(t)
+    table.notes.append(trace_summary(t))
+    return [table]
+
+
 def render_trace(out, t) -> None:
-    out.print(trace_table(t))
-    out.print(trace_summary(t))
+    show(out, trace_tables(t))
