@@ -29,8 +29,25 @@ SUPER, SPIKE = "super weight", "spike only"
 NEEDED, NOT_NEEDED = "needed", "not needed"
 
 
+def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `d` that name a field of dataclass `cls` (a file may carry more)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+class Record:
+    """`to_dict` / `from_dict` for a flat dataclass record; keys it does not know are ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return cls(**known_fields(cls, d))
+
+
 @dataclass
-class SuperWeight:
+class SuperWeight(Record):
     """One super weight and what was measured about it (fields after `expert` are optional)."""
 
     layer: int
@@ -67,17 +84,10 @@ class SuperWeight:
         e = f", expert {self.expert}" if self.expert is not None else ""
         return f"({self.layer}, {self.row}, {self.col}{e})"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SuperWeight":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
-class SuperActivation:
+class SuperActivation(Record):
     """A huge value in the residual stream: which layer creates it, where it sits, how big it is."""
 
     layer: int  # the layer after which it first appears in the residual stream
@@ -86,13 +96,6 @@ class SuperActivation:
     value: float  # the residual stream's value there
     token: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SuperActivation":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -127,8 +130,7 @@ class Origin:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Origin":
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
+        d = known_fields(cls, d)
         d["weights"] = [SuperWeight.from_dict(w) for w in d.get("weights", [])]
         return cls(**d)
 
@@ -177,8 +179,7 @@ class MassiveActivation:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MassiveActivation":
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
+        d = known_fields(cls, d)
         if d.get("origin") is not None:
             d["origin"] = Origin.from_dict(d["origin"])
         return cls(**d)

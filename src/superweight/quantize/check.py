@@ -8,7 +8,7 @@ shapes; anything loadable (hub id, folder, .gguf) can be compared.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,13 +16,13 @@ import torch
 from superweight.errors import SuperweightError
 from superweight.model.hooks import observe_down_projs
 from superweight.model.load import LoadedModel
-from superweight.records import SuperWeight
+from superweight.records import Record, SuperWeight
 
 SURVIVE_RATIO = 0.5  # the other's super activation keeps at least this share of the original's, same sign
 
 
 @dataclass
-class CheckRow:
+class CheckRow(Record):
     layer: int
     row: int
     col: int
@@ -36,14 +36,6 @@ class CheckRow:
     survives: bool
     input_original: float = 0.0  # signed down-projection input of largest |value| on feature `col`
     input_other: float = 0.0  # (the spike the super weight multiplies; made by gate/up and earlier layers)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CheckRow":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def check_compatible(a: LoadedModel, b: LoadedModel) -> None:
