@@ -18,11 +18,13 @@ MODULES = [
     "superweight.quantize",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
+    "superweight.report.html",
     "superweight.report.progress",
     "superweight.report.tables",
     "superweight.selection",
     "superweight.tensor.quant",
     "superweight.tensor.stats",
+    "superweight.testing",
 ]
 
 
