@@ -459,8 +459,8 @@ def test_cli_detect_trace_under_a_budget_match_a_full_load(model_dir, full, tmp_
         whole, budgeted = results
         assert budgeted["model"]["memory"]["offloaded"] and not whole["model"]["memory"]["offloaded"]
         assert budgeted["model"]["memory"]["budget_bytes"] == full.plan.weights_bytes // 3
-        whole.pop("model"), budgeted.pop("model")
-        assert whole == budgeted
+        assert budgeted["command"].endswith(" --max-memory " + budget)
+        assert _timeless(whole, "model", "command") == _timeless(budgeted, "model", "command")
 
 
 def test_cli_check_and_quantize_under_a_budget(model_dir, full, tmp_path, capsys):
@@ -478,7 +478,7 @@ def test_cli_check_and_quantize_under_a_budget(model_dir, full, tmp_path, capsys
         assert code == 0
         rows.append(json.loads(out.read_text()))
     assert rows[1]["model"]["memory"]["offloaded"]
-    assert _timeless(rows[0], "model") == _timeless(rows[1], "model")
+    assert _timeless(rows[0], "model", "command") == _timeless(rows[1], "model", "command")
 
 
 def _timeless(obj, *drop):
@@ -488,6 +488,18 @@ def _timeless(obj, *drop):
     if isinstance(obj, list):
         return [_timeless(v) for v in obj]
     return obj
+
+
+def test_cli_report_under_a_budget_matches_a_full_load(model_dir, full, tmp_path, capsys):
+    pages = []
+    for extra in ([], ["--max-memory", f"{full.plan.weights_bytes // 3}B"]):
+        out = tmp_path / f"r{len(extra)}"
+        code, _ = _run(["report", str(model_dir), "--out", str(out), "--json", str(out / "r.json"), *extra], capsys)
+        assert code == 0
+        pages.append(json.loads((out / "r.json").read_text()))
+    assert pages[1]["model"]["memory"]["offloaded"] and not pages[0]["model"]["memory"]["offloaded"]
+    assert _timeless(pages[0], "model", "command") == _timeless(pages[1], "model", "command")
+    assert (LAYER, ROW, COL) in [(s["layer"], s["row"], s["col"]) for s in pages[1]["detection"]["super_weights"]]
 
 
 def test_cli_eval_perplexity_of_a_file_under_a_budget(model_dir, full, tmp_path, capsys):
@@ -501,7 +513,7 @@ def test_cli_eval_perplexity_of_a_file_under_a_budget(model_dir, full, tmp_path,
         assert code == 0
         results.append(json.loads(out.read_text()))
     assert results[1]["model"]["memory"]["offloaded"]
-    assert _timeless(results[0], "model") == _timeless(results[1], "model")
+    assert _timeless(results[0], "model", "command") == _timeless(results[1], "model", "command")
 
 
 @pytest.mark.parametrize("argv, message", [
