@@ -138,6 +138,7 @@ def _scale(p: dict):
 
 
 def _quantize(p: dict):
+    from superweight.evaluate.metrics import AVERAGE_KEY
     from superweight.quantize.sweep import W8A8, WEIGHT, QuantResult
     from superweight.report.quantize_plots import plot_sweep
     from superweight.report.tables import sweep_tables
@@ -153,8 +154,10 @@ def _quantize(p: dict):
         title = "Quantization"
     blocks: list = [*sweep_tables(r, title)]
     if W8A8 not in kinds and len(blocks_seen) > 1:
+        shown = [m for m in r.metrics() if m.is_perplexity or m.name == AVERAGE_KEY] or r.metrics()
         blocks += [_png(lambda path, m=m: plot_sweep(r.rows, m, path, f"{m.label} vs block size"),
-                        f"{m.label} against the block size, per method.") for m in r.metrics()]
+                        f"{m.label} against the block size, per method (per-task accuracies are in the table)")
+                   for m in shown]
     return title, blocks
 
 
