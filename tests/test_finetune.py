@@ -155,7 +155,7 @@ def test_output_folder_is_checked_before_training(tmp_path):
     before = snapshot(lm.model)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep me")
-    with pytest.raises(SuperweightError, match="not empty; use force"):
+    with pytest.raises(SuperweightError, match="not empty; add --force"):
         finetune(lm, FinetuneConfig(steps=1), TEXTS, super_weights=[sw], out=tmp_path / "busy")
     (tmp_path / "file").write_text("")
     with pytest.raises(SuperweightError, match="not a directory"):
@@ -181,13 +181,13 @@ def test_force_replaces_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
                   force=True, check=False)
     assert r2.out == str(target) and (target / "model.safetensors").is_file()
 
-    import superweight.finetune.train as train
+    import superweight.model.checkpoint as checkpoint
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     lm3, sw3 = planted_lm()
-    monkeypatch.setattr(train, "write_json", broken)
+    monkeypatch.setattr(checkpoint, "write_json", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         finetune(lm3, FinetuneConfig(steps=1, batch_size=2, seqlen=32), TEXTS, super_weights=[sw3],
                  out=tmp_path / "new", check=False)

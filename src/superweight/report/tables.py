@@ -273,11 +273,12 @@ def catalog_tables(entries) -> list[Table]:
 
 
 def data_tables(rows, root, fetch_command: str) -> list[Table]:
-    t = Table(f"Evaluation data ({root})", [Column(c) for c in ("name", "kind", "fetched", "offline source",
-                                                                "hub (online)", "what")])
+    t = Table(f"Evaluation and training data ({root})",
+              [Column(c) for c in ("name", "kind", "split", "fetched", "offline source", "hub (online)", "what")])
     for r in rows:
-        t.rows.append([r["name"], "perplexity" if r["kind"] == "text" else "zero-shot",
+        t.rows.append([r["name"], "text" if r["kind"] == "text" else "zero-shot", r["split"],
                        "yes" if r["fetched"] else "no", r["package"], r["hub"], r["description"]])
+    t.notes.append("Texts: perplexity (`--ppl`) and fine-tuning (`finetune --data`); zero-shot: `--tasks`.")
     if not all(r["fetched"] for r in rows):
         t.notes.append(f"Fetch the missing ones with `{fetch_command}`.")
     return [t]
