@@ -14,7 +14,8 @@ import sys
 from superweight import __version__
 from superweight.errors import SuperweightError
 
-COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "eval", "data"]
+COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "finetune", "eval",
+            "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from superweight._io import write_json
 from superweight.errors import SuperweightError
@@ -51,7 +52,8 @@ def save_checkpoint(lm: LoadedModel, out: str | os.PathLike, manifest_name: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = None
     try:
-        lm.model.save_pretrained(tmp, safe_serialization=True, **_shard_kwargs(lm))
+        with _no_bar():
+            lm.model.save_pretrained(tmp, safe_serialization=True, **_shard_kwargs(lm))
         if lm.tokenizer is not None:
             lm.tokenizer.save_pretrained(tmp)
         write_json(tmp / manifest_name, manifest)
@@ -70,6 +72,20 @@ def save_checkpoint(lm: LoadedModel, out: str | os.PathLike, manifest_name: str,
     return out
 
 
+@contextmanager
+def _no_bar() -> Iterator[None]:
+    """transformers' 'Writing model shards' bar off (the caller's progress display says what is saved)."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _shard_kwargs(lm: LoadedModel) -> dict:
     """Under a memory budget, shards of half the budget (transformers holds one shard in memory)."""
     from superweight.model.offload import model_is_offloaded
@@ -77,3 +93,15 @@ def _shard_kwargs(lm: LoadedModel) -> dict:
     if lm.plan is None or lm.plan.budget is None or not model_is_offloaded(lm.model):
         return {}
     return {"max_shard_size": max(lm.plan.budget // 2, lm.plan.largest)}
+
+
+MANIFEST_GLOB = "superweight-*.json"  # superweight-quantization.json, superweight-finetune.json
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The manifest a superweight feature wrote into a checkpoint folder (how it was made), if any."""
+    import json
+
+    folder = Path(path)
+    found = sorted(folder.glob(MANIFEST_GLOB)) if folder.is_dir() else []
+    return json.loads(found[0].read_text()) if found else None
