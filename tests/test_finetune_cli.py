@@ -76,9 +76,11 @@ def test_each_method_with_freeze_writes_a_checkpoint_that_check_reads(method, mo
     if method == "smt":
         assert "SMT: where the" in stdout and (out / "finetune-smt-placement.png").stat().st_size > 1000
         assert payload["smt"]["placement"]["kinds"] == ["q", "k", "v", "o", "gate", "up", "down"]
-    code, stdout, err = run(["check", models["sw"], str(out), "--coords", f"{LAYER},{ROW},{COL}"], capsys)
+    code, stdout, err = run(["check", models["sw"], str(out), "--coords", f"{LAYER},{ROW},{COL}",
+                             "--json", str(tmp_path / "check.json")], capsys)
     assert code == 0, err
     assert "0.00%" in stdout and "1 of 1 super activation(s) survive" in stdout
+    assert json.loads((tmp_path / "check.json").read_text())["other_manifest"]["config"]["method"] == method
 
 
 def test_clip_and_coords_and_plot_folder(models, tmp_path, capsys):
