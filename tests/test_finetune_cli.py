@@ -94,6 +94,15 @@ def test_clip_and_coords_and_plot_folder(models, tmp_path, capsys):
     assert (plots / "finetune-drift.png").is_file() and not (out / "finetune-drift.png").exists()
 
 
+def test_json_on_stdout(models, tmp_path, capsys):
+    code, stdout, err = run(["finetune", models["sw"], "--data", models["text"], *FAST, "--steps", "1",
+                             "--out", str(tmp_path / "t"), "--json", "-"], capsys)
+    assert code == 0, err
+    payload = json.loads(stdout)  # nothing else on stdout
+    assert payload["kind"] == "finetune" and payload["train"]["steps"] == 1
+    assert "Super weights (detection): (2, 7, 11)" in err
+
+
 def test_a_lost_super_activation_exits_1(models, tmp_path, capsys):
     """Unguarded, a huge learning rate wrecks the tiny model: `check` reports the loss, as `check` does."""
     out = tmp_path / "wrecked"
@@ -113,6 +122,7 @@ def test_no_super_weights_freeze_is_an_error_and_guard_none_trains(models, tmp_p
                              "--out", str(out), "--json", str(tmp_path / "ft.json")], capsys)
     assert code == 0, err
     assert "check skipped: no super weights were given or detected" in stdout
+    assert "[3/3] save: checkpoint written" in err and "check:" not in err  # the progress plan had no check
     payload = json.loads((tmp_path / "ft.json").read_text())
     assert payload["check"] is None and payload["super_weights"] == [] and (out / "model.safetensors").is_file()
 

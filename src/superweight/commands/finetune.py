@@ -168,7 +168,7 @@ def run(args) -> int:
     lm = load_from_args(args)
     preflight(lm, config, texts, out, args.force)  # module kinds, offloaded weights: before detection
     selection = select_super_weights(lm, args, coords)
-    console().print(super_weight_line(selection), markup=False)
+    console(stderr=str(args.json) == "-").print(super_weight_line(selection), markup=False)  # stdout: the JSON
     if config.guard != "none" and not selection.super_weights:
         raise SuperweightError(f"no super weight found in {lm.ref} to {config.guard}; give --coords L,R,C or "
                                "--catalog, or train unguarded with --guard none")

@@ -227,9 +227,11 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
         save_checkpoint(lm, out_path, MANIFEST_NAME, manifest, force=force)
         emit("save", "save", 1, 1, {"out": str(out_path)})
     rows = None
-    if check:
+    if check and not sws:
+        notes.append("check skipped: no super weights were given or detected")
+    elif check:
         emit("check", "check", 1, 1, None)
-        rows = _check(lm, original, out_path, sws, notes)
+        rows = _check(lm, original, out_path, sws)
         emit("check", "check", 1, 1, {"rows": rows})
     return FinetuneResult(config, described, sws, stats, report, plan, rows,
                           str(out_path) if out_path else None, notes, data)
@@ -408,14 +410,11 @@ def _memory_copy(lm: LoadedModel) -> LoadedModel:
 
 
 def _check(lm: LoadedModel, original: LoadedModel | Callable[[], LoadedModel] | None, out_path: Path | None,
-           sws: list[SuperWeight], notes: list[str]) -> list | None:
+           sws: list[SuperWeight]) -> list:
     """`superweight check ORIGINAL TUNED` as a library call."""
     from superweight.model.load import load_model
     from superweight.quantize.check import check_models
 
-    if not sws:
-        notes.append("check skipped: no super weights were given or detected")
-        return None
     if callable(original):
         original = original()
     same = {"dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "quiet": True,
