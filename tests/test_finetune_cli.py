@@ -182,6 +182,9 @@ def test_out_folder_not_empty_needs_force(models, tmp_path, capsys):
     code, _, err = run(["finetune", models["sw"], "--data", models["text"], *FAST, "--force",
                         "--out", models["sw"]], capsys)
     assert code == 2 and "model's own files" in err
+    code, _, err = run(["finetune", models["sw"], "--data", models["text"], *FAST, "--out", str(tmp_path / "n"),
+                        "--plot", models["sw"]], capsys)
+    assert code == 2 and "model's own files" in err and "--plot folder" in err
 
 
 def test_an_interrupted_run_leaves_nothing(models, tmp_path, monkeypatch, capsys):

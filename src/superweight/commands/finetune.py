@@ -33,7 +33,8 @@ CONFIG_FLAGS = [
     ("probe", "--probe", str, "prompt the super activation is read on (default: detection's)"),
 ]
 CLIP_FLAGS = [
-    ("max_step_rel", "--max-step-rel", float, "clip: largest change of a super weight per step, relative to |original|"),
+    ("max_step_rel", "--max-step-rel", float,
+     "clip: largest change of a super weight per step, relative to |original|"),
     ("max_total_rel", "--max-total-rel", float, "clip: largest total change, relative to |original|"),
 ]
 LORA_FLAGS = [
@@ -162,11 +163,13 @@ def run(args) -> int:
         raise SuperweightError("--out DIR is required: where to write the tuned checkpoint")
     coords = coords_from_args(args)
     out = check_output_dir(args.out, args.force, sources=(args.model,), what="--out directory")
-    if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
-        raise SuperweightError(f"--plot {str(args.plot)!r} exists and is not a folder")
+    if args.plot is not None:  # a folder that may hold other files, but never the model's own
+        check_output_dir(args.plot, True, sources=(args.model,), what="--plot folder")
     texts = training_documents(args.data)  # unknown, unfetched, missing or empty: before the model loads
     lm = load_from_args(args)
     preflight(lm, config, texts, out, args.force)  # module kinds, offloaded weights: before detection
+    if args.plot is not None:
+        check_output_dir(args.plot, True, lm, what="--plot folder")
     selection = select_super_weights(lm, args, coords)
     console(stderr=str(args.json) == "-").print(super_weight_line(selection), markup=False)  # stdout: the JSON
     if config.guard != "none" and not selection.super_weights:

@@ -272,14 +272,16 @@ def _method_line(c) -> str:
     if c.method == "smt":
         s = c.smt
         kinds = ",".join(s.kinds) if s.kinds else "every decoder linear"
-        return (f"smt (blocks of {s.block}×{s.block}, budget {s.budget:.3g} of the eligible parameters, {s.warmup_steps} "
-                f"warm-up batches; {kinds}{'; super weight blocks excluded' if s.exclude_super else ''})")
+        return (f"smt (blocks of {s.block}×{s.block}, budget {s.budget:.3g} of the eligible parameters, "
+                f"{s.warmup_steps} warm-up batches; {kinds}"
+                f"{'; super weight blocks excluded' if s.exclude_super else ''})")
     return "full (every parameter)"
 
 
 def _guard_line(c) -> str:
     if c.guard == "clip":
-        return f"clip (each super weight within ±{c.max_step_rel:g} per step, ±{c.max_total_rel:g} in total, of |original|)"
+        return (f"clip (each super weight within ±{c.max_step_rel:g} per step, ±{c.max_total_rel:g} in total, "
+                "of |original|)")
     if c.guard == "none":
         return "none (monitored only)"
     return "freeze (gradients masked, exact values restored after every step)"
@@ -309,9 +311,9 @@ def finetune_tables(result, ref: str) -> list[Table]:
     tables = [summary]
 
     drift = result.drift
+    heads = ("original", "final", "rel. change", "largest", "bit-identical")
     weights = Table(f"Super weights during fine-tuning (guard: {c.guard})",
-                    [Column("super weight", "right")] + [Column(h, "right") for h in
-                                                        ("original", "final", "rel. change", "largest", "bit-identical")])
+                    [Column("super weight", "right")] + [Column(h, "right") for h in heads])
     for w in drift.weight_rows():
         weights.rows.append([w["super_weight"], f"{w['original']:.6g}", f"{w['final']:.6g}", _rel(w["rel_change"]),
                              _rel(w["max_rel_change"]), "yes" if w["bit_identical"] else "no"])
@@ -323,7 +325,8 @@ def finetune_tables(result, ref: str) -> list[Table]:
         t = Table(f"Super activation on the probe prompt (every {drift.config.every} steps)",
                   [Column("layer, channel, position"), Column("before", "right"), Column("after", "right"),
                    Column("ratio", "right")])
-        t.rows = [[f"{a['layer']}, {a['row']}, {a['position']}" + (f" (expert {a['expert']})" if a["expert"] is not None else ""),
+        t.rows = [[f"{a['layer']}, {a['row']}, {a['position']}"
+                   + (f" (expert {a['expert']})" if a["expert"] is not None else ""),
                    f"{a['original']:.5g}", f"{a['final']:.5g}", f"{a['ratio']:.3f}"] for a in acts]
         tables.append(t)
     (tables[-1] if acts else weights).notes += drift_notes(drift)
