@@ -22,7 +22,7 @@ def _threads(request):
 
 # Every data set a test reads from the user's cache (not the fake ones tests fetch into a temporary
 # cache): fetched once per session, so no test depends on another having run first, and none skips.
-NEEDED_DATA = ("wiki", "c4", "lambada", "arc_easy", "piqa")
+NEEDED_DATA = ("wiki", "c4", "lambada", "arc_easy", "piqa", "ptb-train")
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 def test_registry_names():
-    assert sources.TEXT_SOURCES == ("wiki", "c4", "ptb")
+    assert sources.TEXT_SOURCES == ("wiki", "c4", "ptb", "ptb-train", "ptb-valid")
+    assert [sources.SOURCES[n].split for n in sources.TEXT_SOURCES[2:]] == ["test", "train", "valid"]
     assert set(sources.TASK_SOURCES) == {"arc_challenge", "arc_easy", "hellaswag", "lambada", "piqa",
                                          "sciq", "winogrande"}
     for s in sources.SOURCES.values():

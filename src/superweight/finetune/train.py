@@ -27,22 +27,24 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from superweight._io import result_header, write_json
+from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.finetune.data import BlockDataset, check_corpus, token_blocks
 from superweight.finetune.guard import DriftReport, GuardConfig, SuperWeightGuard
-from superweight.finetune.lora import LoRASettings, lora_attached, lora_offset
-from superweight.finetune.smt import SMTConfig, SMTPlan, plan_smt, sparse_tuning
+from superweight.finetune.lora import LoRASettings, lora_attached, lora_offset, lora_targets
+from superweight.finetune.smt import SMTConfig, SMTPlan, eligible_linears, plan_smt, sparse_tuning
+from superweight.model.checkpoint import check_output_dir, save_checkpoint
 from superweight.model.load import LoadedModel
 from superweight.records import SuperWeight
 
 METHODS = ("full", "lora", "smt")
 GUARDS = ("freeze", "clip", "none")
 MANIFEST_NAME = "superweight-finetune.json"
+OnEvent = Callable[[str, str, int, int, object], None]  # (kind, name, i, total, result or None)
 
 
 def _positive_int(value, what: str) -> None:
@@ -159,12 +161,20 @@ class FinetuneResult:
     check: list | None = None  # superweight.quantize.check.CheckRow, original vs tuned
     out: str | None = None
     notes: list[str] = field(default_factory=list)
+    data: str | None = None  # the training corpus, as named
+
+    @property
+    def survives(self) -> bool:
+        """Every super activation survives in the tuned model (True when nothing was checked)."""
+        return all(r.survives for r in self.check or [])
 
     def to_dict(self) -> dict:
+        from superweight.quantize.check import SURVIVE_RATIO
+
         return {**result_header("finetune", model=self.model, config=self.config.to_dict()),
-                "out": self.out, "super_weights": [s.to_dict() for s in self.super_weights],
+                "data": self.data, "out": self.out, "super_weights": [s.to_dict() for s in self.super_weights],
                 "train": self.train.to_dict(), "drift": self.drift.to_dict(),
-                "smt": self.smt.to_dict() if self.smt else None,
+                "smt": self.smt.to_dict() if self.smt else None, "survive_ratio": SURVIVE_RATIO,
                 "check": [r.to_dict() for r in self.check] if self.check is not None else None,
                 "notes": list(self.notes)}
 
@@ -174,19 +184,25 @@ class FinetuneResult:
 def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
              out: str | os.PathLike | None = None, force: bool = False,
              super_weights: Sequence[SuperWeight] | None = None, check: bool = True,
-             original: LoadedModel | None = None) -> FinetuneResult:
+             original: LoadedModel | Callable[[], LoadedModel] | None = None,
+             data: str | None = None, on_event: OnEvent | None = None) -> FinetuneResult:
     """Fine-tune `lm` in place on `texts` (documents), guarded; save to `out`; check the result.
+
+    Everything is validated first (`preflight`: the corpus, the tokenizer, the method's module kinds,
+    the output folder; then the super weights and the guard), so bad input costs no training and
+    writes nothing. The checkpoint is written only after training, atomically: an exception or a
+    KeyboardInterrupt during training leaves no output folder behind.
 
     `super_weights` default to detection's on `lm`. With `out`, the checkpoint is written and `check`
     reads it back from disk; without, `check` looks at the model in memory. `original` is what
-    `check` compares against (default: `lm` loaded again from its reference, or copied first if it
-    was built in memory)."""
+    `check` compares against, or a function that loads it (default: `lm` loaded again from its
+    reference, or copied first if it was built in memory). `data` names the corpus for the record.
+    `on_event(kind, name, i, total, result)` follows the run for a progress display: kind "warmup"
+    (SMT's warm-up batches), "train" (optimizer steps; result `{"loss": ...}`), "save" and "check";
+    result None when a step starts."""
     from superweight.detect import find_super_weights
 
-    check_corpus(texts)
-    if lm.tokenizer is None:
-        raise SuperweightError("the model has no tokenizer to turn the training text into tokens")
-    out_path = check_out_dir(out, force, lm) if out is not None else None
+    out_path = preflight(lm, config, texts, out, force)
     sws = list(super_weights) if super_weights is not None else find_super_weights(lm)
     guard = SuperWeightGuard(lm, sws, config.guard_config())
     need = (config.steps * config.grad_accum
@@ -199,20 +215,54 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     if config.method == "lora":
         notes.append("LoRA: the guard can only act on the merged weights (freeze restores them, clip bounds "
                      "their total change); during training it records the effective value W + B·A.")
-    plan, stats = _train(lm, config, blocks, sws, guard)
+    emit = on_event or (lambda *a: None)
+    plan, stats = _train(lm, config, blocks, sws, guard, emit)
     report = guard.report()
     if out_path is not None:
-        save_checkpoint(lm, out_path, {"config": config.to_dict(), "super_weights": [s.to_dict() for s in sws],
-                                       "drift": {"weights": report.weight_rows(),
-                                                 "activations": report.activation_rows()},
-                                       "smt": plan.to_dict() if plan else None}, described)
-    rows = _check(lm, original, out_path, sws, notes) if check else None
+        emit("save", "save", 1, 1, None)
+        manifest = {**result_header("finetuned-model", model=described), "config": config.to_dict(),
+                    "data": data, "super_weights": [s.to_dict() for s in sws],
+                    "drift": {"weights": report.weight_rows(), "activations": report.activation_rows()},
+                    "smt": plan.to_dict() if plan else None}
+        save_checkpoint(lm, out_path, MANIFEST_NAME, manifest, force=force)
+        emit("save", "save", 1, 1, {"out": str(out_path)})
+    rows = None
+    if check and not sws:
+        notes.append("check skipped: no super weights were given or detected")
+    elif check:
+        emit("check", "check", 1, 1, None)
+        rows = _check(lm, original, out_path, sws)
+        emit("check", "check", 1, 1, {"rows": rows})
     return FinetuneResult(config, described, sws, stats, report, plan, rows,
-                          str(out_path) if out_path else None, notes)
+                          str(out_path) if out_path else None, notes, data)
+
+
+def preflight(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str],
+              out: str | os.PathLike | None = None, force: bool = False) -> Path | None:
+    """Everything `finetune` can check before it trains: the corpus, the tokenizer, that the weights
+    are in memory (not offloaded), the module kinds LoRA or SMT may use, and the output folder
+    (returned, resolved). Raises `SuperweightError`; changes nothing."""
+    from superweight.model.offload import model_is_offloaded
+
+    check_corpus(texts)
+    if lm.tokenizer is None:
+        raise SuperweightError("the model has no tokenizer to turn the training text into tokens")
+    if model_is_offloaded(lm.model):
+        raise SuperweightError("cannot fine-tune a model whose layers are offloaded to disk (a memory budget, "
+                               "--max-memory or automatic); training needs every weight in memory")
+    if config.method == "lora":
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise SuperweightError("LoRA needs the peft package: pip install 'peft>=0.17'")
+        lora_targets(lm, config.lora.kinds)
+    elif config.method == "smt":
+        eligible_linears(lm, config.smt.kinds)
+    return check_output_dir(out, force, lm) if out is not None else None
 
 
 def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: list[SuperWeight],
-           guard: SuperWeightGuard) -> tuple[SMTPlan | None, TrainStats]:
+           guard: SuperWeightGuard, emit: OnEvent) -> tuple[SMTPlan | None, TrainStats]:
     """Prepare the method, run the Trainer with the guard, merge; the model is left in eval mode."""
     model = lm.model
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -231,8 +281,8 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
                 guard.add_offset(lora_offset(lm))
             else:
                 t = time.perf_counter()
-                plan = plan_smt(lm, iter_batches(blocks, config.batch_size, config.smt.warmup_steps),
-                                config.smt, sws)
+                warmup = iter_batches(blocks, config.batch_size, config.smt.warmup_steps)
+                plan = plan_smt(lm, _announced(warmup, config.smt.warmup_steps, emit), config.smt, sws)
                 warmup_s = time.perf_counter() - t
                 tuner = stack.enter_context(sparse_tuning(lm, plan))
                 for sw, key in zip(guard.super_weights, guard.keys):
@@ -242,8 +292,8 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
                 trained = model
             trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
             timer = step_timer()
-            trainer = make_trainer(trained, config, BlockDataset(blocks), [guard.callback(), timer],
-                                   device=lm.device)
+            trainer = make_trainer(trained, config, BlockDataset(blocks),
+                                   [guard.callback(), timer, progress_callback(emit)], device=lm.device)
             start = time.perf_counter()
             try:
                 trainer.train()
@@ -266,6 +316,14 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
     stats = TrainStats(config.steps, losses, timer.seconds, seconds, trainable, total,
                        config.tokens_per_step(), int(blocks.shape[0]), peak_rss_mb(), warmup_s)
     return plan, stats
+
+
+def _announced(batches: Iterator[dict], n: int, emit: OnEvent) -> Iterator[dict]:
+    """The warm-up batches, each announced before and after it is used."""
+    for i, batch in enumerate(batches, 1):
+        emit("warmup", f"warm-up {i}", i, n, None)
+        yield batch
+        emit("warmup", f"warm-up {i}", i, n, {})
 
 
 def iter_batches(blocks: torch.Tensor, batch_size: int, n: int) -> Iterator[dict]:
@@ -321,6 +379,24 @@ def step_timer():
     return StepTimer()
 
 
+def progress_callback(emit: OnEvent):
+    """A Trainer callback that reports every optimizer step to `emit(kind, name, i, total, result)`:
+    kind "train", when the step begins (result None) and when its loss is logged (`{"loss": x}`)."""
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            i = state.global_step + 1
+            emit("train", f"step {i}", i, state.max_steps, None)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                i = state.global_step
+                emit("train", f"step {i}", i, state.max_steps, {"loss": float(logs["loss"])})
+
+    return StepProgress()
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident set size so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -333,61 +409,17 @@ def _memory_copy(lm: LoadedModel) -> LoadedModel:
                       layers=lm.view.adapter.layers, down_proj=lm.view.adapter.down_proj)
 
 
-def _check(lm: LoadedModel, original: LoadedModel | None, out_path: Path | None,
-           sws: list[SuperWeight], notes: list[str]) -> list | None:
+def _check(lm: LoadedModel, original: LoadedModel | Callable[[], LoadedModel] | None, out_path: Path | None,
+           sws: list[SuperWeight]) -> list:
     """`superweight check ORIGINAL TUNED` as a library call."""
     from superweight.model.load import load_model
     from superweight.quantize.check import check_models
 
-    if not sws:
-        notes.append("check skipped: no super weights were given or detected")
-        return None
+    if callable(original):
+        original = original()
+    same = {"dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "quiet": True,
+            "layers": lm.view.adapter.layers, "down_proj": lm.view.adapter.down_proj}
     if original is None:
-        original = load_model(lm.ref, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
-                              quiet=True)
-    tuned = load_model(str(out_path), dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
-                       quiet=True) if out_path is not None else lm
+        original = load_model(lm.ref, **same)
+    tuned = load_model(str(out_path), **same) if out_path is not None else lm
     return check_models(original, tuned, sws)
-
-
-# --- the checkpoint ----------------------------------------------------------------------------------
-
-def check_out_dir(out: str | os.PathLike, force: bool, lm: LoadedModel | None = None) -> Path:
-    """Refuse, before any work, a target that is a file, non-empty (without `force`), or inside /
-    around the model's own folder."""
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise SuperweightError(f"output {str(out)!r} exists and is not a directory")
-    if lm is not None and lm.kind not in ("hub", "memory"):
-        own = Path(lm.source).expanduser().resolve()
-        if out == own or own in out.parents or out in own.parents:
-            raise SuperweightError(f"refusing to write into the model's own files ({own}); "
-                                   "choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SuperweightError(f"output folder {str(out)!r} is not empty; use force (--force) to replace it")
-    return out
-
-
-def save_checkpoint(lm: LoadedModel, out: Path, manifest: dict, described: dict) -> Path:
-    """The model as it is in memory, its tokenizer and a manifest, written atomically into `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = None
-    try:
-        lm.model.save_pretrained(tmp, safe_serialization=True)
-        if lm.tokenizer is not None:
-            lm.tokenizer.save_pretrained(tmp)
-        write_json(tmp / MANIFEST_NAME, {**result_header("finetuned-model", model=described), **manifest})
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out

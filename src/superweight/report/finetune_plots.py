@@ -57,3 +57,18 @@ def plot_drift(report_dict: dict, path: str | Path, title: str = "super weights 
             ax.legend(fontsize=7)
     fig.suptitle(title)
     return save_png(fig, path)
+
+
+def plot_finetune(result, folder: str | Path, ref: str) -> list[Path]:
+    """The figures of one `finetune` run in `folder`: the drift over training (when super weights
+    were watched) and, for SMT, where the blocks went."""
+    folder = Path(folder)
+    paths = []
+    if result.super_weights and result.drift.snapshots:
+        paths.append(plot_drift(result.drift.to_dict(), folder / "finetune-drift.png",
+                                f"{ref}: super weights during fine-tuning ({result.config.method}, "
+                                f"guard {result.config.guard})"))
+    if result.smt is not None:
+        paths.append(plot_smt_placement(result.smt.placement(), folder / "finetune-smt-placement.png",
+                                        f"{ref}: SMT's chosen blocks ({len(result.smt.blocks)})"))
+    return paths

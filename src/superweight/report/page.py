@@ -182,20 +182,34 @@ def _check(p: dict):
 
 
 def _finetune(p: dict):
-    from superweight.report.finetune_plots import plot_drift
+    from superweight.quantize.check import SURVIVE_RATIO, CheckRow
+    from superweight.report.finetune_plots import plot_drift, plot_smt_placement
+    from superweight.report.tables import Column, Table, check_tables
 
-    config = p.get("config", {})
-    facts = [(k, config.get(k)) for k in ("method", "guard", "steps", "lr", "weight_decay", "seqlen", "batch_size")
-             if k in config]
-    blocks: list = [Facts(facts)]
-    if p.get("drift"):
-        blocks.append(_png(lambda path: plot_drift(p["drift"], path), "The super weights during fine-tuning."))
+    config, drift = p.get("config", {}), p.get("drift") or {}
+    facts = [("data", p.get("data")), *((k, config.get(k)) for k in
+                                        ("method", "guard", "steps", "lr", "weight_decay", "seqlen", "batch_size"))]
+    blocks: list = [Facts([(k, v) for k, v in facts if v is not None])]
+    weights = Table(f"Super weights during fine-tuning (guard: {config.get('guard')})",
+                    [Column("super weight")] + [Column(h, "right") for h in
+                                                ("original", "final", "rel. change", "bit-identical")])
+    weights.rows = [[w["super_weight"], f"{w['original']:.6g}", f"{w['final']:.6g}", f"{w['rel_change']:.3g}",
+                     "yes" if w["bit_identical"] else "no"] for w in drift.get("weights", [])]
+    acts = Table("Super activation on the probe prompt", [Column("layer, channel, position")]
+                 + [Column(h, "right") for h in ("before", "after", "ratio")])
+    acts.rows = [[f"{a['layer']}, {a['row']}, {a['position']}", f"{a['original']:.5g}", f"{a['final']:.5g}",
+                  f"{a['ratio']:.3f}"] for a in drift.get("activations", [])]
+    blocks += [t for t in (weights, acts) if t.rows]
+    if drift.get("snapshots"):
+        blocks.append(_png(lambda path: plot_drift(drift, path), "The super weights and the super activation "
+                                                                 "during fine-tuning."))
+    if (p.get("smt") or {}).get("placement"):
+        blocks.append(_png(lambda path: plot_smt_placement(p["smt"]["placement"], path),
+                           "Where SMT's chosen blocks fall: module kind × layer."))
     if p.get("check"):
-        from superweight.quantize.check import CheckRow
-        from superweight.report.tables import check_tables
-
-        blocks += check_tables([CheckRow.from_dict(r) for r in p["check"]], "original", "fine-tuned", 0.5)
-    return "Fine-tuning with the super weights guarded", blocks
+        blocks += check_tables([CheckRow.from_dict(r) for r in p["check"]], "original", p.get("out") or "tuned",
+                               p.get("survive_ratio", SURVIVE_RATIO))
+    return f"Fine-tuning ({config.get('method')}, guard {config.get('guard')})", blocks
 
 
 _BUILDERS = {"ablate": _ablate, "stopwords": _stopwords, "scale": _scale, "quantize": _quantize, "eval": _eval,

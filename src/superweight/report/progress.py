@@ -115,8 +115,9 @@ class RunProgress:
         self.step_name, self.step_start = step, self.clock()
         self._describe(f"{self.stage_name} · {step}" if self.stage_name else step)
 
-    def done(self, step: str, figure: str = "") -> None:
-        """A step finished: timed from its `start`, or from the end of the previous step."""
+    def done(self, step: str, figure: str = "", log: bool = True) -> None:
+        """A step finished: timed from its `start`, or from the end of the previous step; one line is
+        printed unless `log` is False (the bar and the estimate move either way)."""
         now = self.clock()
         since = self.step_start if self.step_start is not None else self._mark
         took = now - (since if since is not None else now)
@@ -127,8 +128,9 @@ class RunProgress:
         self._update_estimate(now)
         where = f"{self.stage_name} · {step}" if self.stage_name else step
         total = self.stages * self.per_stage
-        self.console.print(f"[{self.completed}/{total}] {where}: {figure} ({duration(took)}) · "
-                           f"about {duration(self.remaining())} left", markup=False, highlight=False)
+        if log:
+            self.console.print(f"[{self.completed}/{total}] {where}: {figure} ({duration(took)}) · "
+                               f"about {duration(self.remaining())} left", markup=False, highlight=False)
         if self._task is not None:
             self._progress.update(self._task, completed=self.completed)
 
@@ -177,3 +179,52 @@ class RunProgress:
             return None
         at, left = self._estimate
         return max(0.0, left - (self.clock() - at))
+
+
+LOGGED_STEPS = 20  # a fine-tuning run prints about this many step lines, however long it is
+
+
+class TrainProgress(RunProgress):
+    """The progress of a fine-tuning run (`superweight.finetune.finetune`'s `on_event`): SMT's
+    warm-up batches, the optimizer steps, saving and checking, one bar with the time left.
+
+    The time left is the steps still to come at the mean time of the steps so far. Every warm-up
+    batch, the first and last optimizer step and about `LOGGED_STEPS` in between print a line.
+
+    >>> import io
+    >>> from rich.console import Console
+    >>> err = Console(file=io.StringIO(), width=100)
+    >>> clock = iter([0, 2, 2, 2, 6, 6, 6, 7, 7]).__next__  # a fake clock: seconds
+    >>> with TrainProgress("demo", steps=2, check=False, console=err, clock=clock) as p:
+    ...     for i in (1, 2):
+    ...         p.on_event("train", f"step {i}", i, 2, None)
+    ...         p.on_event("train", f"step {i}", i, 2, {"loss": 5.0 - i})
+    ...     p.on_event("save", "save", 1, 1, None)
+    ...     p.on_event("save", "save", 1, 1, {"out": "tuned"})
+    >>> print(err.file.getvalue().strip())
+    [1/3] step 1: loss 4.0000 (2 s) · about 4 s left
+    [2/3] step 2: loss 3.0000 (4 s) · about 3 s left
+    [3/3] save: checkpoint written to tuned (1 s) · about 0 s left
+    """
+
+    def __init__(self, title: str, steps: int, warmup: int = 0, save: bool = True, check: bool = True,
+                 console=None, clock: Callable[[], float] = time.monotonic):
+        plan = ([f"warm-up {i}" for i in range(1, warmup + 1)] + [f"step {i}" for i in range(1, steps + 1)]
+                + ["save"] * save + ["check"] * check)
+        super().__init__(title, 1, plan, console, clock)
+        self.every = max(1, steps // LOGGED_STEPS)
+
+    def on_event(self, kind: str, name: str, i: int, total: int, result) -> None:  # type: ignore[override]
+        if result is None:
+            self.start(name)
+        elif kind == "train":
+            self.done(name, f"loss {result['loss']:.4f}", log=i in (1, total) or i % self.every == 0)
+        elif kind == "warmup":
+            self.done(name, "gradients accumulated")
+        elif kind == "save":
+            self.done(name, f"checkpoint written to {result['out']}")
+        elif kind == "check":
+            rows = result.get("rows") or []
+            self.done(name, f"{sum(r.survives for r in rows)} of {len(rows)} super activation(s) survive")
+        else:
+            self.done(name, str(result))

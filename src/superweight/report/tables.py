@@ -259,6 +259,121 @@ def check_tables(rows, original: str, other: str, survive_ratio: float) -> list[
     return [t]
 
 
+# --- fine-tuning ---------------------------------------------------------------------------------
+
+def _rel(v: float) -> str:
+    return "0" if v == 0 else f"{v:.2e}"
+
+
+def _method_line(c) -> str:
+    if c.method == "lora":
+        kinds = ",".join(c.lora.kinds) if c.lora.kinds else "every decoder linear"
+        return f"lora (r {c.lora.r}, alpha {c.lora.alpha:g}, dropout {c.lora.dropout:g}; {kinds}; merged)"
+    if c.method == "smt":
+        s = c.smt
+        kinds = ",".join(s.kinds) if s.kinds else "every decoder linear"
+        return (f"smt (blocks of {s.block}×{s.block}, budget {s.budget:.3g} of the eligible parameters, "
+                f"{s.warmup_steps} warm-up batches; {kinds}"
+                f"{'; super weight blocks excluded' if s.exclude_super else ''})")
+    return "full (every parameter)"
+
+
+def _guard_line(c) -> str:
+    if c.guard == "clip":
+        return (f"clip (each super weight within ±{c.max_step_rel:g} per step, ±{c.max_total_rel:g} in total, "
+                "of |original|)")
+    if c.guard == "none":
+        return "none (monitored only)"
+    return "freeze (gradients masked, exact values restored after every step)"
+
+
+def finetune_tables(result, ref: str) -> list[Table]:
+    """`superweight finetune`: what was trained and how, the super weights and the super activation
+    before and after (the guard's drift report), where SMT's blocks went, and `check` ORIGINAL vs TUNED."""
+    from superweight.quantize.check import SURVIVE_RATIO
+
+    c, tr = result.config, result.train
+    summary = Table(f"Fine-tuning {ref}", [Column("setting"), Column("value")])
+    rows = [("data", f"{result.data or 'given documents'}: {tr.blocks:,} blocks of {c.seqlen} tokens"),
+            ("method", _method_line(c)), ("guard", _guard_line(c)),
+            ("steps", f"{tr.steps} × {c.batch_size} blocks × {c.grad_accum} accumulated × {c.seqlen} tokens "
+                      f"= {tr.tokens_per_step:,} tokens a step"),
+            ("optimizer", f"AdamW (the Trainer's), lr {c.lr:g}, weight decay {c.weight_decay:g}, "
+                          f"{c.lr_scheduler} schedule, gradient clipping {c.max_grad_norm:g}"),
+            ("trainable", f"{tr.trainable_params:,} of {tr.total_params:,} parameters "
+                          f"({tr.trainable_params / tr.total_params:.2%})" if tr.total_params else "—"),
+            ("loss", f"{tr.losses[0]:.4f} → {tr.losses[-1]:.4f}" if tr.losses else "—"),
+            ("time", f"{tr.seconds:.1f} s training, {tr.median_step_seconds:.2f} s a step (median)"
+                     + (f", SMT warm-up {tr.warmup_seconds:.1f} s" if c.method == "smt" else "")),
+            ("peak RSS", f"{tr.peak_rss_mb:,.0f} MB (the whole process so far)"),
+            ("checkpoint", result.out or "not saved")]
+    summary.rows = [[k, v] for k, v in rows]
+    tables = [summary]
+
+    drift = result.drift
+    heads = ("original", "final", "rel. change", "largest", "bit-identical")
+    weights = Table(f"Super weights during fine-tuning (guard: {c.guard})",
+                    [Column("super weight", "right")] + [Column(h, "right") for h in heads])
+    for w in drift.weight_rows():
+        weights.rows.append([w["super_weight"], f"{w['original']:.6g}", f"{w['final']:.6g}", _rel(w["rel_change"]),
+                             _rel(w["max_rel_change"]), "yes" if w["bit_identical"] else "no"])
+    if not weights.rows:
+        weights.notes.append("no super weights were given or detected: nothing guarded or watched")
+    tables.append(weights)
+    acts = drift.activation_rows()
+    if acts:
+        t = Table(f"Super activation on the probe prompt (every {drift.config.every} steps)",
+                  [Column("layer, channel, position"), Column("before", "right"), Column("after", "right"),
+                   Column("ratio", "right")])
+        t.rows = [[f"{a['layer']}, {a['row']}, {a['position']}"
+                   + (f" (expert {a['expert']})" if a["expert"] is not None else ""),
+                   f"{a['original']:.5g}", f"{a['final']:.5g}", f"{a['ratio']:.3f}"] for a in acts]
+        tables.append(t)
+    (tables[-1] if acts else weights).notes += drift_notes(drift)
+    if result.smt is not None:
+        tables.append(smt_table(result.smt))
+    if result.check is not None:
+        tables += check_tables(result.check, f"{ref} (original)", f"{result.out or 'the tuned model'} (tuned)",
+                               SURVIVE_RATIO)
+    if result.notes:
+        tables.append(Table("", [], notes=list(result.notes)))
+    return tables
+
+
+def drift_notes(drift) -> list[str]:
+    """The guard's flags, one line per flagged super weight or activation: from which step, how far."""
+    cfg = drift.config
+    if not drift.flags:
+        return [f"No drift flagged (thresholds: super weights {cfg.weight_drift:g}, super activations "
+                f"{cfg.activation_drift:.0%} relative change)."]
+    seen: dict[tuple[str, str], list] = {}
+    for f in drift.flags:
+        seen.setdefault((f.what, f.label), []).append(f)
+    lines = []
+    for (what, label), flags in seen.items():
+        limit = cfg.weight_drift if what == "weight" else cfg.activation_drift
+        worst = max(flags, key=lambda f: f.rel_change)
+        lines.append(f"Flagged: super {what} {label} moved more than {limit:g} of its original from step "
+                     f"{flags[0].step} on (largest {worst.rel_change:.3g} at step {worst.step}, {worst.phase}).")
+    return lines
+
+
+def smt_table(plan) -> Table:
+    """SMT's chosen blocks per module kind × layer (the layers that got any), as in the SMT paper."""
+    p = plan.placement()
+    used = [j for j, _ in enumerate(p["layers"]) if any(row[j] for row in p["blocks"])]
+    b = plan.config.block
+    t = Table(f"SMT: where the {len(plan.blocks)} chosen blocks of {b}×{b} went (blocks per module kind × layer)",
+              [Column("kind")] + [Column(f"L{p['layers'][j]}", "right") for j in used] + [Column("total", "right")])
+    for kind, row in zip(p["kinds"], p["blocks"]):
+        t.rows.append([kind] + [str(row[j]) if row[j] else "" for j in used] + [str(sum(row))])
+    share = plan.trainable_params / plan.eligible_params if plan.eligible_params else 0.0
+    t.notes.append(f"{plan.trainable_params:,} parameters trained = {share:.2%} of the {plan.eligible_params:,} "
+                   f"eligible ({plan.candidates:,} blocks scored); blocks holding a super weight: "
+                   f"{len(plan.holding_super)} chosen" + (f", {len(plan.excluded)} excluded" if plan.excluded else ""))
+    return t
+
+
 # --- catalog and data ----------------------------------------------------------------------------
 
 def catalog_tables(entries) -> list[Table]:
@@ -273,11 +388,12 @@ def catalog_tables(entries) -> list[Table]:
 
 
 def data_tables(rows, root, fetch_command: str) -> list[Table]:
-    t = Table(f"Evaluation data ({root})", [Column(c) for c in ("name", "kind", "fetched", "offline source",
-                                                                "hub (online)", "what")])
+    t = Table(f"Evaluation and training data ({root})",
+              [Column(c) for c in ("name", "kind", "split", "fetched", "offline source", "hub (online)", "what")])
     for r in rows:
-        t.rows.append([r["name"], "perplexity" if r["kind"] == "text" else "zero-shot",
+        t.rows.append([r["name"], "text" if r["kind"] == "text" else "zero-shot", r["split"],
                        "yes" if r["fetched"] else "no", r["package"], r["hub"], r["description"]])
+    t.notes.append("Texts: perplexity (`--ppl`) and fine-tuning (`finetune --data`); zero-shot: `--tasks`.")
     if not all(r["fetched"] for r in rows):
         t.notes.append(f"Fetch the missing ones with `{fetch_command}`.")
     return [t]
