@@ -119,7 +119,7 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable,
     With no super weights, only Original (and Prune Non-SW, which needs none) runs; the other rows
     say why they are empty. Every edit is undone before the next row, bit for bit.
 
-    An example with a real evaluation (minutes; a tiny one runs in `tests/test_ablate.py`):
+    An example with a real evaluation (minutes; a tiny one runs in `tests/test_ablation.py`):
 
     >>> settings = EvalSettings.from_options(quick=True)  # doctest: +SKIP
     >>> result = ablation_table(lm, resolve_super_weights(lm), settings.evaluator())  # doctest: +SKIP
