@@ -140,7 +140,7 @@ def _excluded_flat(view: ModelView, keys) -> dict[int, list[int]]:
 def select_linears(view: ModelView, modules: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
     """The decoder's linear layers whose name matches any glob in `modules` (all when None).
 
-    >>> [n for n, _ in select_linears(view, ["*.mlp.down_proj"])][:1]
+    >>> [n for n, _ in select_linears(lm.view, ["*.mlp.down_proj"])][:1]
     ['model.layers.0.mlp.down_proj']
     """
     linears = list(view.decoder_linears())
@@ -202,8 +202,12 @@ def prune_top_k(view: ModelView, k: int = 7000, exclude: Iterable = (),
     coordinates), `modules` optional globs over decoder linear names (default: all of them, i.e.
     every nn.Linear / Conv1D inside the decoder layers; embeddings and the LM head are not touched).
 
+    >>> from superweight.evaluate import perplexity
+    >>> sws = [SuperWeight(11, 507, 1229), SuperWeight(11, 507, 1487)]
     >>> with prune_top_k(lm.view, 7000, exclude=sws) as info:
-    ...     ppl = perplexity(lm, "wiki")
+    ...     ppl = perplexity(lm, "wiki", max_tokens=512).ppl
+    >>> info.k, ppl > 100
+    (7000, True)
     """
     chosen, values, eligible = top_k_weights(view, k, exclude, modules)
     info = PrunedWeights(k=k, smallest=float(values.min()), largest=float(values.max()),
@@ -274,9 +278,12 @@ def restore_super_activation(view: ModelView, super_weights: Iterable, *,
     needs no reference pass; with super weights at one layer (or all later than `L`), the restored
     activations equal the unpruned model's exactly. Dense down projections only.
 
-    >>> sws = measure_super_activations(lm, [SuperWeight(11, 507, 1229)])
+    >>> from superweight.evaluate import perplexity
+    >>> sws = measure_super_activations(lm, [SuperWeight(11, 507, 1229), SuperWeight(11, 507, 1487)])
     >>> with restore_super_activation(lm.view, sws) as log:
-    ...     ppl = perplexity(lm, "wiki")
+    ...     ppl = perplexity(lm, "wiki", max_tokens=512).ppl
+    >>> log.restored > 0, ppl < 30
+    (True, True)
     """
     records = list(super_weights)
     keys = check_coords(view, records)
@@ -413,8 +420,11 @@ def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: fl
     channel's ordinary value is not always near zero; where every position is massive, 0 is used.
     Forward hooks only: no weight changes, and the hooks are removed on exit (also on error).
 
+    >>> from superweight.evaluate import perplexity
     >>> with ablate_massive(lm.view, 507, 11, floor=100, ratio=1000) as log:
-    ...     ppl = perplexity(lm, "wiki")
+    ...     ppl = perplexity(lm, "wiki", max_tokens=512).ppl
+    >>> ppl > 1000
+    True
     """
     hidden = view.down_projs(0)[0].shape[0]
     if not 0 <= channel < hidden:

@@ -107,7 +107,7 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     needed only for `ablate` / `quantize`. `on_stage(name)` is told when each evaluation begins
     (`planned_evaluations(config)` of them).
 
-    >>> ov = gather(load_model("smollm2-135m"))  # doctest: +SKIP
+    >>> ov = gather(load_model("smollm2-135m"))
     >>> ov.detection.result.massive[0].origin.kind
     'super weight'
     """

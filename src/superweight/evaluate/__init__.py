@@ -11,7 +11,7 @@ sweeps share, and `Metric` says what each figure of a summary is.
 
 >>> from superweight.model import load_model
 >>> from superweight.evaluate import evaluate, QUICK
->>> evaluate(load_model(), **QUICK).summary()  # doctest: +SKIP  (minutes: a real model and data)
+>>> evaluate(load_model(), **QUICK).summary()  # doctest: +SKIP
 {'arc_challenge': ..., ..., 'average': ..., 'wiki_ppl': ..., 'c4_ppl': ...}
 """
 

@@ -20,6 +20,7 @@ Where a super weight's value lives can change during training: SMT trains a bloc
 (`add_slot`), LoRA adds a low-rank delta that only lands in the weight at merge time
 (`add_offset`, then `after_merge`).
 
+>>> from superweight.detect import find_super_weights
 >>> guard = SuperWeightGuard(lm, find_super_weights(lm), GuardConfig(mode="freeze", every=10))
 >>> with guard.attach(optimizer):  # doctest: +SKIP
 ...     for batch in batches:

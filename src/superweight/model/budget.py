@@ -125,9 +125,10 @@ def plan_memory(config, dtype: torch.dtype, device: str = "cpu", max_memory: str
     `device` "cpu", "cuda[:N]" or "auto" (every GPU, as device_map="auto"); `max_memory` the CPU RAM
     budget for weights ('2GiB'), or None for the automatic choice.
 
-    >>> plan = plan_memory(AutoConfig.from_pretrained(path), torch.float32, max_memory="64MiB")
-    >>> plan.device_map  # doctest: +SKIP
-    {'model.embed_tokens': 'cpu', 'model.layers.0': 'cpu', 'model.layers.1': 'disk', ...}
+    >>> from transformers import AutoConfig
+    >>> plan = plan_memory(AutoConfig.from_pretrained(lm.source), torch.float32, max_memory="256MiB")
+    >>> plan.device_map["model.embed_tokens"], plan.device_map["model.layers.29"]
+    ('cpu', 'disk')
     """
     from accelerate.utils import compute_module_sizes, get_max_layer_size
 

@@ -6,7 +6,7 @@ so an interrupted or failed save leaves nothing half-written (and a replaced che
 `check_output_dir` refuses, before any work, a target that is a file, a non-empty folder without
 `force`, or any model's own folder (inside it or around it): nothing writes into a model's files.
 
->>> out = check_output_dir("tuned/", force=False, lm=lm)  # doctest: +SKIP  (before training)
+>>> out = check_output_dir("tuned/", force=False, lm=lm)  # doctest: +SKIP
 >>> save_checkpoint(lm, out, "superweight-finetune.json", {"kind": "finetuned-model"})  # doctest: +SKIP
 """
 

@@ -167,10 +167,13 @@ def read_param(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
 class Overrides:
     """Parameter edits (whole tensors or some entries) that hold until `restore()` / the end of `with`.
 
-    >>> with Overrides() as edits:
+    >>> proj = lm.view.down_proj(11)
+    >>> with Overrides() as edits:  # the forward pass runs with the entry zeroed, resident or offloaded
     ...     edits.set_entries(proj.module, "weight", (507, 1229), 0.0)
-    ...     model(ids)  # runs with the entry zeroed, resident or offloaded
-    ... # every edited tensor is bit-identical to before again
+    ...     float(proj.matrix()[507, 1229].detach())
+    0.0
+    >>> float(proj.matrix()[507, 1229].detach())  # every edited tensor is bit-identical to before again
+    5.875732421875
 
     `spill=True` saves edited offloaded tensors in a private temporary folder instead of memory (for
     edits of many matrices, e.g. quantization). `keep=False` keeps no copy of resident originals and
