@@ -388,12 +388,25 @@ def demo_model(name: str) -> nn.Module:
     return model
 
 
-def save_demo(name: str, path) -> str:
-    """Write a demo model and the byte tokenizer as a local model directory; return its path."""
-    model = demo_model(name)
+def save_model(model: nn.Module, path) -> str:
+    """Write a model (safetensors) and the byte tokenizer as a local model directory; return its path."""
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return str(path)
+
+
+def save_tiny(path, model_type: str = "llama", plant: tuple[int, int, int] | None = None, **overrides) -> str:
+    """A tiny model (with a super weight planted at `plant` = (layer, row, col), if given) saved as a
+    local model directory, as a user's checkpoint would be; returns its path."""
+    model = tiny_model(model_type, **overrides)
+    if plant is not None:
+        plant_super_weight(model, *plant)
+    return save_model(model, path)
+
+
+def save_demo(name: str, path) -> str:
+    """Write a demo model and the byte tokenizer as a local model directory; return its path."""
+    return save_model(demo_model(name), path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from superweight.cli import main
-from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
+from superweight import testing
 
 TEXT = "The cat sat on the mat. It was a sunny day, and the birds sang in the trees. " * 20
 LAYER, ROW, COL = 2, 17, 45
@@ -15,12 +15,7 @@ LAYER, ROW, COL = 2, 17, 45
 
 def save_tiny(path, plant: bool = True) -> str:
     """A tiny Llama (with a super weight planted at (2, 17, 45), or none) saved as a model folder."""
-    model = tiny_model("llama")
-    if plant:
-        plant_super_weight(model, LAYER, ROW, COL)
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
+    return testing.save_tiny(path, plant=(LAYER, ROW, COL) if plant else None)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from superweight.cli import main
-from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
+from superweight import testing
 
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. " * 30
 LAYER, ROW, COL = 2, 7, 11
@@ -20,12 +20,7 @@ SMT = ["--smt-block", "16", "--smt-warmup", "2", "--smt-budget", "0.05"]
 
 
 def save_tiny(path, plant: bool = True) -> str:
-    model = tiny_model("llama")
-    if plant:
-        plant_super_weight(model, LAYER, ROW, COL)
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
+    return testing.save_tiny(path, plant=(LAYER, ROW, COL) if plant else None)
 
 
 @pytest.fixture(scope="module")

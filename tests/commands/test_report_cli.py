@@ -10,7 +10,7 @@ import pytest
 
 from superweight.cli import main
 from superweight.report import browser
-from superweight.testing import plant_super_weight, tiny_model, tiny_tokenizer
+from superweight.testing import save_tiny
 
 LAYER, ROW, COL = 2, 7, 11
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40).strip()
@@ -18,12 +18,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. " * 40).strip()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-report")
-    model = tiny_model("llama")
-    plant_super_weight(model, LAYER, ROW, COL)
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory.mktemp("tiny-report"), plant=(LAYER, ROW, COL))
 
 
 @pytest.fixture(scope="module")

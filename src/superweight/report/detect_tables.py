@@ -136,7 +136,7 @@ def _sentence(acts: list[MassiveActivation], result) -> str:
     """One line for massive activations that share an origin (a column feeding several rows)."""
     a = acts[0]
     channels = ", ".join(str(x.channel) for x in acts)
-    where = (f"already in the embedding output" if a.first_layer == EMBEDDING_LAYER
+    where = ("already in the embedding output" if a.first_layer == EMBEDDING_LAYER
              else f"first after layer {a.first_layer}")
     pos = (f"token {a.token!r} (position {a.position})" if len(a.positions) == 1
            else f"at {len(a.positions)} positions (largest at {a.token!r}, position {a.position})")
