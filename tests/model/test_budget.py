@@ -502,6 +502,43 @@ def test_cli_report_under_a_budget_matches_a_full_load(model_dir, full, tmp_path
     assert (LAYER, ROW, COL) in [(s["layer"], s["row"], s["col"]) for s in pages[1]["detection"]["super_weights"]]
 
 
+@pytest.mark.parametrize("argv", [
+    ["ablate", "-k", "50"],
+    ["scale", "--factors", "0,1,2"],
+    ["stopwords", "-n", "4"],
+], ids=["ablate", "scale", "stopwords"])
+def test_cli_ablations_under_a_budget_match_a_full_load(argv, model_dir, full, tmp_path, capsys, fetched_data):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT * 4)
+    evaluation = [] if argv[0] == "stopwords" else ["--ppl", str(text), "--seqlen", "64"]
+    coords = ["--coords", f"{LAYER},{ROW},{COL}"]
+    results = []
+    for extra in ([], ["--max-memory", f"{full.plan.weights_bytes // 3}B"]):
+        out = tmp_path / f"{argv[0]}{len(extra)}.json"
+        code, _ = _run([argv[0], str(model_dir), *argv[1:], *coords, *evaluation, "--json", str(out), *extra],
+                       capsys)
+        assert code == 0
+        results.append(json.loads(out.read_text()))
+    assert results[1]["model"]["memory"]["offloaded"] and not results[0]["model"]["memory"]["offloaded"]
+    _assert_same(_timeless(results[0], "model", "command"), _timeless(results[1], "model", "command"))
+
+
+def _assert_same(a, b, rel: float = 1e-6, where: str = "") -> None:
+    """Equal structures; floats within `rel` relative (the issue's tolerance for offloaded runs)."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-12), where
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], rel, f"{where}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, rel, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 def test_cli_eval_perplexity_of_a_file_under_a_budget(model_dir, full, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(TEXT * 4)
