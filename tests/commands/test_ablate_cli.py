@@ -109,9 +109,9 @@ def test_malformed_flags_are_usage_errors(capsys, argv):
 def test_out_must_be_a_folder(models, capsys, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    code, _, err = run(["scale", models["sw"], "--coords", "2,17,45", "--factors", "1", *fast(models),
-                        "--out", str(target)], capsys)
-    assert code == 2 and "is not a folder" in err and target.read_text() == "x"
+    with pytest.raises(SystemExit) as exc:  # refused while parsing, before the model loads
+        main(["scale", models["sw"], "--coords", "2,17,45", "--factors", "1", *fast(models), "--out", str(target)])
+    assert exc.value.code == 2 and "is not a folder" in capsys.readouterr().err and target.read_text() == "x"
 
 
 def test_scale_marks_the_best_factor(models, capsys, tmp_path):

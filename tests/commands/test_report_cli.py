@@ -87,6 +87,20 @@ def test_bad_include_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_in_the_way_or_an_empty_prompt_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import superweight.commands.report as command
+
+    monkeypatch.setattr(command, "load_from_args", lambda *a, **k: pytest.fail("loaded the model"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--out", str(blocker)])
+    assert exc.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
+    assert main(["report", "--out", str(tmp_path / "o"), "--prompt", " "]) == 2
+    assert capsys.readouterr().err.strip() == "error: the prompt is empty"
+
+
 def test_evaluation_flags_need_a_run_to_apply_to(model_dir, tmp_path, capsys):
     assert main(["report", str(model_dir), "--out", str(tmp_path / "o"), "--limit", "5"]) == 2
     assert "--limit" in capsys.readouterr().err

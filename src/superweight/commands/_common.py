@@ -262,6 +262,15 @@ def present(tables, payload: dict, args, what: str, plot=None) -> None:
         out.print(f"Wrote {path}", markup=False)
 
 
+def folder(text: str) -> Path:
+    """argparse type for an output folder: refused at once (exit 2) when a file is in the way, so a
+    long run never ends in an error at its last step."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return path
+
+
 def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--out", type=Path, metavar="DIR",
+    p.add_argument("--out", type=folder, metavar="DIR",
                    help=f"write {what}.md, {what}.json and {what}.png into this folder")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from superweight.commands._common import add_model_args, console, load_from_args
+from superweight.commands._common import add_model_args, console, folder, load_from_args
+from superweight.errors import SuperweightError
 
 
 def register(sub) -> None:
@@ -28,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (Figure 3 style) here")
+    p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figure 3 style) here")
     p.set_defaults(func=run)
 
 
@@ -77,6 +78,8 @@ def prompts_from_args(args) -> list[str]:
     from superweight.detect import DEFAULT_PROMPT, PROMPT_SET
 
     prompts = list(args.prompt or [])
+    if any(not p.strip() for p in prompts):  # before the (slow) load
+        raise SuperweightError("the prompt is empty")
     if args.prompts:
         prompts += [p for p in PROMPT_SET if p not in prompts]
     return prompts or [DEFAULT_PROMPT]

@@ -7,7 +7,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from superweight.commands._common import (add_coords_args, add_json_arg, add_model_args, console, coords_from_args,
-                                          load_from_args, parse_list, select_super_weights, show_tables,
+                                          folder, load_from_args, parse_list, select_super_weights, show_tables,
                                           write_json_arg)
 from superweight.errors import SuperweightError
 
@@ -95,7 +95,7 @@ def register(sub) -> None:
     _add(p, LoRASettings, LORA_FLAGS)
     _add(p, SMTConfig, SMT_FLAGS)
     add_json_arg(p)
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write the PNGs here (default: into --out)")
+    p.add_argument("--plot", type=folder, metavar="DIR", help="write the PNGs here (default: into --out)")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args, console,
-                                          coords_from_args, eval_flags_given, eval_settings, load_from_args,
+                                          coords_from_args, eval_flags_given, eval_settings, folder, load_from_args,
                                           parse_list, select_super_weights, show_tables, write_json_arg)
 from superweight.errors import SuperweightError
 
@@ -64,7 +64,7 @@ def register(sub) -> None:
     add_eval_args(p)
     p.add_argument("--no-eval", action="store_true", help="quantize (and --save) without evaluating")
     add_json_arg(p)
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write the sweep plots (PNG) here")
+    p.add_argument("--plot", type=folder, metavar="DIR", help="write the sweep plots (PNG) here")
     p.add_argument("--save", type=Path, metavar="DIR", help="save the quantized model (safetensors + manifest)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --save directory")
     p.set_defaults(func=run)

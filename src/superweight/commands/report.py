@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, console, eval_flags_given,
-                                          eval_settings, load_from_args, parse_list, write_json_arg)
+                                          eval_settings, folder, load_from_args, parse_list, write_json_arg)
 from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
 
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
                                    "Figure 7 + Table 3 (--quantize) here.")
     add_model_args(p)
     add_detect_args(p)
-    p.add_argument("--out", type=Path, metavar="DIR", required=True, help="write DIR/index.html")
+    p.add_argument("--out", type=folder, metavar="DIR", required=True, help="write DIR/index.html")
     p.add_argument("--include", nargs="+", default=[], metavar="JSON",
                    help=f"result files of earlier runs (--json of {', '.join(INCLUDABLE)}) to show")
     p.add_argument("--no-verify", action="store_true",

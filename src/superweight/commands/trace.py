@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from superweight.commands._common import add_model_args, console, load_from_args
+from superweight.commands._common import add_model_args, console, folder, load_from_args
 from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
 
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_detect_args(p)
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (Figures 3 and 4) here")
+    p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figures 3 and 4) here")
     p.set_defaults(func=run)
 
 
