@@ -324,3 +324,47 @@ def test_default_model_streaming_equals_reference(tmp_path):
     assert count == 272 and "lm_head.weight" not in set(safe_open(streaming / files[0], "pt").keys())
     for name in TEXT_FILES:
         assert (reference / name).read_bytes() == (streaming / name).read_bytes(), name
+
+
+def test_a_users_non_empty_folder_is_refused_never_removed(tmp_path):
+    path = write_gguf(tiny_model("llama", num_layers=1), tmp_path / "l.gguf")
+    mine = tmp_path / "userdir"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for convert in (convert_gguf, convert_gguf_reference):
+        with pytest.raises(SuperweightError, match="output folder .*userdir' is not empty") as info:
+            convert(path, mine)
+        assert "\n" not in str(info.value)
+        assert leftovers(mine) == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert (convert_gguf(path, tmp_path / "empty") / gguf_mod.SOURCE_FILE).is_file()
+
+
+def test_the_cache_replaces_its_own_partial_entry(tmp_path):
+    from superweight.model.load import _gguf_dir
+
+    path = write_gguf(tiny_model("llama", num_layers=1), tmp_path / "l.gguf")
+    entry = tmp_path / "cache-entry"
+    entry.mkdir()
+    (entry / ".shard-00000").write_text("left by a killed conversion")
+    assert _gguf_dir(path, quiet=True, out=entry) == entry
+    assert (entry / gguf_mod.SOURCE_FILE).is_file() and not (entry / ".shard-00000").exists()
+
+
+def test_losing_the_rename_race_to_a_finished_run_keeps_its_result(tmp_path, monkeypatch):
+    path = write_gguf(tiny_model("llama", num_layers=1), tmp_path / "l.gguf")
+    out = tmp_path / "entry"
+    real = os.replace
+
+    def race(src, dst):
+        if Path(dst) == out:  # another process renamed its finished copy first
+            out.mkdir()
+            (out / gguf_mod.SOURCE_FILE).write_text("{}")
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        return real(src, dst)
+
+    monkeypatch.setattr(gguf_mod.os, "replace", race)
+    assert convert_gguf(path, out) == out
+    assert leftovers(out) == [gguf_mod.SOURCE_FILE]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -90,25 +90,28 @@ def gguf_config(path: Path):
 
 
 def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
-                 shard_bytes: int = SHARD_BYTES) -> Path:
+                 shard_bytes: int = SHARD_BYTES, replace_partial: bool = False) -> Path:
     """Convert a GGUF file tensor by tensor into a safetensors directory `out`; return `out`.
 
     Weights are stored in `cache_dtype`: float32 is exact (the dequantized values), bfloat16 halves
-    the disk and rounds each value as `tensor.to(torch.bfloat16)` does.
+    the disk and rounds each value as `tensor.to(torch.bfloat16)` does. `out` must not exist or be an
+    empty folder; only the cache (`replace_partial=True`) replaces a folder left without its marker
+    file by an interrupted conversion.
 
     >>> convert_gguf(Path("model.Q4_K_M.gguf"), Path("/tmp/model"))  # doctest: +SKIP
     PosixPath('/tmp/model')
     """
     dtype = cache_torch_dtype(cache_dtype)
+    _check_target(out, replace_partial)
     reader = read_gguf(path)
     architecture = _field(reader, "general.architecture", path)
     tensors = reader.tensors
     del reader  # its metadata (a vocabulary is many small arrays) is parsed again by transformers
     plan = _plan(path, architecture, tensors)
     if plan is None:  # an architecture transformers converts with its newer whole-model machinery
-        return convert_gguf_reference(path, out, cache_dtype=cache_dtype)
+        return convert_gguf_reference(path, out, cache_dtype=cache_dtype, replace_partial=replace_partial)
     _check_space(out.parent, plan.nbytes(dtype), path)
-    with _staging(out, path) as tmp:
+    with _staging(out, path, replace_partial) as tmp:
         written = _write_shards(_stream(path, tensors, plan), plan, tmp, dtype, shard_bytes)
         missing = sorted(set(plan.expected) - set(written))
         if missing:
@@ -120,7 +123,8 @@ def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
     return out
 
 
-def convert_gguf_reference(path: Path, out: Path, *, cache_dtype: str = "float32") -> Path:
+def convert_gguf_reference(path: Path, out: Path, *, cache_dtype: str = "float32",
+                           replace_partial: bool = False) -> Path:
     """The whole-model conversion (the reference, slow path): ~2.3x the fp32 model in memory.
 
     Loads the GGUF with `from_pretrained(gguf_file=...)` (every tensor dequantized into one float32
@@ -131,6 +135,7 @@ def convert_gguf_reference(path: Path, out: Path, *, cache_dtype: str = "float32
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = cache_torch_dtype(cache_dtype)
+    _check_target(out, replace_partial)
     read_gguf(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -144,7 +149,7 @@ def convert_gguf_reference(path: Path, out: Path, *, cache_dtype: str = "float32
     plain.load_state_dict(model.state_dict())
     del model
     _check_space(out.parent, sum(t.nbytes for t in plain.state_dict().values()), path)
-    with _staging(out, path) as tmp:
+    with _staging(out, path, replace_partial) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _write_source(path, tmp, cache_dtype, converter="reference")
@@ -413,18 +418,28 @@ def _check_space(where: Path, nbytes: int, path: Path) -> None:
             f"--cache-dtype bfloat16 to halve it)")
 
 
+def _check_target(out: Path, replace_partial: bool) -> None:
+    """Before any work: `out` may be missing or an empty folder (or, for the cache, a partial entry)."""
+    if out.exists() and not out.is_dir():
+        raise SuperweightError(f"output folder {str(out)!r} exists and is not a directory")
+    if not replace_partial and out.is_dir() and any(out.iterdir()):
+        raise SuperweightError(f"output folder {str(out)!r} is not empty; choose a new or empty folder")
+
+
 @contextmanager
-def _staging(out: Path, source: Path) -> Iterator[Path]:
+def _staging(out: Path, source: Path, replace_partial: bool = False) -> Iterator[Path]:
     """A temporary directory next to `out`, renamed onto `out` when the block succeeds and removed
-    whatever happens; a full disk becomes a one-line SuperweightError."""
+    whatever happens; a full disk becomes a one-line SuperweightError. With `replace_partial` (the
+    cache's own entries) a leftover `out` without its marker file is removed first; otherwise a
+    non-empty `out` is refused. A complete entry that another run put in place meanwhile is kept."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
         if not (out / SOURCE_FILE).is_file():  # else another run has just finished the same entry
-            if out.exists():  # a leftover without its marker file: incomplete
+            if replace_partial and out.exists():  # a leftover without its marker file: incomplete
                 shutil.rmtree(out)
-            os.replace(tmp, out)
+            _move_into_place(tmp, out)
     except Exception as e:
         if _disk_full(e):
             raise SuperweightError(f"the disk filled up while converting {source.name} into {out.parent}; "
@@ -433,6 +448,19 @@ def _staging(out: Path, source: Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` onto `out` (missing or empty). Losing a race to another run that
+    completed the same `out` is fine; any other occupant is refused, never removed."""
+    try:
+        os.replace(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if (out / SOURCE_FILE).is_file():
+            return
+        raise SuperweightError(f"output folder {str(out)!r} is not empty; choose a new or empty folder") from e
 
 
 def _disk_full(error: BaseException) -> bool:

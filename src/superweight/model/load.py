@@ -320,7 +320,7 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
     if not quiet:
         print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
               file=sys.stderr)
-    return gguf.convert_gguf(path, out, cache_dtype=cache_dtype)
+    return gguf.convert_gguf(path, out, cache_dtype=cache_dtype, replace_partial=True)  # a cache entry
 
 
 # --- built-in aliases --------------------------------------------------------------------------
