@@ -291,3 +291,68 @@ def test_a_layer_that_only_tips_a_large_value_over_is_said_to(tokenizer):
     render_detection(console, lm, run)
     text = console.export_text()
     assert "layer 2 adds 45% of the value; the rest comes in from earlier layers" in text
+
+
+# --- review fixes: verification without the activation, several prompts, the trace ----------------
+
+def test_an_activation_that_does_not_form_on_the_verification_text_gets_no_verdict(tokenizer):
+    from superweight.report.detect_tables import detection_tables
+
+    model = tiny_model("llama")
+    plant_embedding_activation(model, ord("Z"), 9)  # only where the prompt has a "Z"
+    lm = wrap_model(model, tokenizer)
+    run = run_detection(lm, "Zebras graze.", verify_threshold=3.0, text=TEXT)  # TEXT has no "Z"
+    (act,) = run.result.massive
+    assert act.verdict is None and act.ppl_ratio is None
+    assert run.verification.not_formed == [(9, -1)]
+    notes = [n for t in detection_tables(lm.describe(), run) for n in t.notes]
+    assert any("does not form on the verification text: no verdict" in n for n in notes)
+    assert not any("not verified" in n for n in notes)
+
+
+def test_a_prompt_counts_once_for_a_massive_activation(tokenizer):
+    model = tiny_model("llama")
+    plant_embedding_activation(model, ord("Z"), 9)
+    result = detect(wrap_model(model, tokenizer), ["Zoo Zed", "Zap", "no capital zed here"])
+    (act,) = result.massive
+    assert act.prompts_found == 2  # two of the three prompts, counted once each (two positions in the first)
+    assert result.super_activations == []  # an embedding, not a weight
+
+
+def test_trace_refuses_a_detection_of_other_prompts_and_the_report_traces_the_first(tokenizer):
+    from superweight.activations import trace
+    from superweight.errors import SuperweightError
+    from superweight.overview import OverviewConfig, gather
+
+    model = tiny_model("llama")
+    plant_super_weight(model, 2, 7, 11)
+    lm = wrap_model(model, tokenizer)
+    merged = detect(lm, ["one prompt", "another prompt"])
+    with pytest.raises(SuperweightError, match="trace follows one prompt"):
+        trace(lm, "one prompt", detection=merged)
+    ov = gather(lm, OverviewConfig(prompts=("one prompt", "another prompt"), verify=False))
+    assert ov.trace.prompt == "one prompt" and ov.trace.detection.prompts == ["one prompt"]
+
+
+def test_trace_says_when_what_it_zeroes_does_not_make_the_activation(tokenizer):
+    from superweight.activations import trace
+    from superweight.report.detect_tables import trace_summary
+
+    model = tiny_model("llama")
+    plant_super_weight(model, 2, 7, 11)
+    plant_embedding_activation(model, BOS_ID, 9, value=50000.0)  # the largest: made by the embedding
+    t = trace(wrap_model(model, tokenizer), TEXT[:40])
+    assert t.activation.channel == 9 and not t.removed_make_it and t.removed
+    assert t.zeroed_label == "the early super weight candidates zeroed"
+    assert "not what makes it, the early candidates" in trace_summary(t)
+
+
+def test_verification_threshold_must_be_a_ratio_above_one(tmp_path, capsys):
+    from superweight.errors import SuperweightError
+    from superweight.verify import check_threshold
+
+    for bad in (0, -1, 1, float("nan"), "x"):
+        with pytest.raises(SuperweightError):
+            check_threshold(bad)
+    assert main(["detect", str(tmp_path / "missing"), "--verify", "--verify-threshold", "0"]) == 2
+    assert "perplexity ratio above 1" in capsys.readouterr().err

@@ -35,11 +35,33 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def output_path_problem(path: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at `path` (a folder there, or a file where a folder of its path
+    should be), or None: checked before long work, so that it never ends in an error."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return f"{str(path)!r} is a folder, not a file"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder"
+    return None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` and rename the result onto `path`; nothing is left on failure."""
+    from superweight.errors import SuperweightError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    problem = output_path_problem(path)
+    if problem:
+        raise SuperweightError(problem)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SuperweightError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))

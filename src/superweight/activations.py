@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from superweight.errors import SuperweightError
 from superweight.detect import DEFAULT_PROMPT, DetectConfig, DetectionResult, detect, encode, layer_stats
 from superweight.interventions import prune
 from superweight.massive import ResidualLayer, residual_scan
@@ -30,6 +31,12 @@ class TraceResult:
     detection: DetectionResult
     removed: list[SuperWeight] = field(default_factory=list)
     same_channel_layers: list[int] = field(default_factory=list)  # layers whose max sits on it
+    removed_make_it: bool = True  # `removed` are the weights that make it (else: the early candidates)
+
+    @property
+    def zeroed_label(self) -> str:
+        """What the second pass zeroed, in words for tables and plots."""
+        return "its weights zeroed" if self.removed_make_it else "the early super weight candidates zeroed"
 
     @property
     def first_layer(self) -> int | None:
@@ -44,7 +51,7 @@ class TraceResult:
                 "massive_activation": self.activation.to_dict() if self.activation else None,
                 "first_layer": self.first_layer, "last_layer": self.last_layer,
                 "same_channel_layers": self.same_channel_layers,
-                "removed": [s.to_dict() for s in self.removed],
+                "removed": [s.to_dict() for s in self.removed], "removed_make_it": self.removed_make_it,
                 "original": [r.to_dict() for r in self.original],
                 "pruned": [r.to_dict() for r in self.pruned] if self.pruned is not None else None,
                 "down_proj": [s.to_dict() for s in self.detection.layer_stats[0]],
@@ -65,6 +72,9 @@ def trace(lm: LoadedModel, prompt: str = DEFAULT_PROMPT, config: DetectConfig | 
     >>> t.activation.channel, t.first_layer, t.last_layer
     (507, 11, 27)
     """
+    if detection is not None and list(dict.fromkeys(detection.prompts)) != [prompt]:
+        raise SuperweightError("trace follows one prompt: the detection given was made on "
+                               f"{len(set(detection.prompts))} prompt(s), not on {prompt!r}")
     config = config or (detection.config if detection else DetectConfig())
     detection = detection or detect(lm, prompt, config)
     ids = encode(lm, prompt)
@@ -80,7 +90,7 @@ def trace(lm: LoadedModel, prompt: str = DEFAULT_PROMPT, config: DetectConfig | 
         with prune(lm.view, [s.key for s in removed]):
             pruned = residual_scan(lm, ids, floor, ratio, config.layers, at)
     same = [r.layer for r in original if act and (r.position, r.channel) == at]
-    return TraceResult(prompt, tokens, act, original, pruned, detection, list(removed), same)
+    return TraceResult(prompt, tokens, act, original, pruned, detection, list(removed), same, weight_made)
 
 
 __all__ = ["TraceResult", "trace", "traced_activation", "residual_scan", "layer_stats"]

@@ -409,7 +409,8 @@ def detect(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
 
 def _merge(results: list[DetectionResult]) -> DetectionResult:
     """Union over prompts, each coordinate and massive activation with the count of prompts it
-    appeared in (a massive activation is the same when channel, first layer and origin kind are)."""
+    appeared in (a massive activation is the same when its channel, first layer and origin — kind and
+    weights — are; each prompt counts once)."""
     counts: dict[tuple, int] = {}
     first: dict[tuple, SuperWeight] = {}
     for r in results:
@@ -421,19 +422,28 @@ def _merge(results: list[DetectionResult]) -> DetectionResult:
         sw.prompts_found = counts[sw.key]
     seen: dict[tuple, MassiveActivation] = {}
     for r in results:
+        keys = set()
         for act in r.massive:
-            key = (act.channel, act.first_layer, act.origin.kind if act.origin else None)
-            if key in seen:
-                seen[key].prompts_found = (seen[key].prompts_found or 1) + 1
-            else:
-                act.prompts_found = 1
+            key = _massive_key(act)
+            if key not in seen:
+                act.prompts_found = 0
                 seen[key] = act
+            keys.add(key)
+        for key in keys:  # each prompt counts once
+            seen[key].prompts_found += 1
     massive = sorted(seen.values(), key=lambda a: (-(a.prompts_found or 0), a.first_layer, a.channel))
     _share_records(massive, sws)
     base = results[0]
     return DetectionResult(sws, massive, base.layer_stats, base.residual,
                            [p for r in results for p in r.prompts], base.config, base.tokens,
                            all(r.converged for r in results))
+
+
+def _massive_key(act: MassiveActivation) -> tuple:
+    """The same massive activation in two prompts: channel, first layer, what makes it (kind and weights)."""
+    o = act.origin
+    return (act.channel, act.first_layer, o.kind if o else None,
+            tuple(sorted(w.key for w in o.weights)) if o else ())
 
 
 def find_super_weights(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from superweight._io import SCHEMA_VERSION, result_header
 from superweight.errors import SuperweightError
+from superweight.verify import VERIFY_THRESHOLD, check_threshold
 
 # result kinds the report can show (the `kind` of a result file's header)
 INCLUDABLE = ("ablate", "stopwords", "scale", "quantize", "eval", "check", "finetune")
@@ -25,11 +26,12 @@ REPORT_BITS = 4
 
 @dataclass
 class OverviewConfig:
-    """What to gather. `verify_threshold` None skips the causal check; `ablate` / `quantize` run
-    Table 1 and Figure 7 + Table 3 with the given evaluator; `include` are result files to show."""
+    """What to gather. `verify` False skips the causal check (`verify_threshold`: the perplexity ratio
+    that makes a candidate a super weight); `ablate` / `quantize` run Table 1 and Figure 7 + Table 3
+    with the given evaluator; `include` are result files to show."""
 
     prompts: tuple[str, ...] = ()  # default: detection's prompt; the trace follows the first
-    verify_threshold: float | None = None  # default: `superweight.verify.VERIFY_THRESHOLD`
+    verify_threshold: float = VERIFY_THRESHOLD
     verify: bool = True
     ablate: bool = False
     quantize: bool = False
@@ -38,6 +40,7 @@ class OverviewConfig:
     include: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.verify_threshold = check_threshold(self.verify_threshold)
         if not self.blocks or any(not isinstance(b, int) or b < 1 for b in self.blocks):
             raise SuperweightError(f"block sizes must be positive whole numbers, got {list(self.blocks)}")
 
@@ -113,7 +116,6 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     """
     from superweight.activations import trace
     from superweight.detect import DEFAULT_PROMPT, DetectConfig, run_detection
-    from superweight.verify import VERIFY_THRESHOLD
 
     config = config or OverviewConfig()
     included = [read_result(p) for p in config.include]  # every file checked before any work
@@ -122,9 +124,9 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     stage = on_stage or (lambda name: None)
     prompts = list(config.prompts) or [DEFAULT_PROMPT]
     detect_config = detect_config or DetectConfig()
-    threshold = (config.verify_threshold or VERIFY_THRESHOLD) if config.verify else None
-    run = run_detection(lm, prompts, detect_config, verify_threshold=threshold)
-    traced = trace(lm, prompts[0], detect_config, detection=run.result)
+    run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None)
+    # the trace follows the first prompt; a detection merged over several prompts is not that prompt's
+    traced = trace(lm, prompts[0], detect_config, detection=run.result if len(set(prompts)) == 1 else None)
     results = list(included)
     described = lm.describe()
     if config.ablate:

@@ -17,7 +17,7 @@ at least `threshold` times.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Sequence
 
@@ -44,6 +44,7 @@ class Verification:
     ppl_all_pruned: float  # all early super weights zeroed together
     threshold: float
     ablated_to: str = ABLATED_TO  # what an ablated massive activation is replaced with
+    not_formed: list[tuple[int, int]] = field(default_factory=list)  # (channel, first layer): no verdict
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -76,7 +77,9 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
            criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
     each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
-    `verdict` ("needed" / "not needed")."""
+    `verdict` ("needed" / "not needed"); one that does not form on the text gets no verdict and is
+    listed in `not_formed`."""
+    threshold = check_threshold(threshold)
     source = "given text"
     if text is None:
         text, source = verification_text()
@@ -99,8 +102,25 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = SUPER if max(sw.ppl_ratio, joint) >= threshold else SPIKE
     floor, ratio = criterion
+    not_formed = []
     for act in massive:
-        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio):
-            act.ppl_ratio = text_perplexity(lm, ids) / base
+        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio) as log:
+            ppl = text_perplexity(lm, ids)
+        if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
+            act.ppl_ratio, act.verdict = None, None
+            not_formed.append((act.channel, act.first_layer))
+            continue
+        act.ppl_ratio = ppl / base
         act.verdict = NEEDED if act.ppl_ratio >= threshold else NOT_NEEDED
-    return Verification(source, int(ids.shape[1]), base, all_pruned, threshold)
+    return Verification(source, int(ids.shape[1]), base, all_pruned, threshold, not_formed=not_formed)
+
+
+def check_threshold(threshold) -> float:
+    """A verification threshold: a perplexity ratio above 1 (a finite number)."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise SuperweightError(f"the verification threshold {threshold!r} is not a number") from None
+    if not math.isfinite(value) or value <= 1:
+        raise SuperweightError(f"the verification threshold is a perplexity ratio above 1, got {threshold!r}")
+    return value

@@ -101,7 +101,7 @@ def test_detect_in_bfloat16(model_dir, capsys):
 def test_detect_save_catalog_then_agrees(model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SUPERWEIGHT_CATALOG", str(tmp_path / "cat.json"))
     assert main(["detect", str(model_dir), "--model-id", "me/tiny", "--save-catalog"]) == 0
-    assert "Added to the local catalog" in capsys.readouterr().out
+    assert "Added to the local catalog" in capsys.readouterr().err
     assert main(["catalog", "path"]) == 0 and "cat.json" in capsys.readouterr().out
     assert main(["detect", str(model_dir), "--model-id", "me/tiny"]) == 0
     assert "agrees with the catalog" in capsys.readouterr().out

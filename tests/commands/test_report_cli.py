@@ -48,7 +48,7 @@ def test_report_shows_detection_and_every_included_result(model_dir, results, tm
     argv = ["report", str(model_dir), "--out", str(out), "--json", str(tmp_path / "report.json"),
             "--include", *map(str, results.values())]
     assert main(argv) == 0
-    assert f"Report: {out / 'index.html'}" in capsys.readouterr().out
+    assert f"Report: {out / 'index.html'}" in capsys.readouterr().err
     page = (out / "index.html").read_text()
     for title in ("Model", "Massive activations and super weights", "Figure 3: down projection spikes per layer",
                   "Figure 4: the massive activation through the residual stream", "Catalog",
@@ -139,3 +139,19 @@ def test_default_model_report_renders_offline(tmp_path, fetched_data):
     assert colors is not None and len(colors) > 100  # tables, text and plots: not a blank page
     blues = sum(n for n, (r, g, b) in colors if b > 150 and r < 100)
     assert blues > 500  # the plots' lines and the links were drawn
+
+
+def test_json_on_stdout_is_pure_json_and_unwritable_paths_fail_while_parsing(model_dir, tmp_path, capsys):
+    assert main(["report", str(model_dir), "--out", str(tmp_path / "r"), "--no-verify", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["kind"] == "report" and "Report:" in captured.err
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for argv in (["report", str(model_dir), "--out", str(tmp_path / "r2"), "--screenshot", str(blocker / "s.png")],
+                 ["detect", str(model_dir), "--json", str(blocker / "x.json")],
+                 ["trace", str(model_dir), "--json", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and ("is a file, not a folder" in err or "is a folder, not a file" in err)
+    assert not (tmp_path / "r2").exists() and blocker.read_text() == "x"

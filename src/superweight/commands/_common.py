@@ -228,7 +228,7 @@ def model_and_super_weights(args, coords: list | None, require: str | None = Non
 # --- output --------------------------------------------------------------------------------------------
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", type=Path, metavar="PATH",
+    p.add_argument("--json", type=output_file, metavar="PATH",
                    help="write the full result as JSON (schema and tool versions, model hash, settings; - for stdout)")
 
 
@@ -269,6 +269,16 @@ def folder(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
     return path
+
+
+def output_file(text: str) -> Path:
+    """argparse type for a file to write (`-` is stdout): refused at once when it cannot be written."""
+    from superweight._io import output_path_problem
+
+    problem = None if text == "-" else output_path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
 
 
 def add_out_arg(p: argparse.ArgumentParser, what: str) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from superweight.commands._common import add_model_args, console, folder, load_from_args
+from superweight.commands._common import add_json_arg, add_model_args, console, folder, load_from_args, write_json_arg
 from superweight.errors import SuperweightError
 
 
@@ -28,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    add_json_arg(p)
     p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figure 3 style) here")
     p.set_defaults(func=run)
 
@@ -87,12 +86,14 @@ def prompts_from_args(args) -> list[str]:
 
 def run(args) -> int:
     from superweight import catalog
-    from superweight._io import result_header, write_json
+    from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
+    from superweight.verify import check_threshold
 
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
+    check_threshold(args.verify_threshold)
     out = console()
     lm = load_from_args(args)
     model_id = args.model_id or lm.model_id
@@ -101,18 +102,20 @@ def run(args) -> int:
         run = run_detection(lm, prompts, config, model_id=model_id,
                             verify_threshold=args.verify_threshold if args.verify else None)
     result = run.result
-    render_detection(out, lm, run)
+    if str(args.json) != "-":  # stdout carries the JSON then
+        render_detection(out, lm, run)
     if args.save_catalog and result.early:
         path = catalog.add(model_id or lm.ref, [s.coord for s in result.early],
-                           f"superweight detect on {lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
-        out.print(f"Added to the local catalog: {path}")
+                           f"superweight detect{' --verify' if args.verify else ' (not verified: candidates)'} on "
+                           f"{lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
+        console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
     if args.plot:
         from superweight.report.detect_plots import plot_down_proj
 
         png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
                              args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
-        out.print(f"Plot: {png}")
+        console(stderr=True).print(f"Plot: {png}", markup=False)
     if args.json:
         payload = result_header("detect", model=lm.describe(), **run.to_dict())
-        out.print(f"JSON: {write_json(args.json, payload)}")
+        write_json_arg(args.json, payload)
     return 0

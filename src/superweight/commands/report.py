@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, console, eval_flags_given,
-                                          eval_settings, folder, load_from_args, parse_list, write_json_arg)
+                                          eval_settings, folder, load_from_args, output_file, parse_list,
+                                          write_json_arg)
 from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
 
 
 def register(sub) -> None:
     from superweight.overview import INCLUDABLE, REPORT_BITS, REPORT_BLOCKS
+    from superweight.verify import VERIFY_THRESHOLD
 
     p = sub.add_parser("report", help="write an HTML report: massive activations, super weights, figures, results",
                        description="Detect and verify the massive activations and super weights, trace the "
@@ -25,6 +26,9 @@ def register(sub) -> None:
                    help=f"result files of earlier runs (--json of {', '.join(INCLUDABLE)}) to show")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the causal check (zeroing candidates, ablating massive activations)")
+    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
+                   help="perplexity ratio that makes a candidate a super weight and a massive activation "
+                        f"needed (default {VERIFY_THRESHOLD:g})")
     p.add_argument("--ablate", action="store_true", help="run Table 1 here (four evaluations)")
     p.add_argument("--quantize", action="store_true",
                    help="run Figure 7 (the model, then rtn / rtn-clip / superweight at each --blocks) and "
@@ -34,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--blocks", default=",".join(map(str, REPORT_BLOCKS)), metavar="N,N",
                    help=f"block sizes of the --quantize sweep (default {','.join(map(str, REPORT_BLOCKS))})")
     add_eval_args(p)
-    p.add_argument("--screenshot", type=Path, metavar="PNG",
+    p.add_argument("--screenshot", type=output_file, metavar="PNG",
                    help="also render the page in headless Chromium (network disabled) to this PNG")
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -55,7 +59,13 @@ def run(args) -> int:
         raise SuperweightError(f"{', '.join(eval_flags_given(args))} set(s) the evaluation of --ablate and "
                                "--quantize; give one of them")
     blocks = tuple(parse_list(args.blocks, int, "block size"))
+    if args.screenshot:  # no browser, or a file where the PNG's folder should be: fail before any work
+        from superweight.report.browser import find_browser
+
+        if find_browser() is None:
+            raise SuperweightError("--screenshot needs a Chromium browser (Debian's `chromium` package)")
     config = OverviewConfig(prompts=tuple(prompts_from_args(args)), verify=not args.no_verify,
+                            verify_threshold=args.verify_threshold,
                             ablate=args.ablate, quantize=args.quantize, bits=check_bits(args.bits),
                             blocks=blocks, include=tuple(args.include))
     settings = None
@@ -78,10 +88,10 @@ def run(args) -> int:
             overview = gather(lm, config, detect_config, settings.evaluator(pr.on_event), on_stage=pr.stage)
     command = result_header("report").get("command")
     page = write_report(overview, args.out, command)
-    console().print(f"Report: {page}", markup=False)
+    err.print(f"Report: {page}", markup=False)  # stdout stays free for `--json -`
+    write_json_arg(args.json, overview.to_dict())
     if args.screenshot:
         from superweight.report.browser import screenshot
 
-        console().print(f"Screenshot: {screenshot(page, args.screenshot)}", markup=False)
-    write_json_arg(args.json, overview.to_dict())
+        err.print(f"Screenshot: {screenshot(page, args.screenshot)}", markup=False)
     return 0

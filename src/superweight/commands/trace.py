@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from superweight.commands._common import add_model_args, console, folder, load_from_args
+from superweight.commands._common import add_json_arg, add_model_args, console, folder, load_from_args, write_json_arg
 from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
 
 
@@ -12,16 +11,17 @@ def register(sub) -> None:
     p = sub.add_parser("trace", help="follow a massive activation through the residual stream",
                        description="Per layer: the residual stream's max |value|, its channel, position "
                                    "and typical magnitude, and the largest massive activation's value, with "
-                                   "and without the weights that make it (Figure 4).")
+                                   "and without the weights that make it (when no weight makes it: the early "
+                                   "super weight candidates) (Figure 4).")
     add_model_args(p)
     add_detect_args(p)
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    add_json_arg(p)
     p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figures 3 and 4) here")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from superweight._io import result_header, write_json
+    from superweight._io import result_header
     from superweight.activations import trace
     from superweight.report.detect_tables import render_trace
 
@@ -33,7 +33,8 @@ def run(args) -> int:
     for prompt in prompts:
         t = trace(lm, prompt, config)
         results.append(t)
-        render_trace(out, t)
+        if str(args.json) != "-":  # stdout carries the JSON then
+            render_trace(out, t)
     if args.plot:
         from superweight.report.detect_plots import plot_down_proj, plot_residual
 
@@ -41,10 +42,11 @@ def run(args) -> int:
         a = plot_down_proj(t.detection.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
                            args.plot / "down_proj_maxima.png", sorted({s.layer for s in t.detection.early}))
         b = plot_residual(t.original, t.pruned, f"{lm.ref}: residual stream",
-                          args.plot / "residual_maxima.png", t.activation.channel if t.activation else None)
-        out.print(f"Plots: {a}, {b}")
+                          args.plot / "residual_maxima.png", t.activation.channel if t.activation else None,
+                          t.zeroed_label)
+        console(stderr=True).print(f"Plots: {a}, {b}", markup=False)
     if args.json:
         payload = result_header("trace", model=lm.describe(), config=config.to_dict(),
                                 traces=[t.to_dict() for t in results])
-        out.print(f"JSON: {write_json(args.json, payload)}")
+        write_json_arg(args.json, payload)
     return 0

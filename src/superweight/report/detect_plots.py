@@ -23,16 +23,17 @@ def plot_down_proj(stats, title: str, path: str | Path, marked: list[int] | None
     return save_png(fig, path)
 
 
-def plot_residual(original, pruned, title: str, path: str | Path, channel: int | None = None) -> Path:
-    """Figure 4: the residual stream's max |value| per layer, original vs the weights that make the
-    massive activation zeroed (`pruned` may be None), and the massive activation's own value."""
+def plot_residual(original, pruned, title: str, path: str | Path, channel: int | None = None,
+                  zeroed: str = "its weights zeroed") -> Path:
+    """Figure 4: the residual stream's max |value| per layer, original vs with `zeroed` (what the
+    second pass zeroed, in words; `pruned` may be None), and the massive activation's own value."""
     fig, axes = new_figure(1, 1, (7, 4))
     ax = axes[0][0]
     ax.plot([r.layer for r in original], [abs(r.value) for r in original], marker="o", ms=3,
             label="max |h|")
     if pruned is not None:
         ax.plot([r.layer for r in pruned], [abs(r.value) for r in pruned], marker="s", ms=3,
-                label="max |h|, its weights zeroed")
+                label=f"max |h|, {zeroed}")
     if channel is not None and original and original[0].at is not None:
         ax.plot([r.layer for r in original], [abs(r.at) for r in original], ls=":",
                 label=f"|h| at the massive activation (channel {channel})")

@@ -8,8 +8,8 @@ called a *super activation* only when a verified super weight makes it.
 
 from __future__ import annotations
 
-from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NORM_GAIN,
-                                 SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
+from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NEEDED, NORM_GAIN,
+                                 NOT_NEEDED, SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
 from superweight.report.tables import Column, Table, show
 
 _LEFT = ("token@pos", "made by", "verdict", "(layer, row, col)")
@@ -154,13 +154,14 @@ def _sentence(acts: list[MassiveActivation], result) -> str:
     ratios = ", ".join(f"×{x.ppl_ratio:.3g}" for x in acts if x.ppl_ratio is not None)
     it = "them" if len(acts) > 1 else "it"
     each = "each" if len(acts) > 1 else "it"
-    if verdicts == {"needed"}:
+    verdicts.discard(None)  # not formed on the verification text: said in its own line
+    if verdicts == {NEEDED}:
         line += f"; the model needs {it} (perplexity {ratios} with {each} ablated)"
-    elif verdicts == {"not needed"}:
+    elif verdicts == {NOT_NEEDED}:
         line += f"; the model does not need {it} (perplexity {ratios} with {each} ablated)"
-    elif verdicts >= {"needed", "not needed"}:
+    elif verdicts >= {NEEDED, NOT_NEEDED}:
         line += f"; the model needs some of them (perplexity {ratios} with each ablated)"
-    elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and a.verdict is None:
+    elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and not result.verified:
         line += " (not verified: --verify zeroes them and ablates the activation)"
     return line + "."
 
@@ -265,6 +266,9 @@ def detection_tables(model: dict, run) -> list[Table]:
         if result.massive:
             line += "; a massive activation is ablated by setting it to " + verification.ablated_to
         say(line + ".")
+        for channel, first in getattr(verification, "not_formed", []):
+            say(f"The massive activation on channel {channel} (first after layer {_layer(first)}) does not form "
+                "on the verification text: no verdict for it.")
     say(f"Catalog: {comparison.verdict}"
               + (f" ({comparison.entry.model}; {comparison.entry.source})" if comparison.entry else ""))
     if comparison.entry and comparison.missing:
@@ -298,8 +302,11 @@ def headline(result) -> str:
                      f"of {len(early)} candidate(s)")
     else:
         parts.append(f"{len(early)} super weight candidate(s) (not verified)")
-    if result.late or any(a.late for a in result.massive):
+    late_acts = sum(a.late for a in result.massive)
+    if result.late:
         parts.append(f"{len(result.late)} late-layer spike(s) reported apart")
+    if late_acts:
+        parts.append(f"{late_acts} late-layer massive activation(s) reported apart")
     return "Found: " + " · ".join(parts)
 
 
@@ -334,7 +341,8 @@ def trace_summary(t) -> str:
             f"{made_by(a, t.detection)}; the layer max sits on it in "
             f"{len(t.same_channel_layers)}/{len(t.original)} rows.")
     if t.removed:
-        line += f" Zeroed in the second pass: {_labels(t.removed)}."
+        what = "the weights that make it" if t.removed_make_it else "not what makes it, the early candidates"
+        line += f" Zeroed in the second pass ({what}): {_labels(t.removed)}."
     return line
 
 

@@ -68,9 +68,10 @@ def detection_sections(overview, how: str) -> list[Section]:
     blocks: list = []
     if t.original:
         channel = t.activation.channel if t.activation else None
-        blocks.append(_png(lambda p: plot_residual(t.original, t.pruned, f"{ref}: residual stream", p, channel),
-                           "Figure 4: the residual stream's largest |value| after each layer, as loaded and "
-                           "with the weights that make the massive activation zeroed."))
+        second = f" and with {t.zeroed_label.replace('its weights', 'the weights that make it')}" if t.pruned else ""
+        blocks.append(_png(lambda p: plot_residual(t.original, t.pruned, f"{ref}: residual stream", p, channel,
+                                                   t.zeroed_label),
+                           f"Figure 4: the residual stream's largest |value| after each layer, as loaded{second}."))
     blocks += trace_tables(t)
     trace = Section("Figure 4: the massive activation through the residual stream", blocks, how)
     return [found, figures, trace, catalog_section(run.comparison, how)]
