@@ -1,5 +1,6 @@
 # Set-up and everyday commands. `make demo` runs the main job, `make test` passes the tests;
-# both create the virtual environment first (torch pinned to the 2.13.0 CPU build on this machine).
+# both create the virtual environment first (torch pinned to the 2.13.0 CPU build on this machine;
+# llama-cpp-python is built from source once, portable: -DGGML_NATIVE=OFF).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
