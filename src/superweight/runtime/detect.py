@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -482,9 +482,7 @@ class EngineRun:
     tokenizer: str
     n_ctx: int
     seconds: float
-    conversion_cache: bool = False  # whether a converted copy was read or written
-    reason: str | None = None  # why `auto` chose this engine
-    notes: list[str] = field(default_factory=list)
+    conversion_cache: bool = False  # a converted copy is never read nor written by this engine
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -507,6 +505,7 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
                                        massive=result.massive,
                                        criterion=(config.massive_floor, config.massive_ratio))
         model = engine.describe()
+    model["model_id"] = model_id
     run = DetectionRun(result, verification, catalog.compare(model_id, result.early))
     info = EngineRun(ENGINE, "llama.cpp", n_ctx, time.perf_counter() - start)
     return model, run, info
@@ -520,3 +519,101 @@ def file_digest(path: Path) -> str:
 
 __all__ = ["ENGINE", "GgufWeights", "GgufView", "GgufDownProj", "LlamaCppEngine", "detect_gguf",
            "window_nll", "LlamaCppScorer", "verify_gguf", "run_detection_gguf", "EngineRun"]
+
+
+# --- choosing the engine ---------------------------------------------------------------------------
+
+ENGINES = ("auto", "torch", ENGINE)
+
+
+@dataclass
+class EngineChoice:
+    """Which engine runs a command on a model reference, and why (recorded in every result)."""
+
+    engine: str  # "torch" | "llama.cpp"
+    reason: str
+    gguf: Path | None = None  # the file llama.cpp opens
+    model_id: str | None = None  # the exact hub id of an alias, for the catalog
+
+    def to_dict(self) -> dict:
+        return {"engine": self.engine, "reason": self.reason, "gguf": str(self.gguf) if self.gguf else None}
+
+
+def _gguf_of(ref: str) -> tuple[Path | None, str | None]:
+    from superweight.model.load import ALIASES, alias_gguf
+
+    if ref in ALIASES:
+        return alias_gguf(ref), ALIASES[ref].hub_id
+    if ref.lower().endswith(".gguf"):
+        return Path(ref).expanduser(), None
+    return None, None
+
+
+def conversion_bytes(path: Path, cache_dtype: str = "float32") -> int:
+    """What the converted copy of a GGUF takes on disk: every tensor's elements at the cache dtype."""
+    from superweight.model.gguf import read_gguf
+
+    size = 2 if cache_dtype == "bfloat16" else 4
+    return sum(int(t.n_elements) * size for t in read_gguf(path).tensors)
+
+
+def choose_engine(ref: str, requested: str = "auto", *, no_cache: bool = False, cache_dtype: str = "float32",
+                  torch_only: Sequence[str] = ()) -> EngineChoice:
+    """The engine for `ref`: `requested` unless "auto".
+
+    auto: a `.gguf` file runs in llama.cpp (mmap'd, no conversion) when the binding is installed
+    and its architecture's graph is mapped — the conversion cache would not fit, or no cache is
+    asked (`no_cache`), or simply because it is faster there (measured: docs/detect-llamacpp.md,
+    first and cached runs alike) — unless an option only the PyTorch engine has is set
+    (`torch_only`: e.g. a memory budget, a device, a cache dtype). Anything else (hub ids, local
+    folders, built-in aliases) runs in PyTorch as before; `--engine llama.cpp` runs an alias's GGUF.
+    """
+    if requested not in ENGINES:
+        raise SuperweightError(f"unknown engine {requested!r}; choose one of {', '.join(ENGINES)}")
+    if requested == "torch":
+        if no_cache:
+            raise SuperweightError("--no-cache needs the llama.cpp engine (the torch engine reads a converted copy)")
+        return EngineChoice("torch", "asked (--engine torch)")
+    is_file = ref.lower().endswith(".gguf")
+    if requested == ENGINE or (requested == "auto" and no_cache):
+        path, model_id = _gguf_of(ref)
+        if path is None:
+            raise SuperweightError(f"the llama.cpp engine runs a .gguf file or a built-in alias; {ref!r} is neither")
+        if torch_only:
+            raise SuperweightError(f"{', '.join(torch_only)} apply to the torch engine only, not to llama.cpp")
+        return EngineChoice(ENGINE, "asked (--engine llama.cpp)" if requested == ENGINE else "no cache asked (--no-cache)",
+                            path, model_id)
+    if not is_file:
+        return EngineChoice("torch", "not a .gguf file")
+    if torch_only:
+        return EngineChoice("torch", f"{', '.join(torch_only)} given (torch engine options)")
+    return _auto_gguf(Path(ref).expanduser(), cache_dtype)
+
+
+def _auto_gguf(path: Path, cache_dtype: str) -> EngineChoice:
+    import shutil
+
+    from superweight._io import cache_dir
+    from superweight.model import gguf
+    from superweight.model.load import gguf_cache_entry
+
+    gguf.check_magic(path)  # a bad file: the same one-line errors as the torch engine gives
+    try:
+        import llama_cpp  # noqa: F401 - only whether the optional binding is there
+    except ImportError:
+        return EngineChoice("torch", "llama-cpp-python is not installed")
+    arch = GgufWeights(path).arch
+    from superweight.runtime.graph import GRAPH_NAMES
+
+    if arch not in GRAPH_NAMES:
+        return EngineChoice("torch", f"llama.cpp graph of architecture {arch!r} not mapped")
+    if (gguf_cache_entry(path, cache_dtype) / gguf.SOURCE_FILE).is_file():
+        return EngineChoice(ENGINE, "faster than the cached conversion (measured: docs/detect-llamacpp.md)", path)
+    need = conversion_bytes(path, cache_dtype)
+    where = cache_dir("models")
+    free = shutil.disk_usage(where).free
+    if need + gguf.SPARE_BYTES > free:
+        return EngineChoice(ENGINE, f"the conversion cache would need {need / 1e9:.1f} GB and "
+                                    f"{free / 1e9:.1f} GB is free", path)
+    return EngineChoice(ENGINE, f"no conversion ({need / 1e9:.2f} GB cache avoided) and faster "
+                                "(measured: docs/detect-llamacpp.md)", path)
