@@ -217,3 +217,23 @@ def test_default_model_both_engines():
     for x, y in zip(a.super_weights, b.super_weights):
         assert x.value == y.value and x.rank == y.rank
         assert math.isclose(x.output_value, y.output_value, rel_tol=3e-2)
+
+
+def test_trace_matches_the_torch_engine(tmp_path, capsys):
+    from superweight.activations import trace
+    from superweight.runtime.detect import trace_gguf
+
+    lm, path = planted_pair("qwen2", tmp_path)
+    a = trace(lm, PROMPT)
+    with LlamaCppEngine(path, n_threads=1) as engine:
+        b = trace_gguf(engine, PROMPT)
+    assert (a.activation.channel, a.first_layer, a.last_layer) == (b.activation.channel, b.first_layer, b.last_layer)
+    assert [s.key for s in a.removed] == [s.key for s in b.removed] == [(1, 7, 11, None)]
+    for ra, rb in ((a.original, b.original), (a.pruned, b.pruned)):
+        assert [(r.layer, r.channel) for r in ra] == [(r.layer, r.channel) for r in rb]
+        np.testing.assert_allclose([r.at for r in ra], [r.at for r in rb], rtol=1e-3, atol=1e-3)
+    assert max(abs(r.at) for r in b.pruned) < 100 < max(abs(r.at) for r in b.original)
+    out = tmp_path / "t.json"
+    assert main(["trace", str(path), "--engine", "llama.cpp", "--threads", "1", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["engine"]["engine"] == "llama.cpp" and d["traces"][0]["first_layer"] == 1

@@ -429,6 +429,30 @@ def _detect_prompt(engine: LlamaCppEngine, prompt: str, config):
     return detect_rounds(engine.view, run_pass, prompt, tokens, layers, config)
 
 
+def trace_gguf(engine: LlamaCppEngine, prompt: str, config=None, detection=None):
+    """`superweight.activations.trace` run by llama.cpp: the residual stream per layer, as it is
+    and with the weights that make the traced massive activation removed (in the callback)."""
+    from superweight.activations import trace_with
+    from superweight.detect import DetectConfig
+    from superweight.massive import ResidualProbe
+
+    if detection is not None and list(dict.fromkeys(detection.prompts)) != [prompt]:
+        raise SuperweightError("trace follows one prompt: the detection given was made on "
+                               f"{len(set(detection.prompts))} prompt(s), not on {prompt!r}")
+    config = config or (detection.config if detection else DetectConfig())
+    detection = detection or detect_gguf(engine, prompt, config)
+    ids = engine.encode(prompt)
+    layers = list(range(engine.view.num_layers)) if config.layers is None else list(config.layers)
+
+    def scan(pruned, at):
+        probe = ResidualProbe(engine.view, layers, config.massive_floor, config.massive_ratio,
+                              explain=False, watch=at)
+        engine.run(ids, _Pass(engine, _Edits(pruned=list(pruned)), layers, None, probe))
+        return probe.rows
+
+    return trace_with(scan, detection, prompt, [engine.piece(t) for t in ids])
+
+
 # --- perplexity and verification -------------------------------------------------------------------
 
 def window_nll(engine: LlamaCppEngine, ids: Sequence[int], edits: _Edits | None = None) -> tuple[float, int]:
@@ -517,7 +541,7 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-__all__ = ["ENGINE", "GgufWeights", "GgufView", "GgufDownProj", "LlamaCppEngine", "detect_gguf",
+__all__ = ["ENGINE", "GgufWeights", "GgufView", "GgufDownProj", "LlamaCppEngine", "detect_gguf", "trace_gguf",
            "window_nll", "LlamaCppScorer", "verify_gguf", "run_detection_gguf", "EngineRun"]
 
 
