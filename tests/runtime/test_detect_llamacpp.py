@@ -237,3 +237,24 @@ def test_trace_matches_the_torch_engine(tmp_path, capsys):
     assert main(["trace", str(path), "--engine", "llama.cpp", "--threads", "1", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["engine"]["engine"] == "llama.cpp" and d["traces"][0]["first_layer"] == 1
+
+
+def test_check_against_a_gguf_run_by_llamacpp(tmp_path, monkeypatch):
+    """`check ORIGINAL OTHER.gguf`: the other copy run as it is equals the torch engine's reading of it."""
+    from superweight.testing import save_model
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    lm, _ = planted_pair("llama", tmp_path)
+    original = save_model(lm.model, tmp_path / "orig")
+    other = write_gguf(lm.model, tmp_path / "q.gguf", qtype="Q8_0")
+    rows = {}
+    for engine in ("llama.cpp", "torch"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["check", original, str(other), "--engine", engine, "--threads", "1", "--json", str(out)]) == 0
+        d = json.loads(out.read_text())
+        assert d["engine"]["engine"] == engine
+        rows[engine] = d["rows"]
+    for a, b in zip(rows["llama.cpp"], rows["torch"]):
+        assert (a["layer"], a["row"], a["col"]) == (b["layer"], b["row"], b["col"]) == (1, 7, 11)
+        assert a["other"] == b["other"] and a["survives"] and b["survives"]
+        assert math.isclose(a["activation_other"], b["activation_other"], rel_tol=3e-2)

@@ -74,8 +74,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="never convert a .gguf into a cached copy (implies the llama.cpp engine)")
 
 
-def engine_from_args(args):
-    """The `EngineChoice` for the command's model (validated before anything heavy is loaded)."""
+def engine_from_args(args, ref: str | None = None):
+    """The `EngineChoice` for the command's model (`ref`: another of its models), validated before
+    anything heavy is loaded."""
     from superweight.runtime.detect import choose_engine
 
     torch_only = [flag for flag, on in (
@@ -85,7 +86,7 @@ def engine_from_args(args):
         ("--cache-dtype", getattr(args, "cache_dtype", "float32") != "float32"),
         ("--layers", getattr(args, "layers_path", None) is not None),
         ("--down-proj", getattr(args, "down_proj_path", None) is not None)) if on]
-    return choose_engine(args.model, args.engine, no_cache=args.no_cache,
+    return choose_engine(ref or args.model, args.engine, no_cache=getattr(args, "no_cache", False),
                          cache_dtype=getattr(args, "cache_dtype", "float32"), torch_only=torch_only)
 
 

@@ -641,3 +641,74 @@ def _auto_gguf(path: Path, cache_dtype: str) -> EngineChoice:
                                     f"{free / 1e9:.1f} GB is free", path)
     return EngineChoice(ENGINE, f"no conversion ({need / 1e9:.2f} GB cache avoided) and faster "
                                 "(measured: docs/detect-llamacpp.md)", path)
+
+
+# --- check: the other copy is a GGUF, run as it is --------------------------------------------------
+
+class _ChannelMaxima:
+    """Callback handler: per (layer, row, col) the signed largest down projection output on channel
+    `row` and input on feature `col` (what `superweight.quantize.check.channel_activations` keeps)."""
+
+    def __init__(self, names: GraphNames, coords: Sequence):
+        self.names = names
+        self.coords = {(s.layer, s.row, s.col, s.expert) for s in coords}
+        self.layers = {k[0] for k in self.coords}
+        self.out: dict = {}
+
+    def wanted(self, base: str, layer: int | None) -> bool:
+        return layer in self.layers and base in (self.names.down_in, self.names.down_out)
+
+    def _keep(self, key, column: np.ndarray) -> None:
+        v = float(column[np.abs(column).argmax()]) if column.size else 0.0
+        if key not in self.out or abs(v) > abs(self.out[key]):
+            self.out[key] = v
+
+    def on_tensor(self, base: str, layer: int | None, values: np.ndarray):
+        for lay, row, col, expert in self.coords:
+            if lay != layer:
+                continue
+            if base == self.names.down_out:
+                self._keep(("out", lay, row, expert), values[:, row])
+            else:
+                self._keep(("in", lay, col, expert), values[:, col])
+        return None
+
+
+def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, prompt: str | None = None):
+    """`superweight.quantize.check.check_models` with the other copy a GGUF run by llama.cpp: the
+    same token ids (the original's tokenizer) fed to it, its weights read from the file."""
+    from superweight.detect import DEFAULT_PROMPT, encode, find_super_weights
+    from superweight.quantize.check import SURVIVE_RATIO, CheckRow, channel_activations
+
+    view = original.view
+    if view.num_layers != engine.view.num_layers:
+        raise SuperweightError(f"different depths: {view.num_layers} vs {engine.view.num_layers} layers")
+    for layer in range(view.num_layers):
+        a, b = tuple(view.down_proj(layer).shape), engine.view.down_proj(layer).shape
+        if a != b:
+            raise SuperweightError(f"different shapes: layer {layer}'s down projection is {a} vs {b}")
+    prompt = prompt or DEFAULT_PROMPT
+    sws = list(super_weights) if super_weights is not None else find_super_weights(original, prompt)
+    if not sws:
+        raise SuperweightError("detection found no super weight in the original model")
+    if any(s.expert is not None for s in sws):
+        raise SuperweightError("the llama.cpp engine reads dense down projections only (no experts)")
+    ids = encode(original, prompt)
+    if int(ids.max()) >= engine.model.n_vocab:
+        raise SuperweightError(f"the original's tokenizer gives token {int(ids.max())}; the GGUF's vocabulary "
+                               f"has {engine.model.n_vocab} tokens")
+    act_a = channel_activations(original, ids, sws)
+    handler = _ChannelMaxima(engine.names, sws)
+    engine.run(ids[0].tolist(), handler)
+    act_b = handler.out
+    rows = []
+    for sw in sws:
+        a = float(view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
+        b = float(engine.view.down_proj(sw.layer).row(sw.row)[sw.col])
+        key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
+        ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
+        ratio = yb / ya if ya else float("nan")
+        rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
+                             abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
+                             bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0)))
+    return rows
