@@ -10,8 +10,8 @@ at a spike's position; never whole activations past their own layer).
 The same detection runs on those numbers (`superweight.detect.detect_rounds`: the same
 thresholds, candidates, origins and records); only the pass differs:
 - **weights** are read from the GGUF tensor itself (`gguf.GGUFReader`, memory-mapped): one row of
-  a down projection dequantized where a spike needs it, the whole matrix only for a candidate's
-  rank and column (one at a time);
+  a down projection dequantized where a spike needs it; a candidate's column and rank stream
+  through its matrix a few MB at a time (no dequantized matrix is ever held);
 - **a weight removed** in a later round (or in verification) is removed in the callback: the down
   projection's output channel `row` minus W[row, col] · X[:, col], X being the input llama.cpp just
   computed — the same as zeroing the weight (`tests/runtime` checks it against a GGUF with the
@@ -49,8 +49,9 @@ DEFAULT_CTX = 512
 # --- the GGUF's weights, read where needed ------------------------------------------------------
 
 class GgufWeights:
-    """The tensors of a GGUF file, memory-mapped (`gguf.GGUFReader`), dequantized on demand:
-    a row (`row`) or one whole matrix at a time (`matrix`, the last one kept)."""
+    """The tensors of a GGUF file, memory-mapped (`gguf.GGUFReader`), dequantized on demand: one
+    row (`row`), or a few MB of rows at a time for a column or a rank (`column`, `rank`), so no
+    whole matrix is ever held in float32 (a 70B down projection would be ~1 GB)."""
 
     def __init__(self, path: Path):
         from superweight.model.gguf import read_gguf
@@ -59,7 +60,6 @@ class GgufWeights:
         self.reader = read_gguf(self.path)
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.arch = self.text("general.architecture")
-        self._last: tuple[str, np.ndarray] | None = None
 
     def text(self, key: str) -> str:
         f = self.reader.fields.get(key)
@@ -82,28 +82,37 @@ class GgufWeights:
     def type_name(self, name: str) -> str:
         return self.tensor(name).tensor_type.name
 
+    def _rows(self, name: str):
+        t = self.tensor(name)
+        return t, (t.data.reshape(-1, t.data.shape[-1]) if t.data.ndim > 1 else t.data.reshape(1, -1))
+
     def row(self, name: str, r: int) -> np.ndarray:
-        """Row `r` dequantized to float32 (one block row of the file)."""
+        """Row `r` dequantized to float32 (a copy; one block row of the file)."""
         from gguf.quants import dequantize
 
-        if self._last is not None and self._last[0] == name:
-            return self._last[1][r].copy()
-        t = self.tensor(name)
-        data = t.data.reshape(-1, t.data.shape[-1]) if t.data.ndim > 1 else t.data.reshape(1, -1)
-        return np.array(dequantize(data[r:r + 1], t.tensor_type), dtype=np.float32).reshape(-1)  # a copy
+        t, rows = self._rows(name)
+        return np.array(dequantize(rows[r:r + 1], t.tensor_type), dtype=np.float32).reshape(-1)
+
+    def chunks(self, name: str, chunk_bytes: int = 4 << 20):
+        """(first row, float32 rows) over the whole tensor, a few MB of the file at a time."""
+        from gguf.quants import dequantize
+
+        t, rows = self._rows(name)
+        step = max(1, chunk_bytes // max(1, rows.strides[0]))
+        for start in range(0, rows.shape[0], step):
+            yield start, np.asarray(dequantize(rows[start:start + step], t.tensor_type), dtype=np.float32)
+
+    def column(self, name: str, col: int) -> np.ndarray:
+        return np.concatenate([block[:, col] for _, block in self.chunks(name)]).astype(np.float32)
+
+    def rank(self, name: str, row: int, col: int) -> int:
+        """1-based rank of |W[row, col]| among the tensor's entries (as `rank_by_magnitude`)."""
+        v = abs(float(self.row(name, row)[col]))
+        return 1 + sum(int(np.count_nonzero(np.abs(block) > v)) for _, block in self.chunks(name))
 
     def matrix(self, name: str) -> np.ndarray:
-        """The whole tensor dequantized to float32 [rows, cols] (kept until another is asked)."""
-        from superweight.model.gguf import _dequantize
-
-        if self._last is None or self._last[0] != name:
-            self._last = None  # free the previous one first
-            t = self.tensor(name)
-            values = np.asarray(_dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
-            if not values.flags.writeable:  # a float tensor comes back as the mapped file itself
-                values = values.copy()
-            self._last = (name, values.reshape(self.shape(name)))
-        return self._last[1]
+        """The whole tensor dequantized to float32 [rows, cols] (tests; detection never asks)."""
+        return np.concatenate([block for _, block in self.chunks(name)]).reshape(self.shape(name))
 
 
 @dataclass
@@ -124,6 +133,12 @@ class GgufDownProj:
 
     def row(self, row: int) -> torch.Tensor:
         return torch.from_numpy(self.weights.row(self.name, row))
+
+    def column(self, col: int) -> torch.Tensor:
+        return torch.from_numpy(self.weights.column(self.name, col))
+
+    def rank(self, row: int, col: int) -> int:
+        return self.weights.rank(self.name, row, col)
 
     def matrix(self) -> torch.Tensor:
         return torch.from_numpy(self.weights.matrix(self.name))
