@@ -309,12 +309,15 @@ class LlamaCppEngine:
 
     def run(self, tokens: Sequence[int], handler=None) -> np.ndarray:
         """Logits [len(tokens), vocab] of one window, `handler` seeing (and editing) the graph."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the callback's reductions are tiny: llama.cpp keeps the cores
         self._handler = handler
         try:
             logits = self.model.logits(tokens)
             self.observer.check()
         finally:
             self._handler = None
+            torch.set_num_threads(threads)
         if handler is not None and getattr(handler, "required", None):
             missing = [n for n in handler.required if n not in handler.seen]
             if missing or self.observer.skipped:
