@@ -258,3 +258,29 @@ def test_check_against_a_gguf_run_by_llamacpp(tmp_path, monkeypatch):
         assert (a["layer"], a["row"], a["col"]) == (b["layer"], b["row"], b["col"]) == (1, 7, 11)
         assert a["other"] == b["other"] and a["survives"] and b["survives"]
         assert math.isclose(a["activation_other"], b["activation_other"], rel_tol=3e-2)
+
+
+def test_no_cache_means_llamacpp(tmp_path):
+    _, path = planted_pair("llama", tmp_path)
+    assert choose_engine(str(path), no_cache=True).engine == "llama.cpp"
+    with pytest.raises(SuperweightError, match="--no-cache needs the llama.cpp engine"):
+        choose_engine(str(path), "torch", no_cache=True)
+    with pytest.raises(SuperweightError, match="--max-memory apply to the torch engine only"):
+        choose_engine(str(path), "llama.cpp", torch_only=["--max-memory"])
+
+
+def test_weights_are_read_a_row_a_column_a_rank_at_a_time(tmp_path):
+    """The GGUF view's reads equal the dequantized matrix (streamed in chunks smaller than it)."""
+    from superweight.tensor.stats import rank_by_magnitude
+    import torch
+
+    _, path = planted_pair("llama", tmp_path, qtype="Q8_0")
+    with LlamaCppEngine(path, n_threads=1) as engine:
+        proj = engine.view.down_proj(1)
+        w = proj.matrix()
+        assert tuple(w.shape) == proj.shape == (64, 128)
+        for row, col in ((7, 11), (0, 0), (63, 127)):
+            assert torch.equal(proj.row(row), w[row]) and torch.equal(proj.column(col), w[:, col])
+            assert proj.rank(row, col) == rank_by_magnitude(w, row, col)
+        chunked = list(engine.weights.chunks(proj.name, chunk_bytes=1000))
+        assert len(chunked) > 1 and torch.equal(torch.from_numpy(np.concatenate([b for _, b in chunked])), w)
