@@ -284,3 +284,16 @@ def test_weights_are_read_a_row_a_column_a_rank_at_a_time(tmp_path):
             assert proj.rank(row, col) == rank_by_magnitude(w, row, col)
         chunked = list(engine.weights.chunks(proj.name, chunk_bytes=1000))
         assert len(chunked) > 1 and torch.equal(torch.from_numpy(np.concatenate([b for _, b in chunked])), w)
+
+
+def test_a_graph_without_the_named_nodes_fails_in_one_line(tmp_path, monkeypatch):
+    """A llama.cpp whose graph renamed a node: one line naming it, never numbers read from elsewhere."""
+    from superweight.runtime import graph
+    from superweight.runtime.graph import GraphNames
+
+    _, path = planted_pair("llama", tmp_path)
+    monkeypatch.setitem(graph.GRAPH_NAMES, "llama", GraphNames(mid="renamed_ffn_inp"))
+    with LlamaCppEngine(path, n_threads=1) as engine:
+        with pytest.raises(SuperweightError, match="lacks what detection reads .*renamed_ffn_inp-0") as info:
+            detect_gguf(engine, PROMPT)
+    assert "\n" not in str(info.value)
