@@ -29,7 +29,6 @@ tokenized by llama.cpp's own tokenizer (recorded as `tokenizer: llama.cpp`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -318,12 +317,13 @@ class LlamaCppEngine:
         finally:
             self._handler = None
             torch.set_num_threads(threads)
-        if handler is not None and getattr(handler, "required", None):
-            missing = [n for n in handler.required if n not in handler.seen]
-            if missing or self.observer.skipped:
-                why = "; ".join(f"{k}: {v}" for k, v in self.observer.skipped.items()) or "never computed"
-                raise SuperweightError(f"llama.cpp's graph of {self.weights.arch!r} lacks what detection "
-                                       f"reads ({', '.join(missing[:3]) or 'unreadable nodes'}: {why})")
+        skipped = dict(self.observer.skipped)
+        self.observer.skipped.clear()
+        missing = [n for n in getattr(handler, "required", ()) if n not in handler.seen]
+        if missing or skipped:  # an observation or an edit that did not happen: never a silent result
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "never computed"
+            raise SuperweightError(f"llama.cpp's graph of {self.weights.arch!r} lacks what detection "
+                                   f"reads ({', '.join(missing[:3]) or 'unreadable nodes'}: {why})")
         return logits
 
     # --- text ------------------------------------------------------------------------------------
@@ -395,11 +395,13 @@ class _Pass:
         self.cur: dict[str, np.ndarray] = {}
         self.h_in: np.ndarray | None = None
         self.seen: set[str] = set()
-        self.required = [f"{n}-{L}" for L in sorted(self.layers) for n in self.names.layer_names()] \
-            if self.observing else []
         n = self.names
-        if edits.ablate is not None:
-            self.ablate_from = edits.ablate[1]
+        self.required = [f"{b}-{L}" for L in sorted(self.layers) for b in n.layer_names()] if self.observing else []
+        self.required += [f"{b}-{L}" for L in sorted(self.pruned_layers) for b in (n.down_in, n.down_out)]
+        self.ablate_from = edits.ablate[1] if edits.ablate is not None else None
+        if edits.ablate is not None:  # every residual node it edits
+            self.required += [n.embedding] if self.ablate_from < 0 else []
+            self.required += [f"{n.residual}-{L}" for L in range(max(self.ablate_from, 0), self.view.num_layers)]
         self.bases = ({n.embedding, *n.layer_names()} if self.observing
                       else {n.down_in, n.down_out} if edits.pruned else set())
         if edits.ablate is not None:
@@ -648,12 +650,6 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
     run = DetectionRun(result, verification, catalog.compare(model_id, result.early))
     info = EngineRun(ENGINE, "llama.cpp", n_ctx, time.perf_counter() - start)
     return model, run, info
-
-
-def file_digest(path: Path) -> str:
-    """A cheap identity of a file (path, size, mtime), for caches keyed on it."""
-    st = Path(path).stat()
-    return hashlib.sha256(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 __all__ = ["ENGINE", "GgufWeights", "GgufView", "GgufDownProj", "LlamaCppEngine", "detect_gguf", "trace_gguf",
