@@ -45,7 +45,7 @@ def old_search(lm, prompt: str = DEFAULT_PROMPT, config: DetectConfig | None = N
             rounds += 1
             out_min = output_threshold(stats, config)
             new = [sw for s in candidates(stats, config)
-                   for sw in _records(lm, s, rnd, config, tokens, out_min) if sw.key not in found]
+                   for sw in _records(lm.view, s, rnd, config, tokens, out_min) if sw.key not in found]
         if not new:
             break
         found.update((sw.key, sw) for sw in new)
