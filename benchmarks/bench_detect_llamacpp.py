@@ -13,6 +13,7 @@ written or read), one after another, on the same machine.
 Run:
   python benchmarks/bench_detect_llamacpp.py                 # the default model's Q4_1 GGUF
   python benchmarks/bench_detect_llamacpp.py --synthetic-1b  # a random 1.06B Llama as Q8_0 (built once in /tmp)
+  python benchmarks/bench_detect_llamacpp.py --synthetic-3b  # a random 2.8B Llama as Q8_0, llama.cpp engine only
 --repeat N runs each warm case N times and keeps the fastest (the machine may be shared); the
 first (converting) run happens once. Prints a table and writes benchmarks/results/detect_llamacpp[-1b].json.
 """
@@ -49,6 +50,44 @@ plant_super_weight(model, 3, 100, 200)
 write_gguf(model, sys.argv[1], qtype="Q8_0")
 """
 
+BUILD_3B = """
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import quantize
+from transformers import LlamaConfig
+from superweight.testing_gguf import _add_config, _add_tokenizer, _writer
+# Llama-3.2-3B's layers (hidden 3072, 28 layers, 24/8 heads, MLP 8192: 2.82B parameters) with the byte vocabulary; random
+# weights written tensor by tensor (one random matrix per shape, reused across layers: no model in memory)
+h, inter, layers, kv = 3072, 8192, 28, 1024
+config = LlamaConfig(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=24,
+                     num_key_value_heads=8, vocab_size=259, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+rng = np.random.default_rng(0)
+shapes = {"attn_q": (h, h), "attn_k": (kv, h), "attn_v": (kv, h), "attn_output": (h, h),
+          "ffn_gate": (inter, h), "ffn_up": (inter, h), "ffn_down": (h, inter)}
+blocks = {k: quantize((rng.standard_normal(v, dtype=np.float32) * 0.02), Q.Q8_0) for k, v in shapes.items()}
+norm = np.ones(h, dtype=np.float32)
+tensors = [("token_embd.weight", rng.standard_normal((259, h), dtype=np.float32) * 0.02, None),
+           ("output_norm.weight", norm, None),
+           ("output.weight", quantize(rng.standard_normal((259, h), dtype=np.float32) * 0.02, Q.Q8_0), Q.Q8_0)]
+for i in range(layers):
+    tensors += [(f"blk.{i}.attn_norm.weight", norm, None), (f"blk.{i}.ffn_norm.weight", norm, None)]
+    tensors += [(f"blk.{i}.{k}.weight", v, Q.Q8_0) for k, v in blocks.items()]
+w = _writer(sys.argv[1], "llama")
+w.add_name("random-llama-3b")
+_add_config(w, config, "llama")
+_add_tokenizer(w)
+for name, data, raw in tensors:
+    w.add_tensor_info(name, data.shape, data.dtype, data.nbytes, raw_dtype=raw)
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_ti_data_to_file()
+for _, data, _ in tensors:
+    w.write_tensor_data(data)
+w.close()
+"""
+SYNTHETIC_3B = Path(tempfile.gettempdir()) / "superweight-bench" / "llama-3b-q8_0.gguf"
+
 IMPORTS = ("import torch, transformers, llama_cpp, superweight.detect, superweight.runtime.detect; "
            "superweight.runtime.detect.LlamaCppEngine")
 
@@ -77,6 +116,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gguf", help="a GGUF file (default: the built-in model's)")
     ap.add_argument("--synthetic-1b", action="store_true", help="build and use a random 1.06B Llama, Q8_0")
+    ap.add_argument("--synthetic-3b", action="store_true",
+                    help="build (streamed, random) and use a 2.8B Llama, Q8_0; llama.cpp engine only")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each warm case, best time kept (default 1)")
     args = ap.parse_args()
     env = {**os.environ, **QUIET, "PYTHONPATH": SRC}
@@ -86,6 +127,11 @@ def main() -> int:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run([py, "-c", BUILD, str(path)], env=env, check=True)
+    elif args.synthetic_3b:
+        path = SYNTHETIC_3B
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([py, "-c", BUILD_3B, str(path)], env=env, check=True)
     elif args.gguf:
         path = Path(args.gguf)
     else:
@@ -101,6 +147,12 @@ def main() -> int:
         rows["llama.cpp engine"] = best([*cli, "--engine", "llama.cpp", "--json", f"{cache}/l.json"], run_env,
                                         args.repeat)
         rows["llama.cpp engine"]["disk_bytes"] = du(Path(cache) / "models") if (Path(cache) / "models").exists() else 0
+        if args.synthetic_3b:  # a 13 GB float32 conversion is more than this shared machine should take
+            out = {"gguf": str(path), "file_bytes": size, "runs": rows,
+                   "llamacpp_rss_over_file": rows["llama.cpp engine"]["peak_rss_mib"] * 2**20 / size}
+            print(json.dumps(out, indent=1))
+            (ROOT / "benchmarks" / "results" / "detect_llamacpp-3b.json").write_text(json.dumps(out, indent=1) + "\n")
+            return 0
         rows["torch, first run (convert)"] = timed([*cli, "--engine", "torch", "--json", f"{cache}/t1.json"], run_env)
         rows["torch, first run (convert)"]["disk_bytes"] = du(Path(cache) / "models")
         rows["torch, cached run"] = best([*cli, "--engine", "torch", "--json", f"{cache}/t2.json"], run_env,
