@@ -118,9 +118,9 @@ def plan_from_args(args) -> dict:
         blocks = [_int(b, "block size") for b in parse_list(args.sweep, str, "block size")]
         methods = parse_list(args.methods, str, "method") if args.methods else list(SWEEP_METHODS)
         configs = sweep_configs(bits, blocks, methods, args.z, **common)
-        if selecting and "superweight" not in methods:
+        if selecting and not any(c.protects != "none" for c in configs):
             raise SuperweightError("--coords, --catalog and --keep-late choose super weights to keep, "
-                                   "which only the superweight method does")
+                                   "which only the superweight and circuit methods do")
         return {"mode": "sweep", "bits": bits, "blocks": blocks, "methods": methods, "z": args.z,
                 "configs": configs, "coords": coords, **common}
     _refuse(["--methods"] * bool(args.methods), "without --sweep")
@@ -130,7 +130,7 @@ def plan_from_args(args) -> dict:
     block = _int(args.block, "block size") if args.block is not None else None
     config = weight_config(method, bits=bits[0], block=block, include=include,
                            **({"z": args.z} if args.z is not None else {}), **common)
-    if selecting and method != "superweight":
+    if selecting and config.protects == "none":
         raise SuperweightError(f"--coords, --catalog and --keep-late choose super weights to keep; "
                                f"the {method} method keeps none")
     if args.save:
@@ -149,7 +149,7 @@ def run(args) -> int:
     settings = None if args.no_eval else eval_settings(args)
     lm = load_from_args(args)
     selection = None
-    if any(c.method == "superweight" for c in plan["configs"] if plan["mode"] != "w8a8"):
+    if any(c.protects != "none" for c in plan["configs"]):
         selection = select_super_weights(lm, args, plan["coords"], include_late=args.keep_late)
         if not selection.super_weights:
             raise SuperweightError("detection found no super weight to keep; give --coords L,R,C "

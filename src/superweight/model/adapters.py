@@ -83,6 +83,7 @@ class FeatureRow:
     bias: torch.Tensor | None
     name: str
     module: nn.Module  # the module whose forward input is the MLP input
+    index: int = -1  # the feature's row in the module's W[out, in] (fused: j·I + feature)
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,7 @@ class ModelView:
                 r = j * inter + col
                 row = w[:, r] if spec.layout == "conv1d" else w[r]  # [hidden]
                 b = bias[r:r + 1] if isinstance(bias, torch.Tensor) else None
-                rows.append(FeatureRow(row, b, f"{name}[{r}]", module))
+                rows.append(FeatureRow(row, b, f"{name}[{r}]", module, r))
         return rows
 
     def router_weight(self, layer: int) -> torch.Tensor | None:
