@@ -23,6 +23,7 @@ CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
     "superweight.quantize",
+    "superweight.quantize.api",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
     "superweight.report.html",

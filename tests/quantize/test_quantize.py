@@ -453,7 +453,7 @@ def test_cli_bad_inputs_fail_before_loading(argv, match, capsys):
     (["--w8a8", "--coords", "1,2,3"], "--coords does not apply to --w8a8"),
     (["--sweep", "64,128", "--method", "rtn"], "--method does not apply to --sweep"),
     (["--sweep", "64", "--methods", "rtn", "--z", "3"], "method 'rtn' takes no z"),
-    (["--sweep", "64", "--methods", "rtn", "--coords", "1,2,3"], "only the superweight method does"),
+    (["--sweep", "64", "--methods", "rtn", "--coords", "1,2,3"], "only the superweight and circuit methods do"),
     (["--w8a8", "--no-eval"], "--sweep and --w8a8 evaluate; drop --no-eval"),
 ])
 def test_cli_settings_that_would_be_ignored_are_errors(argv, match, capsys):
