@@ -141,17 +141,21 @@ def gguf_tensor_names(config) -> dict[str, str]:
     return {hf: targets[0] for hf, targets in names.targets.items() if len(targets) == 1}
 
 
-def llama_cpp_tensors(model, config=None) -> Iterator[tuple[str, torch.Tensor]]:
+def llama_cpp_tensors(model, *, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
     """(GGUF name, float32 tensor) for each weight of a Hugging Face model, as llama.cpp stores it.
 
     The inverse of transformers' GGUF loading (names and per-tensor processing); tied weights are
-    left out (llama.cpp ties a missing `output.weight` to `token_embd.weight`).
+    left out (llama.cpp ties a missing `output.weight` to `token_embd.weight`), and so are the
+    Hugging Face names in `skip`. `write_gguf` streams the same tensors.
+
+    >>> from superweight.testing import tiny_model
+    >>> next(llama_cpp_tensors(tiny_model("llama", num_layers=1)))[0]
+    'token_embd.weight'
     """
-    config = config or model.config
-    converter = _HFConverter(config)
+    converter = _HFConverter(model.config)
     for hf_name, read in _hf_tensors(model):
-        for name, tensor in converter.convert(hf_name, read()):
-            yield name, tensor
+        if hf_name not in skip:
+            yield from converter.convert(hf_name, read())
 
 
 def config_metadata(config) -> dict[str, tuple[object, object]]:
