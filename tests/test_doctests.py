@@ -22,6 +22,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
+    "superweight.model.gguf_write",
     "superweight.quantize",
     "superweight.quantize.api",
     "superweight.quantize.sweep",
