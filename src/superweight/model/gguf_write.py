@@ -112,7 +112,7 @@ def write_gguf(source, path: str | os.PathLike, *, dtype: str = "F32", force: bo
         _check_output(path, force, src)
         plan = _gguf_source(src, dtype)
     else:
-        _check_output(path, force, _source_gguf_file(source))
+        _check_output(path, force, source_gguf_file(source))
         plan = _hf_source(source, dtype)
     _write(plan, path)
     result = plan.result
@@ -560,7 +560,7 @@ def _rope_scaling(rope: dict, put) -> None:
 
 def _tokenizer_metadata(lm) -> tuple[list, str, Path | None]:
     """(metadata entries, where they came from, the source GGUF if the model came from one)."""
-    source = _source_gguf_file(lm)
+    source = source_gguf_file(lm)
     if source is not None:
         from superweight.model.gguf import read_gguf
 
@@ -571,7 +571,7 @@ def _tokenizer_metadata(lm) -> tuple[list, str, Path | None]:
     return _bpe_metadata(tokenizer), "written from the tokenizer's tokenizer.json (byte-level BPE)", None
 
 
-def _source_gguf_file(lm) -> Path | None:
+def source_gguf_file(lm) -> Path | None:
     """The GGUF file a `LoadedModel` was converted from (an alias or a .gguf reference), else None."""
     if getattr(lm, "kind", None) not in ("alias", "gguf"):
         return None

@@ -107,9 +107,10 @@ class GGUFQuantResult:
 
     def summary(self) -> dict:
         m = self.manifest
-        return {"path": self.path, "type": self.config["type"], "bytes": m.get("bytes"),
-                "mib": round(m.get("bytes", 0) / 2**20, 2), "bits_per_weight": m.get("bits_per_weight"),
-                "protected": sorted(m.get("overridden", {})), "fallbacks": m.get("fallbacks", {})}
+        return {"path": self.path, "type": self.config["type"], "bytes": m["size_bytes"],
+                "mib": round(m["size_bytes"] / 2**20, 2), "bits_per_weight": m["bits_per_weight"],
+                "tensor_types": m["types"], "protected": sorted(m.get("overridden", {})),
+                "fallbacks": m.get("fallbacks", {})}
 
     def to_dict(self) -> dict:
         return {"config": self.config, "path": self.path,

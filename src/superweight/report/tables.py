@@ -423,8 +423,10 @@ def gguf_tables(run, ref: str) -> list[Table]:
     r = run.result
     s = r.summary()
     what = Table(f"{r.config['type']} GGUF of {ref} (llama.cpp)",
-                 [Column("file"), Column("MiB", "right"), Column("bits/weight", "right"), Column("protected")])
-    what.rows.append([r.path, num(s["mib"], ".2f"), num(s["bits_per_weight"], ".3f"),
+                 [Column("file"), Column("MiB", "right"), Column("bits/weight", "right"), Column("tensor types"),
+                  Column("protected")])
+    types = ", ".join(f"{n} {t}" for t, n in sorted(s["tensor_types"].items(), key=lambda kv: -kv[1]))
+    what.rows.append([r.path, num(s["mib"], ".2f"), num(s["bits_per_weight"], ".3f"), types,
                       ", ".join(s["protected"]) or "none"])
     what.notes = [f"{name}: asked {f['asked']}, llama.cpp wrote {f['got']}" for name, f in s["fallbacks"].items()]
     tables = [what]
