@@ -439,3 +439,19 @@ def gguf_tables(run, ref: str) -> list[Table]:
                    "the second half of each window counted"]
         tables.append(t)
     return tables
+
+
+def llamacpp_eval_tables(result) -> list[Table]:
+    """`eval --runtime llama.cpp`: per text, perplexity (and against a reference, the KL divergence)."""
+    title = f"{result.model} in llama.cpp" + (f" against {result.reference}" if result.reference else "")
+    if result.reference:
+        t = Table(title, [Column("text")] + [Column(h.replace("F32", "reference"), "right")
+                                              for _, h, _ in GGUF_SCORE_COLUMNS] + [Column("tokens", "right")])
+        for text, r in result.texts.items():
+            t.rows.append([text] + gguf_score_cells(r) + [num(r["tokens"], "d")])
+    else:
+        t = Table(title, [Column("text"), Column("ppl", "right"), Column("±", "right"), Column("tokens", "right")])
+        for text, r in result.texts.items():
+            t.rows.append([text, num(r["ppl"], ".4f"), num(r["ppl_stderr"], ".4f"), num(r["tokens"], "d")])
+    t.notes = [f"{result.scoring} (windows of {result.seqlen} tokens)"]
+    return [t]
