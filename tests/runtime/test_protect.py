@@ -75,3 +75,10 @@ def test_control_refuses_a_different_shape():
     shapes["blk.9.ffn_down.weight"] = {"shape": [512, 128]}
     with pytest.raises(SuperweightError, match="not the same size"):
         control_overrides([SuperWeight(2, 0, 0)], "weight", n_layers=12, tensors=shapes)
+
+
+def test_control_prefers_a_layer_with_the_same_stock_types():
+    stock = {n: "Q4_K" for n in NAMES}
+    stock["blk.9.ffn_down.weight"] = "Q6_K"  # the mirror of layer 2 got more bits in the stock mix
+    control = control_overrides([SuperWeight(2, 0, 0)], "weight", n_layers=12, tensors=SHAPES, stock_types=stock)
+    assert control == [(r"^blk\.8\.ffn_down\.weight$", "Q8_0")]

@@ -18,7 +18,7 @@ never matches layer 11.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from superweight.errors import SuperweightError
 from superweight.records import SuperWeight
@@ -79,21 +79,22 @@ def protect_overrides(super_weights: Iterable[SuperWeight], protect: str = "weig
                                                                  feeders=feeders)]
 
 
-def control_layers(layers: Iterable[int], n_layers: int, avoid: Iterable[int] = ()) -> dict[int, int]:
+def control_layers(layers: Iterable[int], n_layers: int, avoid: Iterable[int] = (),
+                   alike: Callable[[int, int], bool] | None = None) -> dict[int, int]:
     """`{layer: control layer}`: the mirror `n_layers − 1 − layer`, else the nearest free layer
-    (lower first); never a layer in `layers` or `avoid`, never the same control twice."""
+    (lower first); never a layer in `layers` or `avoid`, never the same control twice. With
+    `alike(layer, candidate)`, the nearest free candidate for which it holds comes first."""
     layers = sorted(set(layers))
     taken = set(layers) | set(avoid)
     out: dict[int, int] = {}
     for layer in layers:
         mirror = n_layers - 1 - layer
-        for d in range(n_layers):
-            pick = next((c for c in (mirror - d, mirror + d) if 0 <= c < n_layers and c not in taken), None)
-            if pick is not None:
-                break
-        else:
+        order = [c for d in range(n_layers) for c in dict.fromkeys((mirror - d, mirror + d))
+                 if 0 <= c < n_layers and c not in taken]
+        if not order:
             raise SuperweightError(f"no layer without a super weight is left for a control of layer {layer} "
                                    f"({n_layers} layers)")
+        pick = next((c for c in order if alike(layer, c)), order[0]) if alike else order[0]
         out[layer] = pick
         taken.add(pick)
     return out
@@ -101,11 +102,15 @@ def control_layers(layers: Iterable[int], n_layers: int, avoid: Iterable[int] = 
 
 def control_overrides(super_weights: Iterable[SuperWeight], protect: str = "weight", *, n_layers: int,
                       protect_type: str = "Q8_0", tensors: dict[str, dict] | None = None,
-                      feeders: Sequence[str] = ()) -> list[tuple[str, str]]:
+                      feeders: Sequence[str] = (), stock_types: dict[str, str] | None = None
+                      ) -> list[tuple[str, str]]:
     """The same overrides as `protect_overrides`, moved to layers without a super weight.
 
     `tensors` (`quantize.gguf_tensors(src)`) checks that every control tensor exists with the same
-    shape as the tensor it stands in for, so the control file has the same size.
+    shape as the tensor it stands in for. `stock_types` ({tensor: type} of the stock quantization)
+    prefers a control layer whose tensors of the protected kinds have the same stock types as the
+    super weight layer's — then, with the stock types pinned, protected and control files have the
+    same size.
 
     >>> control_overrides([SuperWeight(2, 7, 9)], "weight", n_layers=6)
     [('^blk\\\\.3\\\\.ffn_down\\\\.weight$', 'Q8_0')]
@@ -114,7 +119,13 @@ def control_overrides(super_weights: Iterable[SuperWeight], protect: str = "weig
     names = list(tensors) if tensors is not None else None
     chosen = protected_tensors(super_weights, protect, names=names, feeders=feeders)
     layers = {int(_BLOCK.match(n).group(1)) for n in chosen if _BLOCK.match(n)}
-    mapping = control_layers(layers, n_layers, avoid={sw.layer for sw in super_weights})
+    kinds = {m.group(2) for m in map(_BLOCK.match, chosen) if m}
+
+    def alike(layer: int, candidate: int) -> bool:
+        return all(stock_types.get(f"blk.{layer}.{k}") == stock_types.get(f"blk.{candidate}.{k}") for k in kinds)
+
+    mapping = control_layers(layers, n_layers, avoid={sw.layer for sw in super_weights},
+                             alike=alike if stock_types else None)
     kind = _protect_type(protect_type)
     out = []
     for name in chosen:

@@ -11,6 +11,14 @@ patterns, the imatrix, paths, free disk space), the file is written to a tempora
 output's folder and renamed into place, and what was done is read back from the written file with
 `gguf` (per-tensor types, size, bits per weight).
 
+One quirk of llama.cpp matters for comparisons: its stock mixes give some layers more bits by
+counting tensors of a kind as it goes (`Q4_K_M` keeps every third or so `ffn_down` at Q6_K), and a
+tensor whose type an override sets is not counted, so one override shifts the mix of every later
+layer of that kind (measured: `blk.1.ffn_down` at Q8_0 turns `blk.2.ffn_down` from Q6_K into Q4_K).
+`pin_types` ({tensor: type}, e.g. the stock file's types from `gguf_tensors`) fixes every other
+tensor at its stock type, so that a protected file differs from the stock one on exactly the
+protected tensors.
+
 The manifest goes into the GGUF's own metadata under `superweight.*` (llama.cpp's `kv_overrides`
 hold strings of at most 127 bytes, so each override is its own key) and, in the llama-quantize
 convention, `quantize.imatrix.*`; the size and bits per weight are properties of the file and are
@@ -100,13 +108,16 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
                   overrides: Sequence[tuple[str, str]] = (), imatrix: dict | None = None,
                   imatrix_source: str | None = None, imatrix_chunks: int | None = None,
                   nthread: int | None = None, force: bool = False, allow_requantize: bool = False,
-                  metadata: dict[str, str] | None = None) -> dict:
+                  metadata: dict[str, str] | None = None, pin_types: dict[str, str] | None = None,
+                  pinned_from: str | None = None) -> dict:
     """Quantize GGUF `src` into `dst` as llama.cpp's `ftype` (e.g. "Q4_K_M"), with per-tensor overrides.
 
     `overrides` are `(pattern, tensor type)` pairs (first matching pattern wins, each must match a
     tensor of `src`); `imatrix` is `{tensor name: float32 [in_features · experts]}` (`compute_imatrix`),
     named in the file by `imatrix_source`; `metadata` adds `superweight.<key>` strings to the file.
     `allow_requantize` lets an already quantized `src` be quantized again (quality is lost twice).
+    `pin_types` ({tensor name: type}, say a stock file's, named by `pinned_from`) keeps every tensor
+    that no override matches at that type (see the module's note on llama.cpp's counting).
     Returns the manifest: ftype, overrides, imatrix source, per-tensor types read back from `dst`,
     the tensors whose type an override set, size and bits per weight.
 
@@ -114,6 +125,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
     ...               overrides=[(r"^blk\\.11\\.ffn_down\\.weight$", "Q8_0")])  # doctest: +SKIP
     """
     from superweight import _io
+    from superweight.runtime.protect import tensor_pattern
 
     src, dst = Path(src), Path(dst)
     key = ftype.upper()
@@ -129,6 +141,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
     for pattern, _ in overrides:
         if not matching(pattern, list(source)):
             raise SuperweightError(f"tensor pattern {pattern!r} matches no tensor of {src.name}")
+    pins = _pins(pin_types or {}, overrides, source)
     if imatrix:
         _check_imatrix(imatrix, source)
     quantized = sorted({t["type"] for t in source.values()} - {"F32", "F16", "BF16"})
@@ -139,9 +152,13 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
     _check_space(dst, _size_bound(source, key, overrides))
 
     kv = _manifest_kv(key, overrides, imatrix, imatrix_source, imatrix_chunks, metadata)
+    if pins:
+        kv += [(MANIFEST_PREFIX + "pinned", len(pins))]
+        kv += [(MANIFEST_PREFIX + "pinned_from", _tail(pinned_from))] if pinned_from else []
 
     def write(tmp: Path) -> None:
-        _run_quantizer(src, tmp, key, overrides, imatrix, kv, nthread, allow_requantize)
+        pin_patterns = [(tensor_pattern(n), t) for n, t in pins]
+        _run_quantizer(src, tmp, key, overrides + pin_patterns, imatrix, kv, nthread, allow_requantize)
 
     _io.atomic_write(dst, write)
     manifest = read_manifest(dst)
@@ -150,6 +167,9 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
     manifest["fallbacks"] = {n: {"asked": t, "got": manifest["tensors"][n]}
                              for n, t in wanted.items() if manifest["tensors"][n] != t}
     manifest["source"] = str(src)
+    manifest["pinned"] = dict(pins)
+    manifest["pin_fallbacks"] = {n: {"asked": t, "got": manifest["tensors"][n]}
+                                 for n, t in manifest["pinned"].items() if manifest["tensors"][n] != t}
     if quantized:
         manifest["note"] = (f"requantized from {', '.join(quantized)}: every quantized tensor was "
                             "dequantized and quantized again")
@@ -180,6 +200,25 @@ def read_manifest(path: str | os.PathLike) -> dict:
             "types": _type_counts(tensors), "size_bytes": size, "params": params,
             "bits_per_weight": 8 * size / params if params else 0.0,
             "tensor_bits_per_weight": 8 * tensor_bytes / params if params else 0.0}
+
+
+def _pins(pin_types: dict[str, str], overrides, source: dict[str, dict]) -> list[tuple[str, str]]:
+    """`(name, type)` for every pinned tensor no override matches (2-D and up only: llama.cpp never
+    quantizes a vector)."""
+    covered = set(assigned_types(overrides, list(source)))
+    out = []
+    for name, kind in pin_types.items():
+        if name not in source:
+            raise SuperweightError(f"pinned tensor {name} is not a tensor of the model")
+        tensor_type_value(kind)
+        if name not in covered and len(source[name]["shape"]) >= 2:
+            out.append((name, kind.upper()))
+    return out
+
+
+def _tail(text: str) -> str:
+    data = str(text).encode()
+    return data[-KV_STR_MAX:].decode(errors="ignore") if len(data) > KV_STR_MAX else str(text)
 
 
 # --- checks -----------------------------------------------------------------------------------------

@@ -225,10 +225,10 @@ def text_windows(lm, source="wiki", *, seqlen: int = 512, max_tokens: int | None
     """Our evaluator's windows `[n, seqlen]` of a text (a registered name, a file, or a list of
     documents), tokenized by `lm`'s tokenizer and cut by `superweight.evaluate.perplexity`; an empty
     text is refused."""
-    from superweight.evaluate import perplexity as ppl
     from superweight.evaluate import sources
+    from superweight.evaluate.perplexity import tokenize, windows
 
     docs = list(source) if isinstance(source, (list, tuple)) else sources.documents(source, hub=hub)
     if not any(isinstance(d, str) and d.strip() for d in docs):
         raise SuperweightError("the text is empty")
-    return ppl.windows(ppl.tokenize(lm.tokenizer, docs, max_tokens), seqlen)
+    return windows(tokenize(lm.tokenizer, docs, max_tokens), seqlen)
