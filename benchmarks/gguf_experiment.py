@@ -114,7 +114,7 @@ def main() -> None:
                    "bits_per_weight": s["bits_per_weight"], "protected": s["protected"],
                    "tensor_types": s["tensor_types"], "ppl": kld["ppl"], "ppl_f32": kld["ppl_reference"],
                    "ppl_ratio": kld["ppl_ratio"], "kld_mean": kld["kld_mean"], "kld_stderr": kld["kld_stderr"],
-                   "kld_p99": kld["kld_percentiles"].get("99.0"), "same_top": kld["same_top"],
+                   "kld_p99": kld["kld_percentiles"].get("99"), "same_top": kld["same_top"],
                    "spikes": spikes, "survival": {k: v["activation"] / base[k]["activation"] for k, v in spikes.items()},
                    "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)

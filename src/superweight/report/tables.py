@@ -413,7 +413,7 @@ GGUF_SCORE_COLUMNS = (("ppl", "ppl", ".4g"), ("ppl_reference", "ppl (F32)", ".4g
 
 def gguf_score_cells(score: dict) -> list[str]:
     """One scored row's figures (perplexity, its ratio to the F32 file, KL divergence, same top token)."""
-    values = {**score, "kld_p99": score.get("kld_percentiles", {}).get("99.0")}
+    values = {**score, "kld_p99": score.get("kld_percentiles", {}).get("99")}
     return [num(values.get(key), fmt) if fmt != ".2%" or values.get(key) is None else f"{values[key]:.2%}"
             for key, _, fmt in GGUF_SCORE_COLUMNS]
 
