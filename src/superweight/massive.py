@@ -321,14 +321,14 @@ def _contributions(site: Site, inputs: Sequence[DownInput], raw: float, top: int
     shared = [d for d in inputs if d.scale is None and d.proj.expert is None and routed]
     scales = {id(d): d.scale if d.scale is not None else 1.0 for d in inputs}
     if shared:  # e.g. Qwen2-MoE's gated shared expert: its gate is what the routed experts leave
-        routed_sum = sum(float(d.x @ d.proj.matrix()[c].detach().float().cpu()) * d.scale for d in routed)
+        routed_sum = sum(float(d.x @ d.proj.row(c)) * d.scale for d in routed)
         for d in shared:
-            y = float(d.x @ d.proj.matrix()[c].detach().float().cpu())
+            y = float(d.x @ d.proj.row(c))
             scales[id(d)] = min(1.0, max(0.0, (raw - routed_sum) / y)) if y else 0.0
     sign = math.copysign(1.0, raw)
     out = []
     for d in inputs:
-        w_row = d.proj.matrix()[c].detach().float().cpu()  # [intermediate]
+        w_row = d.proj.row(c)  # [intermediate]
         s = scales[id(d)]
         products = d.x * w_row * s * sign  # [intermediate], toward the sign of raw
         best = products.topk(min(top, products.numel()))

@@ -33,7 +33,7 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: 
 
     config = model.config
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), gguf_architecture(config))
+    writer = _writer(str(path), gguf_architecture(config))
     writer.add_name(f"tiny-{config.model_type}")
     for key, (value, kind) in config_metadata(config).items():
         writer.add_key_value(key, value, kind)
@@ -48,17 +48,36 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: 
     return path
 
 
+def _writer(path: str, arch: str):
+    """A `gguf.GGUFWriter` that writes an empty array as the format allows (type, count 0): gguf-py
+    refuses one, but llama.cpp needs the merges key of a `gpt2` vocabulary present, even empty."""
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(path, arch)
+
+
 def _add_tokenizer(writer) -> None:
     """The tiny byte tokenizer as a llama.cpp `gpt2` (byte-level BPE) vocabulary without merges."""
+    import gguf
+
     tokens = [ch for _, ch in sorted(_bytes_to_unicode().items())] + list(SPECIALS)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types([1] * 256 + [3] * len(SPECIALS))  # 1 normal, 3 control
-    writer.add_token_merges([])
+    writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY,
+                         sub_type=gguf.GGUFValueType.STRING)  # empty, but present (llama.cpp needs it)
     writer.add_token_scores([0.0] * len(tokens))
     writer.add_bos_token_id(BOS_ID)
     writer.add_eos_token_id(EOS_ID)
     writer.add_pad_token_id(PAD_ID)
+    writer.add_add_bos_token(True)  # as the tiny tokenizer does: llama.cpp then tokenizes the same way
 
 
 def _add_tensor(writer, name: str, data: np.ndarray, kind) -> None:

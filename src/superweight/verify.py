@@ -79,40 +79,78 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
     each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
     `verdict` ("needed" / "not needed"); one that does not form on the text gets no verdict and is
     listed in `not_formed`."""
+    return verify_with(lambda t, n: _TorchScorer(lm, t, n), super_weights, text=text, max_tokens=max_tokens,
+                       threshold=threshold, massive=massive, criterion=criterion)
+
+
+class _TorchScorer:
+    """One window of the text in the PyTorch model; weights zeroed and activations ablated by
+    `superweight.interventions`."""
+
+    def __init__(self, lm: LoadedModel, text: str, max_tokens: int):
+        limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
+        self.lm = lm
+        self.ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
+        if self.ids.shape[1] < 2:
+            raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.shape[1])
+
+    def ppl(self, pruned: Sequence = (), ablate: tuple | None = None, log=None) -> float:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            if pruned:
+                stack.enter_context(prune(self.lm.view, list(pruned)))
+            if ablate is not None:
+                channel, first, floor, ratio = ablate
+                inner = stack.enter_context(ablate_massive(self.lm.view, channel, first, floor=floor, ratio=ratio))
+                value = text_perplexity(self.lm, self.ids)
+                log.replaced += inner.replaced
+                log.calls += inner.calls
+                return value
+            return text_perplexity(self.lm, self.ids)
+
+
+def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str | None = None,
+                max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
+                massive: Sequence[MassiveActivation] = (),
+                criterion: tuple[float, float] | None = None) -> Verification:
+    """`verify` with any engine: `make_scorer(text, max_tokens)` gives an object with `tokens` and
+    `ppl(pruned=records, ablate=(channel, first_layer, floor, ratio), log=AblationLog)` (the
+    PyTorch model here; llama.cpp in `superweight.runtime.detect`)."""
+    from superweight.interventions import AblationLog
+
     threshold = check_threshold(threshold)
+    floor, ratio = criterion or (MASSIVE_FLOOR, MASSIVE_RATIO)
     source = "given text"
     if text is None:
         text, source = verification_text()
     if not text.strip():
         raise SuperweightError("the verification text is empty")
-    limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
-    if ids.shape[1] < 2:
-        raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
-    base = text_perplexity(lm, ids)
+    scorer = make_scorer(text, max_tokens)
+    base = scorer.ppl()
     early = [sw for sw in super_weights if not sw.late]
-    with prune(lm.view, early):
-        all_pruned = text_perplexity(lm, ids)
+    all_pruned = scorer.ppl(early)
     for sw in super_weights:
-        with prune(lm.view, [sw]):
-            sw.ppl_ratio = text_perplexity(lm, ids) / base
+        sw.ppl_ratio = scorer.ppl([sw]) / base
         if any(sw is o for o in early) and len(early) > 1:  # two weights can make one super activation together
-            with prune(lm.view, [o for o in early if o is not sw]):
-                sw.ppl_ratio_given_others = all_pruned / text_perplexity(lm, ids)
+            sw.ppl_ratio_given_others = all_pruned / scorer.ppl([o for o in early if o is not sw])
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = SUPER if max(sw.ppl_ratio, joint) >= threshold else SPIKE
-    floor, ratio = criterion
     not_formed = []
     for act in massive:
-        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio) as log:
-            ppl = text_perplexity(lm, ids)
+        log = AblationLog(act.channel, act.first_layer)
+        ppl = scorer.ppl(ablate=(act.channel, act.first_layer, floor, ratio), log=log)
         if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
             act.ppl_ratio, act.verdict = None, None
             not_formed.append((act.channel, act.first_layer))
             continue
         act.ppl_ratio = ppl / base
         act.verdict = NEEDED if act.ppl_ratio >= threshold else NOT_NEEDED
-    return Verification(source, int(ids.shape[1]), base, all_pruned, threshold, not_formed=not_formed)
+    return Verification(source, scorer.tokens, base, all_pruned, threshold, not_formed=not_formed)
 
 
 def check_threshold(threshold) -> float:

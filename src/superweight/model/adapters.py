@@ -242,6 +242,11 @@ class DownProj:
             return w[self.expert]
         return w
 
+    def row(self, row: int) -> torch.Tensor:
+        """W[row, :] as float32 on the CPU: one output channel's weights (what detection reads of a
+        layer it only observes; a GGUF-backed projection reads just that row)."""
+        return self.matrix()[row].detach().float().cpu()
+
     def index(self, row, col) -> tuple:
         """Where W[row, col] sits in the stored parameter `module.<param>` (rows/cols: ints or tensors)."""
         if self.layout == "conv1d":
