@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from superweight.model.gguf_write import config_metadata, gguf_architecture, llama_cpp_tensors
+from superweight.model.gguf_write import config_metadata, gguf_architecture, gguf_writer, llama_cpp_tensors
 from superweight.testing import BOS_ID, EOS_ID, PAD_ID, SPECIALS, _bytes_to_unicode
 
 
@@ -33,7 +33,7 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: 
 
     config = model.config
     path = Path(path)
-    writer = _writer(str(path), gguf_architecture(config))
+    writer = gguf_writer(path, gguf_architecture(config))
     writer.add_name(f"tiny-{config.model_type}")
     for key, (value, kind) in config_metadata(config).items():
         writer.add_key_value(key, value, kind)
@@ -46,21 +46,6 @@ def write_gguf(model: nn.Module, path: str | Path, *, qtype: str = "F32", drop: 
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def _writer(path: str, arch: str):
-    """A `gguf.GGUFWriter` that writes an empty array as the format allows (type, count 0): gguf-py
-    refuses one, but llama.cpp needs the merges key of a `gpt2` vocabulary present, even empty."""
-    import gguf
-
-    class Writer(gguf.GGUFWriter):
-        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
-            if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0:
-                head = self._pack("I", vtype) if add_vtype else b""
-                return head + self._pack("I", sub_type) + self._pack("Q", 0)
-            return super()._pack_val(val, vtype, add_vtype, sub_type)
-
-    return Writer(path, arch)
 
 
 def _add_tokenizer(writer) -> None:

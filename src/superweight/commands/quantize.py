@@ -17,7 +17,7 @@ W8A8_FLAGS = {"act_granularity": "--act-granularity", "scheme": "--scheme", "alp
               "calib_tokens": "--calib-tokens"}
 GGUF_FLAGS = {"type": "--type", "protect": "--protect", "protect_type": "--protect-type",
               "tensor_type": "--tensor-type", "imatrix": "--imatrix", "imatrix_tokens": "--imatrix-tokens",
-              "control": "--control"}
+              "control": "--control", "no_pin": "--no-pin"}
 GGUF_DEFAULT_TOKENS = 4096
 
 
@@ -83,6 +83,9 @@ def register(sub) -> None:
                    help="compute llama.cpp's importance matrix from this text (wiki, c4, ptb, a file)")
     g.add_argument("--imatrix-tokens", type=int, metavar="N",
                    help="tokens of the imatrix text (default 16384)")
+    g.add_argument("--no-pin", action="store_true",
+                   help="let llama.cpp's recipe move other tensors' types around the overrides (by default "
+                        "every tensor no override names keeps its stock type)")
     g.add_argument("--control", action="store_true",
                    help="the experiment's control: the same overrides on layers without a super weight")
     add_eval_args(p)
@@ -185,7 +188,7 @@ def _gguf_plan(args, coords) -> dict:
                              tensor_types=tuple(_tensor_type(t) for t in args.tensor_type or ()),
                              imatrix=args.imatrix,
                              **({"imatrix_tokens": args.imatrix_tokens} if args.imatrix_tokens else {}),
-                             control=args.control)
+                             control=args.control, pin_stock=not args.no_pin)
     check_output_file(args.save, args.force, sources=(args.model,))
     score = None
     if not args.no_eval:

@@ -239,7 +239,9 @@ def _copy_field(key: str, f) -> tuple[str, object, object, object]:
     from gguf import GGUFValueType
 
     main = f.types[0]
-    sub = f.types[-1] if main == GGUFValueType.ARRAY else None
+    # an array's element type: its raw header (parts: key length, key, type, element type, count, ...),
+    # which an empty array has too (`types` lists only the types of elements present)
+    sub = GGUFValueType(int(f.parts[3][0])) if main == GGUFValueType.ARRAY else None
     if main == GGUFValueType.ARRAY and len(f.types) > 2:
         raise SuperweightError(f"GGUF metadata {key!r} is a nested array, which is not copied")
     return key, f.contents(), main, sub
@@ -700,6 +702,22 @@ def _check_output(path: Path, force: bool, source: Path | None) -> None:
         raise SuperweightError(f"{str(path)!r} exists; choose a new file or pass force (--force) to replace it")
 
 
+def gguf_writer(path: str | os.PathLike, arch: str):
+    """A `gguf.GGUFWriter` that also writes an empty array, as the format allows (type, count 0):
+    gguf-py refuses one, but llama.cpp needs some keys present even when empty (the merges of a
+    `gpt2` vocabulary without any)."""
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(str(path), arch)
+
+
 def _write(plan: _Plan, path: Path) -> None:
     """Tensor infos first, then each tensor's data, into a temporary file renamed onto `path`."""
     import gguf
@@ -716,10 +734,8 @@ def _write(plan: _Plan, path: Path) -> None:
                                f"{_size(free)} is free in {where}")
 
     def write(tmp: Path) -> None:
-        writer = gguf.GGUFWriter(str(tmp), plan.architecture)
+        writer = gguf_writer(tmp, plan.architecture)
         for key, value, kind, sub in plan.metadata:
-            if kind == gguf.GGUFValueType.ARRAY and len(value) == 0:
-                continue  # the format has no empty arrays (gguf refuses them; readers take the key as absent)
             writer.add_key_value(key, value, kind, sub_type=sub)
         for t in plan.tensors:
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)

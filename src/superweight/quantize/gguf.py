@@ -13,6 +13,8 @@ with per-tensor overrides:
 
 `control=True` puts the same overrides on layers *without* a super weight (same shapes, so the
 same file size): the experiment's control — a gain counts only where it beats its control.
+With overrides, every other tensor is pinned at the type the stock recipe gives it (`pin_stock`), so
+a protected file differs from the stock one on exactly the protected tensors.
 `imatrix` computes llama.cpp's importance matrix from a text with our hooks
 (`superweight.runtime.imatrix`), so the stock recipe with an imatrix is a baseline too.
 
@@ -54,6 +56,10 @@ class GGUFQuantConfig:
     imatrix: str | None = None  # a registered text ('wiki', 'c4', ...) or a file
     imatrix_tokens: int = DEFAULT_IMATRIX_TOKENS
     control: bool = False
+    # keep every tensor no override names at the type llama.cpp's stock recipe gives it: llama.cpp
+    # counts only non-overridden tensors for its "more bits every few layers" rules, so without a pin
+    # one override shifts the types of later layers (runtime/quantize.py)
+    pin_stock: bool = True
 
     def __post_init__(self) -> None:
         from superweight.runtime.quantize import ftype_value, tensor_type_value
@@ -219,7 +225,7 @@ class GGUFRun:
 def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Sequence[SuperWeight],
                      out: str | Path, *, force: bool = False, f32: str | Path | None = None,
                      imatrix: dict | None = None, n_threads: int | None = None,
-                     score: dict | None = None) -> GGUFRun:
+                     score: dict | None = None, stock_types: dict[str, str] | None = None) -> GGUFRun:
     """Write `lm` as a llama.cpp GGUF of `config.type` at `out`, protected as the config says; with
     `score` (keyword arguments of `score_gguf`: sources, seqlen, max_tokens) measure it in llama.cpp
     against the unquantized file.
@@ -227,6 +233,8 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Se
     `f32` reuses an unquantized GGUF of the same model already written (`write_f32`), and `imatrix`
     one already computed (`importance_matrix`) — an experiment writes and computes them once; by
     default both are made here (the F32 file in a temporary folder beside `out`, removed after).
+    With overrides and `config.pin_stock`, the stock file's types pin every other tensor:
+    `stock_types` gives them (same type and imatrix), else a stock quantization is made first.
     Nothing is written at `out` unless the whole quantization succeeds.
     """
     from superweight.runtime.quantize import gguf_tensors, quantize_gguf
@@ -248,9 +256,16 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Se
         overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers)
         metadata = {"config": config.label(), "source_model": lm.ref,
                     "super_weights": ";".join(",".join(map(str, s.coord)) for s in super_weights)}
+        pins = None
+        if overrides and config.pin_stock:
+            if stock_types is None:
+                stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
+                stock_types = stock["tensors"]
+            pins = stock_types
         manifest = quantize_gguf(f32, out, config.type, overrides=overrides, imatrix=imatrix,
                                  imatrix_source=config.imatrix, nthread=n_threads, force=force,
-                                 metadata=metadata)
+                                 metadata=metadata, pin_types=pins,
+                                 pinned_from=f"stock {config.type}" if pins else None)
         run = GGUFRun(GGUFQuantResult(config.to_dict(), str(out), list(super_weights), overrides, manifest, notes))
         if score is not None:
             run.scores = score_gguf(lm, out, f32, n_threads=n_threads, **score)
