@@ -57,7 +57,8 @@ SPARE_BYTES = 16 << 20  # room wanted beyond the tensors: metadata (a vocabulary
 # as Mistral)
 _ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe",
          "cohere": "command-r"}
-_MOE_STEM = ("_exps",)  # GGUF stems transformers maps without a `.weight` suffix (expert stacks)
+_MOE_STEM = ("_exps",)
+_TORCH_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # a model's weights, in GGML's words  # GGUF stems transformers maps without a `.weight` suffix (expert stacks)
 
 
 @dataclass
@@ -293,7 +294,7 @@ def _hf_source(lm, dtype: str) -> _Plan:
     hf_types: Counter = Counter()
     for hf_name, read in _hf_tensors(model):
         meta = read(meta=True)
-        hf_types[str(meta.dtype).removeprefix("torch.")] += 1
+        hf_types[_TORCH_TYPES.get(meta.dtype, str(meta.dtype).removeprefix("torch."))] += 1
         for i, (gguf_name, shaped) in enumerate(converter.convert(hf_name, meta)):
             def produce(hf_name=hf_name, read=read, i=i) -> np.ndarray:
                 return converter.convert(hf_name, read())[i][1].numpy()
