@@ -342,3 +342,23 @@ def test_default_model_written_as_f32_loads_in_llama_cpp_and_in_transformers(tmp
     back = load_model(str(tmp_path / "smollm2-f32.gguf"), quiet=True).model.state_dict()
     for name, t in default_lm.model.state_dict().items():
         assert torch.equal(back[name], t), name
+
+
+def test_llama3_rope_scaling_is_written_as_llama_cpp_frequency_factors(tmp_path):
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 10000.0}  # short: most frequencies scaled
+    model, plain = build("llama", rope_parameters=rope), build("llama")  # the same weights
+    tokenizer = bpe_tokenizer()
+    import gguf
+
+    write_gguf(wrap_model(model, tokenizer), tmp_path / "m.gguf")
+    factors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}["rope_freqs.weight"]
+    assert factors.data.shape == (model.config.head_dim // 2,) and factors.data.max() > 1
+    ids = tokenizer(TEXT * 3).input_ids
+    logits, _ = llama_cpp_logits(tmp_path / "m.gguf", ids)
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+        unscaled = plain(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    assert_close_logits(logits, expected)
+    # the check can see the scaling: without it, transformers' logits move by more than the tolerance
+    assert np.abs(unscaled - expected).max() / np.abs(expected).max() > 2 * LOGIT_TOLERANCE

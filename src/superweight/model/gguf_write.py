@@ -300,6 +300,9 @@ def _hf_source(lm, dtype: str) -> _Plan:
                 return converter.convert(hf_name, read())[i][1].numpy()
             kind = _out_type(gguf_name, shaped.dim(), dtype)
             tensors.append(_Tensor(gguf_name, tuple(shaped.shape), kind, produce))
+    for gguf_name, values in _extra_tensors(config, arch):
+        tensors.append(_Tensor(gguf_name, tuple(values.shape), _out_type(gguf_name, values.dim(), dtype),
+                               lambda values=values: values.numpy()))
     _check_unique(tensors)
     ref = getattr(lm, "ref", config.model_type)
     if source_gguf is not None:  # the weights are a GGUF's dequantized values: record what it was
@@ -547,7 +550,7 @@ def _rope(config) -> dict | None:
 
 def _rope_scaling(rope: dict, put) -> None:
     kind = rope.get("rope_type") or rope.get("type") or "default"
-    if kind == "default":
+    if kind in ("default", "llama3"):  # Llama 3's scaling is a tensor (`_extra_tensors`), not keys
         return
     if kind == "linear":
         put("rope.scaling.type", "linear")
@@ -555,6 +558,25 @@ def _rope_scaling(rope: dict, put) -> None:
         return
     raise SuperweightError(f"writing a GGUF of a model with {kind!r} rope scaling is not supported "
                            "(only unscaled and linear rotary embeddings are)")
+
+
+def _extra_tensors(config, arch: str) -> list[tuple[str, torch.Tensor]]:
+    """Tensors llama.cpp needs that the model has no weight for: Llama 3's rotary frequency factors
+    (`rope_freqs.weight`, by which llama.cpp divides each rotary frequency), computed as transformers'
+    `llama3` inverse frequencies over the unscaled ones."""
+    rope = _rope(config) or {}
+    if (rope.get("rope_type") or rope.get("type")) != "llama3":
+        return []
+    if arch != "llama":
+        raise SuperweightError(f"writing a GGUF of a {config.model_type!r} model with llama3 rope scaling is "
+                               "not supported")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * float(rope.get("partial_rotary_factor", 1.0)))
+    plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    return [("rope_freqs.weight", (plain / scaled.float()).float())]
 
 
 # --- the tokenizer -----------------------------------------------------------------------------
