@@ -69,17 +69,18 @@ def bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def build(model_type: str, **overrides) -> torch.nn.Module:
+def build(model_type: str, num_layers: int = 2, **overrides) -> torch.nn.Module:
     """A tiny model with the BPE tokenizer's vocabulary and random norm gains (not all ones or zeros,
     so that Gemma's `+ 1` is exercised); StableLM is built from its config (no tiny config of its own)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     vocab = 256 + len(SPECIALS) + len(MERGES)
     if model_type in TINY_CONFIGS:
-        model = tiny_model(model_type, num_layers=2, vocab_size=vocab, **overrides)
+        model = tiny_model(model_type, num_layers=num_layers, vocab_size=vocab, **overrides)
     else:
         config = AutoConfig.for_model(model_type, **{**TINY_CONFIGS["llama"], "vocab_size": vocab, "bos_token_id": 256,
-                                                     "eos_token_id": 257, "pad_token_id": 258, "num_hidden_layers": 2})
+                                                     "eos_token_id": 257, "pad_token_id": 258,
+                                                     "num_hidden_layers": num_layers, **overrides})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -362,3 +363,25 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_frequency_factors(tmp_path)
     assert_close_logits(logits, expected)
     # the check can see the scaling: without it, transformers' logits move by more than the tolerance
     assert np.abs(unscaled - expected).max() / np.abs(expected).max() > 2 * LOGIT_TOLERANCE
+
+
+def test_local_model_offloaded_or_not_is_written_the_same(tmp_path, monkeypatch):
+    """A model folder (tokenizer.json read back from disk), loaded whole and with its layers offloaded
+    by a memory budget: the offloaded weights are read one by one, and the files are the same."""
+    import gguf
+
+    from superweight.model import load_model
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    build("llama", num_layers=8, hidden_size=256, intermediate_size=512, head_dim=64, num_attention_heads=4,
+          num_key_value_heads=2).save_pretrained(folder)
+    bpe_tokenizer().save_pretrained(folder)
+    full = load_model(str(folder), quiet=True)
+    offloaded = load_model(str(folder), quiet=True, max_memory=full.plan.weights_bytes // 3)
+    assert offloaded.memory()["offloaded"]
+    write_gguf(full, tmp_path / "full.gguf")
+    write_gguf(offloaded, tmp_path / "offloaded.gguf")
+    assert (tmp_path / "full.gguf").read_bytes() == (tmp_path / "offloaded.gguf").read_bytes()
+    fields = gguf.GGUFReader(tmp_path / "full.gguf").fields
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2" and len(fields["tokenizer.ggml.merges"].data) == 4
