@@ -41,6 +41,9 @@ ARCHS = [
     ("gpt2", {"n_inner": None, "n_positions": 1024}),
     ("qwen2_moe", {"moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632}),
     ("stablelm", {}),
+    # no adapter here (written all the same: the writer needs only the model and its tokenizer)
+    ("qwen3_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 768, "head_dim": 128}),
+    ("starcoder2", {}),
 ]
 NORM_PLUS_ONE = ("gemma2", "gemma3_text")  # llama.cpp stores 1 + w; transformers loads (1 + w) - 1
 # llama.cpp's logits against transformers' on the written F32 file: max |difference| over the largest
@@ -71,7 +74,7 @@ def bpe_tokenizer():
 
 def build(model_type: str, num_layers: int = 2, **overrides) -> torch.nn.Module:
     """A tiny model with the BPE tokenizer's vocabulary and random norm gains (not all ones or zeros,
-    so that Gemma's `+ 1` is exercised); StableLM is built from its config (no tiny config of its own)."""
+    so that Gemma's `+ 1` is exercised); types without a tiny config are built from the Llama sizes."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     vocab = 256 + len(SPECIALS) + len(MERGES)
@@ -92,6 +95,17 @@ def build(model_type: str, num_layers: int = 2, **overrides) -> torch.nn.Module:
     return model
 
 
+def loaded(model: torch.nn.Module, tokenizer):
+    """`wrap_model`, or for an architecture without an adapter the two things the writer reads."""
+    from types import SimpleNamespace
+
+    from superweight.model.adapters import known_model_types
+
+    if model.config.model_type in known_model_types():
+        return wrap_model(model, tokenizer)
+    return SimpleNamespace(model=model, tokenizer=tokenizer)
+
+
 def read_back(path: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
@@ -108,7 +122,7 @@ def leftovers(folder: Path) -> list[str]:
                          ids=[f"{a}-tied" if o.get("tie_word_embeddings") else a for a, o in ARCHS])
 def test_round_trip_is_bit_identical(tmp_path, model_type, overrides):
     model = build(model_type, **overrides)
-    result = write_gguf(wrap_model(model, bpe_tokenizer()), tmp_path / "m.gguf")
+    result = write_gguf(loaded(model, bpe_tokenizer()), tmp_path / "m.gguf")
     back = read_back(tmp_path / "m.gguf")
     ours, theirs = model.state_dict(), back.state_dict()
     assert ours.keys() == theirs.keys()
