@@ -51,13 +51,14 @@ NORM_PLUS_ONE = ("gemma2", "gemma3_text")  # llama.cpp stores 1 + w; transformer
 # computes GELU from an F16 table; with an F32 cache the tiny Llama agrees to 3e-7), 6.6e-4 on the
 # default model. A layout mistake (an unreversed permutation) moves logits by their own size (~1).
 LOGIT_TOLERANCE = 2e-3
-MERGES = ("Ġ t", "h e", "Ġt he", "i n")
+MERGES = ("Ġ t", "h e", "Ġt he", "i n", "1 2", "3 4")  # digit merges: tokens depend on how digits are split
 TEXT = "in the then the thin 12 345!"
 
 
-def bpe_tokenizer():
-    """A tiny byte-level BPE tokenizer with merges (GPT-2's pre-tokenizer): the 256 bytes, <s> </s>
-    <pad>, then one token per merge. llama.cpp needs merges to load a `gpt2` vocabulary."""
+def bpe_tokenizer(pre_tokenizer=None):
+    """A tiny byte-level BPE tokenizer with merges (GPT-2's pre-tokenizer unless another is given): the
+    256 bytes, <s> </s> <pad>, then one token per merge. llama.cpp needs merges to load a `gpt2`
+    vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +67,7 @@ def bpe_tokenizer():
     for merge in MERGES:
         vocab["".join(merge.split())] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split()) for m in MERGES]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIALS))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -398,4 +399,31 @@ def test_local_model_offloaded_or_not_is_written_the_same(tmp_path, monkeypatch)
     write_gguf(offloaded, tmp_path / "offloaded.gguf")
     assert (tmp_path / "full.gguf").read_bytes() == (tmp_path / "offloaded.gguf").read_bytes()
     fields = gguf.GGUFReader(tmp_path / "full.gguf").fields
-    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2" and len(fields["tokenizer.ggml.merges"].data) == 4
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2" and len(fields["tokenizer.ggml.merges"].data) == len(MERGES)
+
+
+def pre_tokenizer(name: str):
+    """The tokenizer.json pre-tokenizers of GPT-2, SmolLM, Llama 3 and Qwen 2 (the shapes, on the tiny vocabulary)."""
+    from tokenizers import Regex, pre_tokenizers as pt
+
+    from superweight.model.gguf_vocab import _LLAMA3_SPLIT, _QWEN2_SPLIT
+
+    byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=False)
+    return {"gpt-2": pt.ByteLevel(add_prefix_space=False, use_regex=True),
+            "smollm": pt.Sequence([pt.Digits(individual_digits=True),
+                                   pt.ByteLevel(add_prefix_space=False, use_regex=True)]),
+            "llama-bpe": pt.Sequence([pt.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"), byte_level]),
+            "qwen2": pt.Sequence([pt.Split(Regex(_QWEN2_SPLIT), behavior="isolated"), byte_level])}[name]
+
+
+@pytest.mark.parametrize("name", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_pre_tokenizer_is_named_so_that_llama_cpp_tokenizes_the_same(tmp_path, name):
+    import gguf
+
+    tokenizer = bpe_tokenizer(pre_tokenizer(name))
+    write_gguf(wrap_model(build("llama"), tokenizer), tmp_path / "m.gguf")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.pre"].contents() == name
+    text = "12345 in 1234 the  then\n\n I've 3412 THE'S x2 12\t34"
+    ids = tokenizer(text).input_ids
+    _, tokens = llama_cpp_logits(tmp_path / "m.gguf", ids, text)
+    assert tokens == ids
