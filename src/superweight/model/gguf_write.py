@@ -132,7 +132,10 @@ def gguf_tensor_names(config) -> dict[str, str]:
 
     Built from transformers' own GGUF name map (the one it loads GGUF files with), inverted. Only
     one-to-one names are listed: a fused MoE `gate_up_proj`, which llama.cpp stores as two tensors
-    (`ffn_gate_exps`, `ffn_up_exps`), is not.
+    (`ffn_gate_exps`, `ffn_up_exps`), is not. Layout: a GGUF tensor read as numpy (`GGUFReader`,
+    dequantized) is `[out, in]` like a Hugging Face `Linear` weight, so a down projection's
+    `(row, col)` is the same in both; GPT-2's Conv1D weights are the transpose of Hugging Face's, and
+    the Llama-family q/k rows are permuted (llama.cpp's rotary layout).
 
     >>> from superweight.testing import tiny_model
     >>> gguf_tensor_names(tiny_model("llama", num_layers=1).config)["model.layers.0.mlp.down_proj.weight"]
