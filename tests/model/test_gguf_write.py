@@ -427,3 +427,20 @@ def test_pre_tokenizer_is_named_so_that_llama_cpp_tokenizes_the_same(tmp_path, n
     ids = tokenizer(text).input_ids
     _, tokens = llama_cpp_logits(tmp_path / "m.gguf", ids, text)
     assert tokens == ids
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
+def test_a_super_weight_keeps_its_row_and_column_in_the_gguf(tmp_path, model_type):
+    import gguf
+
+    from superweight.testing import plant_super_weight
+
+    model = build(model_type, num_layers=3)
+    plant_super_weight(model, 1, 7, 11)
+    value = model.model.layers[1].mlp.down_proj.weight[7, 11].item()
+    write_gguf(wrap_model(model, bpe_tokenizer()), tmp_path / "m.gguf")
+    name = gguf_tensor_names(model.config)["model.layers.1.mlp.down_proj.weight"]
+    tensor = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}[name]
+    data = np.asarray(tensor.data)
+    assert name == "blk.1.ffn_down.weight" and data.shape == tuple(model.model.layers[1].mlp.down_proj.weight.shape)
+    assert data[7, 11] == value and np.abs(data).argmax() == np.ravel_multi_index((7, 11), data.shape)
