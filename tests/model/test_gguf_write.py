@@ -444,3 +444,15 @@ def test_a_super_weight_keeps_its_row_and_column_in_the_gguf(tmp_path, model_typ
     data = np.asarray(tensor.data)
     assert name == "blk.1.ffn_down.weight" and data.shape == tuple(model.model.layers[1].mlp.down_proj.weight.shape)
     assert data[7, 11] == value and np.abs(data).argmax() == np.ravel_multi_index((7, 11), data.shape)
+
+
+def test_bf16_is_encoded_in_chunks_with_the_same_bits(monkeypatch):
+    import gguf
+
+    data = np.random.default_rng(0).standard_normal((37, 64)).astype(np.float32)
+    whole = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
+    monkeypatch.setattr(gw, "ENCODE_CHUNK_BYTES", 3 * 64 * 4)  # 3 rows a call, the last call 1 row
+    chunked = gw._encode(data, gguf.GGMLQuantizationType.BF16)
+    assert chunked.shape == whole.shape and np.array_equal(chunked, whole)
+    as_torch = torch.from_numpy(data).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8).reshape(37, -1)
+    assert np.array_equal(chunked, as_torch)  # the same rounding as tensor.to(torch.bfloat16)

@@ -51,6 +51,7 @@ from superweight.errors import SuperweightError
 DTYPES = ("F32", "F16", "BF16")
 # the `general.file_type` (llama.cpp's LlamaFileType) of a file written in each type
 _FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32}
+ENCODE_CHUNK_BYTES = 4 << 20  # float32 bytes converted to BF16 per call
 SPARE_BYTES = 16 << 20  # room wanted beyond the tensors: metadata (a vocabulary is a few MB), slack
 # Hugging Face model_type -> llama.cpp `general.architecture`, where the names differ (llama.cpp's
 # converter writes Mistral as `llama`; transformers reads a `llama` file named "...mistral..." back
@@ -672,14 +673,20 @@ def _write(plan: _Plan, path: Path) -> None:
 
 
 def _encode(data: np.ndarray, qtype) -> np.ndarray:
-    """float32 values in the stored type (F16 by numpy's rounding, BF16 by gguf's round-to-nearest-even)."""
+    """float32 values in the stored type: F16 by numpy's rounding, BF16 by gguf's round-to-nearest-even
+    (a few MB of rows at a time: gguf's BF16 conversion makes 64-bit temporaries of its whole input)."""
     import gguf
 
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
         return np.ascontiguousarray(data, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+    rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1])
+    out = np.empty((rows.shape[0], rows.shape[1] * 2), dtype=np.uint8)
+    step = max(1, ENCODE_CHUNK_BYTES // (rows.shape[1] * 4))
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = gguf.quants.quantize(rows[start:start + step], qtype)
+    return out.reshape(*data.shape[:-1], -1)
 
 
 def _size(n: int) -> str:
