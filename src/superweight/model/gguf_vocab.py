@@ -15,6 +15,9 @@ import json
 
 from superweight.errors import SuperweightError
 
+_HINT = ("SentencePiece-style vocabularies are not written yet; a model loaded from a GGUF file gets that "
+         "file's vocabulary copied")
+
 # pre-tokenizers of byte-level BPE tokenizers that llama.cpp implements, recognised by their shape in
 # tokenizer.json: the Split regex (if any), whether digits are split one by one, whether ByteLevel
 # splits with its own (GPT-2) regex
@@ -43,7 +46,7 @@ def bpe_metadata(tokenizer) -> list[tuple[str, object, object, object]]:
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
         raise SuperweightError(f"writing a GGUF supports byte-level BPE tokenizers only; this one is "
-                               f"{model.get('type')!r} (SentencePiece/Unigram vocabularies are not written yet)")
+                               f"{model.get('type')!r} ({_HINT})")
     pre = _pre_tokenizer(spec)
     vocab = backend.get_vocab(with_added_tokens=True)  # token -> id
     size = max(max(vocab.values()) + 1, getattr(tokenizer, "vocab_size", 0))
@@ -103,10 +106,11 @@ def _pre_tokenizer(spec: dict) -> str:
         elif kind == "ByteLevel":
             byte_level, byte_regex = True, step.get("use_regex", True)
         else:
-            raise SuperweightError(f"the tokenizer's pre-tokenizer step {kind!r} has no llama.cpp equivalent here")
+            raise SuperweightError(f"the tokenizer's pre-tokenizer step {kind!r} has no llama.cpp equivalent here "
+                                   f"({_HINT})")
     if not byte_level:
         raise SuperweightError("writing a GGUF supports byte-level BPE tokenizers only (no ByteLevel step in "
-                               "the tokenizer's pre-tokenizer)")
+                               f"the tokenizer's pre-tokenizer; {_HINT})")
     name = _PRE_TOKENIZERS.get((split, digits, byte_regex))
     if name is None:
         raise SuperweightError("the tokenizer's pre-tokenizer is not one llama.cpp is known to implement "
