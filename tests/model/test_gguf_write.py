@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import json
 from collections import namedtuple
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def build(model_type: str, num_layers: int = 2, **overrides) -> torch.nn.Module:
     so that Gemma's `+ 1` is exercised); types without a tiny config are built from the Llama sizes."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    vocab = 256 + len(SPECIALS) + len(MERGES)
+    vocab = overrides.pop("vocab_size", 256 + len(SPECIALS) + len(MERGES))
     if model_type in TINY_CONFIGS:
         model = tiny_model(model_type, num_layers=num_layers, vocab_size=vocab, **overrides)
     else:
@@ -456,3 +457,55 @@ def test_bf16_is_encoded_in_chunks_with_the_same_bits(monkeypatch):
     assert chunked.shape == whole.shape and np.array_equal(chunked, whole)
     as_torch = torch.from_numpy(data).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8).reshape(37, -1)
     assert np.array_equal(chunked, as_torch)  # the same rounding as tensor.to(torch.bfloat16)
+
+
+SPM_TEXT = ("The quick brown fox jumps over the lazy dog. Super weights are single scalars in the down "
+            "projection. Numbers like 12345 and 678 appear, as do words such as then, thin, there, and the.")
+
+
+def spm_folder(folder: Path, model_type: str) -> Path:
+    """A model folder with a tiny SentencePiece BPE `tokenizer.model` (byte fallback, identity
+    normalizer): Llama's prepends a space (add_dummy_prefix), Gemma's does not."""
+    import io
+
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True)
+    prefix = model_type == "llama"
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([SPM_TEXT] * 50), model_writer=model, vocab_size=300,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0,
+                                   bos_id=1, eos_id=2, pad_id=3, add_dummy_prefix=prefix, split_digits=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer" if prefix else "GemmaTokenizer", "bos_token": "<s>",
+         "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}))
+    build(model_type, vocab_size=304).save_pretrained(folder)  # 4 ids past the pieces: padded as unused
+    return folder
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_sentencepiece_vocabulary_is_written_from_tokenizer_model(tmp_path, model_type, monkeypatch):
+    import gguf
+    import sentencepiece as spm
+
+    from superweight.model import load_model
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    folder = spm_folder(tmp_path / "model", model_type)
+    lm = load_model(str(folder), quiet=True)
+    result = write_gguf(lm, tmp_path / "m.gguf")
+    assert result.tokenizer == "written from tokenizer.model (SentencePiece)"
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama" and len(fields["tokenizer.ggml.tokens"].data) == 304
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() == (model_type == "llama")
+    text = "the  thin 12345\n x Then, there!"
+    ids = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).encode(text)
+    assert lm.tokenizer(text).input_ids[-len(ids):] == ids
+    logits, tokens = llama_cpp_logits(tmp_path / "m.gguf", ids, text)
+    assert tokens == ids
+    with torch.no_grad():
+        expected = lm.model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    assert_close_logits(logits, expected)

@@ -6,17 +6,20 @@ text, against a table of known models. Here the name is found from the pre-token
 description in tokenizer.json (its Split regex, a digit split, ByteLevel's own regex), for the shapes
 llama.cpp implements that the common byte-level BPE models use (GPT-2, SmolLM, Llama 3, Qwen 2/2.5/3);
 anything else is refused in one line rather than written with a pre-tokenizer that would tokenize
-differently. SentencePiece and Unigram vocabularies are not written (yet).
+differently. SentencePiece vocabularies (Llama 2, Gemma, Mistral) are written from the model's
+`tokenizer.model` as llama.cpp's `llama` tokenizer: pieces, scores and types as the sentencepiece
+library reports them.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from superweight.errors import SuperweightError
 
-_HINT = ("SentencePiece-style vocabularies are not written yet; a model loaded from a GGUF file gets that "
-         "file's vocabulary copied")
+_HINT = ("a SentencePiece vocabulary is written from the model's tokenizer.model, which was not found; a "
+         "model loaded from a GGUF file gets that file's vocabulary copied")
 
 # pre-tokenizers of byte-level BPE tokenizers that llama.cpp implements, recognised by their shape in
 # tokenizer.json: the Split regex (if any), whether digits are split one by one, whether ByteLevel
@@ -116,3 +119,73 @@ def _pre_tokenizer(spec: dict) -> str:
         raise SuperweightError("the tokenizer's pre-tokenizer is not one llama.cpp is known to implement "
                                f"(known: {', '.join(_PRE_TOKENIZERS.values())})")
     return name
+
+
+# --- SentencePiece (llama.cpp's `llama` tokenizer model) ---------------------------------------
+
+_SPM_TYPES = {1: "unigram", 2: "bpe"}  # sentencepiece TrainerSpec.ModelType values llama.cpp's SPM tokenizer takes
+
+
+def spm_metadata(model_file: Path, tokenizer, vocab_size: int) -> list[tuple[str, object, object, object]]:
+    """The `tokenizer.*` metadata of a SentencePiece model (`tokenizer.model`, llama.cpp's `llama`
+    tokenizer): each piece with its score and type, the tokenizer's added tokens, padding to the
+    model's `vocab_size`, and whether a space is prepended (`add_dummy_prefix`)."""
+    from gguf import GGUFValueType as T
+
+    proto, sp = _load_spm(model_file)
+    normalizer = proto.normalizer_spec
+    if normalizer.name not in ("identity", "") or normalizer.remove_extra_whitespaces:
+        raise SuperweightError(f"the SentencePiece model {model_file.name} normalizes text ({normalizer.name!r}"
+                               f"{', collapsing spaces' if normalizer.remove_extra_whitespaces else ''}), which "
+                               "llama.cpp does not do; it is not written")
+    if proto.trainer_spec.model_type not in _SPM_TYPES:
+        raise SuperweightError(f"the SentencePiece model {model_file.name} is not a BPE or unigram model")
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(float(sp.get_score(i)))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
+                     else 6 if sp.is_byte(i) else 1)  # unknown, control, unused, byte, normal
+    for i, added in sorted((getattr(tokenizer, "added_tokens_decoder", None) or {}).items()):
+        while len(tokens) < i:
+            tokens.append(f"[PAD{len(tokens)}]"), scores.append(-1000.0), types.append(5)
+        kind = 3 if added.special else 4  # control, user-defined
+        if i == len(tokens):
+            tokens.append(added.content), scores.append(-1000.0), types.append(kind)
+        elif tokens[i] != added.content:
+            tokens[i], scores[i], types[i] = added.content, -1000.0, kind
+    while len(tokens) < vocab_size:
+        tokens.append(f"[PAD{len(tokens)}]"), scores.append(-1000.0), types.append(5)
+    entries = [("tokenizer.ggml.model", "llama", T.STRING, None), ("tokenizer.ggml.pre", "default", T.STRING, None),
+               ("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
+               ("tokenizer.ggml.scores", scores, T.ARRAY, T.FLOAT32),
+               ("tokenizer.ggml.token_type", types, T.ARRAY, T.INT32),
+               ("tokenizer.ggml.add_space_prefix", bool(normalizer.add_dummy_prefix), T.BOOL, None)]
+    own = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unknown": sp.unk_id(), "padding": sp.pad_id()}
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unknown", "unk_token_id"),
+                      ("padding", "pad_token_id")):
+        value = getattr(tokenizer, attr, None)
+        value = value if isinstance(value, int) else own[key]
+        if value >= 0:
+            entries.append((f"tokenizer.ggml.{key}_token_id", value, T.UINT32, None))
+    entries.append(("tokenizer.ggml.add_bos_token", bool(_adds_bos(tokenizer)), T.BOOL, None))
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        entries.append(("tokenizer.chat_template", template, T.STRING, None))
+    return entries
+
+
+def _load_spm(model_file: Path):
+    try:
+        import sentencepiece
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise SuperweightError("writing a SentencePiece vocabulary needs the sentencepiece package: "
+                               "pip install sentencepiece") from None
+    data = model_file.read_bytes()
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(data)
+        return proto, sentencepiece.SentencePieceProcessor(model_proto=data)
+    except Exception as e:  # a damaged file: protobuf and sentencepiece raise their own types
+        raise SuperweightError(f"{str(model_file)!r} is not a readable SentencePiece model: {e}") from None

@@ -594,10 +594,33 @@ def _tokenizer_metadata(lm) -> tuple[list, str, Path | None]:
         reader = read_gguf(source)
         entries = [_copy_field(k, f) for k, f in reader.fields.items() if k.startswith("tokenizer.")]
         return entries, f"copied from {source.name}", source
-    from superweight.model.gguf_vocab import bpe_metadata
+    from superweight.model.gguf_vocab import bpe_metadata, spm_metadata
 
     tokenizer = getattr(lm, "tokenizer", None)
-    return bpe_metadata(tokenizer), "written from the tokenizer's tokenizer.json (byte-level BPE)", None
+    try:
+        return bpe_metadata(tokenizer), "written from the tokenizer's tokenizer.json (byte-level BPE)", None
+    except SuperweightError:
+        spm = _spm_file(lm)
+        if spm is None:
+            raise
+    vocab_size = getattr(getattr(lm, "model", lm).config, "vocab_size", 0) or 0
+    return spm_metadata(spm, tokenizer, vocab_size), f"written from {spm.name} (SentencePiece)", None
+
+
+def _spm_file(lm) -> Path | None:
+    """The model's SentencePiece `tokenizer.model`: in its folder, or in the hub cache."""
+    source = getattr(lm, "source", None)
+    if not source:
+        return None
+    if Path(source).is_dir():
+        found = Path(source) / "tokenizer.model"
+        return found if found.is_file() else None
+    if getattr(lm, "kind", None) == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, "tokenizer.model")
+        return Path(found) if isinstance(found, str) else None
+    return None
 
 
 def _source_gguf_file(lm) -> Path | None:
