@@ -269,6 +269,17 @@ def test_interrupted_or_full_disk_write_leaves_no_partial_file(tmp_path, tiny_lm
     assert leftovers(tmp_path) == []
 
 
+def test_a_missing_or_foreign_source_file_is_one_line(tmp_path):
+    with pytest.raises(SuperweightError, match="is a folder, not a GGUF file"):
+        write_gguf(str(tmp_path), tmp_path / "m.gguf")
+    with pytest.raises(SuperweightError, match="does not exist"):
+        write_gguf(tmp_path / "missing.gguf", tmp_path / "m.gguf")
+    (tmp_path / "text.gguf").write_text("not a gguf")
+    with pytest.raises(SuperweightError, match="not a GGUF file"):
+        write_gguf(tmp_path / "text.gguf", tmp_path / "m.gguf")
+    assert leftovers(tmp_path) == ["text.gguf"]
+
+
 def test_unknown_dtype_and_unsupported_architecture(tmp_path, tiny_lm):
     with pytest.raises(SuperweightError, match="unknown GGUF dtype 'Q4_0'; choose one of F32, F16, BF16"):
         write_gguf(tiny_lm, tmp_path / "m.gguf", dtype="Q4_0")

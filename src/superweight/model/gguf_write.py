@@ -16,7 +16,8 @@ Both are written here with the `gguf` package, never with llama.cpp's Python bin
   rotary q/k row permutation, Gemma's `norm + 1`, GPT-2's transposed Conv1D weights, MoE expert
   stacks split into gate and up); the metadata holds llama.cpp's hyper-parameter keys (those its
   converter writes and those transformers reads back), and the tokenizer is copied from the source
-  GGUF when the model came from one, else written from a byte-level BPE `tokenizer.json`.
+  GGUF when the model came from one, else written from a byte-level BPE `tokenizer.json` or a
+  SentencePiece `tokenizer.model` (`superweight.model.gguf_vocab`).
 
 Tensors are stored as llama.cpp's converter stores them: 1-D tensors, norms, biases and MoE router
 gates in F32, the rest in the asked type. The tensor infos are written first (shapes are known from
@@ -111,6 +112,9 @@ def write_gguf(source, path: str | os.PathLike, *, dtype: str = "F32", force: bo
     path = Path(path).expanduser()
     if isinstance(source, (str, os.PathLike)):
         src = Path(source).expanduser()
+        if src.is_dir():
+            raise SuperweightError(f"{str(src)!r} is a folder, not a GGUF file; load the model "
+                                   "(superweight.model.load_model) and write the loaded model")
         _check_output(path, force, src)
         plan = _gguf_source(src, dtype)
     else:
