@@ -280,6 +280,13 @@ def test_a_missing_or_foreign_source_file_is_one_line(tmp_path):
     assert leftovers(tmp_path) == ["text.gguf"]
 
 
+def test_a_quantized_hugging_face_model_is_refused(tmp_path, tiny_lm):
+    tiny_lm.model.config.quantization_config = {"quant_method": "bitsandbytes"}
+    with pytest.raises(SuperweightError, match=r"the model is quantized \(bitsandbytes\); write it from"):
+        write_gguf(tiny_lm, tmp_path / "m.gguf")
+    assert leftovers(tmp_path) == []
+
+
 def test_unknown_dtype_and_unsupported_architecture(tmp_path, tiny_lm):
     with pytest.raises(SuperweightError, match="unknown GGUF dtype 'Q4_0'; choose one of F32, F16, BF16"):
         write_gguf(tiny_lm, tmp_path / "m.gguf", dtype="Q4_0")

@@ -288,6 +288,11 @@ def _hf_source(lm, dtype: str) -> _Plan:
 
     model = getattr(lm, "model", lm)
     config = model.config
+    quantized = getattr(config, "quantization_config", None)
+    if quantized:
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", "")
+        raise SuperweightError(f"the model is quantized ({method or 'quantization_config'}); write it from its "
+                               "unquantized checkpoint or from its GGUF file")
     arch = gguf_architecture(config)
     converter = _HFConverter(config)
     metadata = [(key, value, kind, None) for key, (value, kind) in _config_metadata(config, arch).items()]
@@ -302,6 +307,9 @@ def _hf_source(lm, dtype: str) -> _Plan:
     hf_types: Counter = Counter()
     for hf_name, read in _hf_tensors(model):
         meta = read(meta=True)
+        if not meta.dtype.is_floating_point:
+            raise SuperweightError(f"the weight {hf_name!r} is {str(meta.dtype).removeprefix('torch.')}, not a float "
+                                   "type; only unquantized models are written")
         hf_types[_TORCH_TYPES.get(meta.dtype, str(meta.dtype).removeprefix("torch."))] += 1
         for i, (gguf_name, shaped) in enumerate(converter.convert(hf_name, meta)):
             def produce(hf_name=hf_name, read=read, i=i) -> np.ndarray:
