@@ -16,7 +16,8 @@ Both are written here with the `gguf` package, never with llama.cpp's Python bin
   rotary q/k row permutation, Gemma's `norm + 1`, GPT-2's transposed Conv1D weights, MoE expert
   stacks split into gate and up); the metadata holds llama.cpp's hyper-parameter keys (those its
   converter writes and those transformers reads back), and the tokenizer is copied from the source
-  GGUF when the model came from one, else written from a byte-level BPE `tokenizer.json`.
+  GGUF when the model came from one, else written from a byte-level BPE `tokenizer.json` or a
+  SentencePiece `tokenizer.model` (`superweight.model.gguf_vocab`).
 
 Tensors are stored as llama.cpp's converter stores them: 1-D tensors, norms, biases and MoE router
 gates in F32, the rest in the asked type. The tensor infos are written first (shapes are known from
@@ -51,13 +52,15 @@ from superweight.errors import SuperweightError
 DTYPES = ("F32", "F16", "BF16")
 # the `general.file_type` (llama.cpp's LlamaFileType) of a file written in each type
 _FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32}
+ENCODE_CHUNK_BYTES = 4 << 20  # float32 bytes converted to BF16 per call
 SPARE_BYTES = 16 << 20  # room wanted beyond the tensors: metadata (a vocabulary is a few MB), slack
 # Hugging Face model_type -> llama.cpp `general.architecture`, where the names differ (llama.cpp's
 # converter writes Mistral as `llama`; transformers reads a `llama` file named "...mistral..." back
 # as Mistral)
 _ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe",
          "cohere": "command-r"}
-_MOE_STEM = ("_exps",)  # GGUF stems transformers maps without a `.weight` suffix (expert stacks)
+_MOE_STEM = ("_exps",)
+_TORCH_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # a model's weights, in GGML's words  # GGUF stems transformers maps without a `.weight` suffix (expert stacks)
 
 
 @dataclass
@@ -109,6 +112,9 @@ def write_gguf(source, path: str | os.PathLike, *, dtype: str = "F32", force: bo
     path = Path(path).expanduser()
     if isinstance(source, (str, os.PathLike)):
         src = Path(source).expanduser()
+        if src.is_dir():
+            raise SuperweightError(f"{str(src)!r} is a folder, not a GGUF file; load the model "
+                                   "(superweight.model.load_model) and write the loaded model")
         _check_output(path, force, src)
         plan = _gguf_source(src, dtype)
     else:
@@ -131,7 +137,10 @@ def gguf_tensor_names(config) -> dict[str, str]:
 
     Built from transformers' own GGUF name map (the one it loads GGUF files with), inverted. Only
     one-to-one names are listed: a fused MoE `gate_up_proj`, which llama.cpp stores as two tensors
-    (`ffn_gate_exps`, `ffn_up_exps`), is not.
+    (`ffn_gate_exps`, `ffn_up_exps`), is not. Layout: a GGUF tensor read as numpy (`GGUFReader`,
+    dequantized) is `[out, in]` like a Hugging Face `Linear` weight, so a down projection's
+    `(row, col)` is the same in both; GPT-2's Conv1D weights are the transpose of Hugging Face's, and
+    the Llama-family q/k rows are permuted (llama.cpp's rotary layout).
 
     >>> from superweight.testing import tiny_model
     >>> gguf_tensor_names(tiny_model("llama", num_layers=1).config)["model.layers.0.mlp.down_proj.weight"]
@@ -281,6 +290,11 @@ def _hf_source(lm, dtype: str) -> _Plan:
 
     model = getattr(lm, "model", lm)
     config = model.config
+    quantized = getattr(config, "quantization_config", None)
+    if quantized:
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", "")
+        raise SuperweightError(f"the model is quantized ({method or 'quantization_config'}); write it from its "
+                               "unquantized checkpoint or from its GGUF file")
     arch = gguf_architecture(config)
     converter = _HFConverter(config)
     metadata = [(key, value, kind, None) for key, (value, kind) in _config_metadata(config, arch).items()]
@@ -295,12 +309,18 @@ def _hf_source(lm, dtype: str) -> _Plan:
     hf_types: Counter = Counter()
     for hf_name, read in _hf_tensors(model):
         meta = read(meta=True)
-        hf_types[str(meta.dtype).removeprefix("torch.")] += 1
+        if not meta.dtype.is_floating_point:
+            raise SuperweightError(f"the weight {hf_name!r} is {str(meta.dtype).removeprefix('torch.')}, not a float "
+                                   "type; only unquantized models are written")
+        hf_types[_TORCH_TYPES.get(meta.dtype, str(meta.dtype).removeprefix("torch."))] += 1
         for i, (gguf_name, shaped) in enumerate(converter.convert(hf_name, meta)):
             def produce(hf_name=hf_name, read=read, i=i) -> np.ndarray:
                 return converter.convert(hf_name, read())[i][1].numpy()
             kind = _out_type(gguf_name, shaped.dim(), dtype)
             tensors.append(_Tensor(gguf_name, tuple(shaped.shape), kind, produce))
+    for gguf_name, values in _extra_tensors(config, arch):
+        tensors.append(_Tensor(gguf_name, tuple(values.shape), _out_type(gguf_name, values.dim(), dtype),
+                               lambda values=values: values.numpy()))
     _check_unique(tensors)
     ref = getattr(lm, "ref", config.model_type)
     if source_gguf is not None:  # the weights are a GGUF's dequantized values: record what it was
@@ -548,7 +568,7 @@ def _rope(config) -> dict | None:
 
 def _rope_scaling(rope: dict, put) -> None:
     kind = rope.get("rope_type") or rope.get("type") or "default"
-    if kind == "default":
+    if kind in ("default", "llama3"):  # Llama 3's scaling is a tensor (`_extra_tensors`), not keys
         return
     if kind == "linear":
         put("rope.scaling.type", "linear")
@@ -556,6 +576,25 @@ def _rope_scaling(rope: dict, put) -> None:
         return
     raise SuperweightError(f"writing a GGUF of a model with {kind!r} rope scaling is not supported "
                            "(only unscaled and linear rotary embeddings are)")
+
+
+def _extra_tensors(config, arch: str) -> list[tuple[str, torch.Tensor]]:
+    """Tensors llama.cpp needs that the model has no weight for: Llama 3's rotary frequency factors
+    (`rope_freqs.weight`, by which llama.cpp divides each rotary frequency), computed as transformers'
+    `llama3` inverse frequencies over the unscaled ones."""
+    rope = _rope(config) or {}
+    if (rope.get("rope_type") or rope.get("type")) != "llama3":
+        return []
+    if arch != "llama":
+        raise SuperweightError(f"writing a GGUF of a {config.model_type!r} model with llama3 rope scaling is "
+                               "not supported")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * float(rope.get("partial_rotary_factor", 1.0)))
+    plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    return [("rope_freqs.weight", (plain / scaled.float()).float())]
 
 
 # --- the tokenizer -----------------------------------------------------------------------------
@@ -569,8 +608,33 @@ def _tokenizer_metadata(lm) -> tuple[list, str, Path | None]:
         reader = read_gguf(source)
         entries = [_copy_field(k, f) for k, f in reader.fields.items() if k.startswith("tokenizer.")]
         return entries, f"copied from {source.name}", source
+    from superweight.model.gguf_vocab import bpe_metadata, spm_metadata
+
     tokenizer = getattr(lm, "tokenizer", None)
-    return _bpe_metadata(tokenizer), "written from the tokenizer's tokenizer.json (byte-level BPE)", None
+    try:
+        return bpe_metadata(tokenizer), "written from the tokenizer's tokenizer.json (byte-level BPE)", None
+    except SuperweightError:
+        spm = _spm_file(lm)
+        if spm is None:
+            raise
+    vocab_size = getattr(getattr(lm, "model", lm).config, "vocab_size", 0) or 0
+    return spm_metadata(spm, tokenizer, vocab_size), f"written from {spm.name} (SentencePiece)", None
+
+
+def _spm_file(lm) -> Path | None:
+    """The model's SentencePiece `tokenizer.model`: in its folder, or in the hub cache."""
+    source = getattr(lm, "source", None)
+    if not source:
+        return None
+    if Path(source).is_dir():
+        found = Path(source) / "tokenizer.model"
+        return found if found.is_file() else None
+    if getattr(lm, "kind", None) == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, "tokenizer.model")
+        return Path(found) if isinstance(found, str) else None
+    return None
 
 
 def source_gguf_file(lm) -> Path | None:
@@ -585,107 +649,6 @@ def source_gguf_file(lm) -> Path | None:
     except (OSError, ValueError, KeyError):
         raise SuperweightError(f"cannot tell which GGUF file {lm.ref!r} was converted from ({marker} is "
                                "missing or damaged)") from None
-
-
-# pre-tokenizers of byte-level BPE tokenizers that llama.cpp implements, recognised by their shape in
-# tokenizer.json: the Split regex (if any), whether digits are split one by one, whether ByteLevel
-# splits with its own (GPT-2) regex
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {
-    (None, False, True): "gpt-2",  # ByteLevel alone, with its regex (GPT-2)
-    (None, True, True): "smollm",  # individual digits, then ByteLevel with its regex (SmolLM, StarCoder)
-    (_LLAMA3_SPLIT, False, False): "llama-bpe",  # Llama 3
-    (_QWEN2_SPLIT, False, False): "qwen2",  # Qwen 2, 2.5, 3
-}
-
-
-def _bpe_metadata(tokenizer) -> list:
-    """tokenizer.ggml.* entries for a byte-level BPE tokenizer (llama.cpp's `gpt2` model)."""
-    from gguf import GGUFValueType as T
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise SuperweightError("writing a GGUF needs the model's fast tokenizer (tokenizer.json); "
-                               f"{type(tokenizer).__name__ if tokenizer is not None else 'no tokenizer'} has none")
-    spec = json.loads(backend.to_str())
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise SuperweightError(f"writing a GGUF supports byte-level BPE tokenizers only; this one is "
-                               f"{model.get('type')!r} (SentencePiece/Unigram vocabularies are not written yet)")
-    pre = _pre_tokenizer(spec)
-    vocab = backend.get_vocab(with_added_tokens=True)  # token -> id
-    size = max(max(vocab.values()) + 1, getattr(tokenizer, "vocab_size", 0))
-    added = {t["id"]: t for t in spec.get("added_tokens", [])}
-    by_id = {i: tok for tok, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(5)  # unused
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(3 if added[i].get("special") else 4)  # control, user-defined
-        else:
-            tokens.append(by_id[i])
-            types.append(1)  # normal
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    entries = [("tokenizer.ggml.model", "gpt2", T.STRING, None), ("tokenizer.ggml.pre", pre, T.STRING, None),
-               ("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
-               ("tokenizer.ggml.token_type", types, T.ARRAY, T.INT32),
-               ("tokenizer.ggml.merges", merges, T.ARRAY, T.STRING)]
-    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unknown", "unk_token_id"),
-                      ("padding", "pad_token_id")):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            entries.append((f"tokenizer.ggml.{key}_token_id", value, T.UINT32, None))
-    entries.append(("tokenizer.ggml.add_bos_token", bool(_adds_bos(tokenizer)), T.BOOL, None))
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        entries.append(("tokenizer.chat_template", template, T.STRING, None))
-    return entries
-
-
-def _adds_bos(tokenizer) -> bool:
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    try:
-        ids = tokenizer("a").input_ids
-    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode says nothing about BOS
-        return False
-    return bool(ids) and ids[0] == bos
-
-
-def _pre_tokenizer(spec: dict) -> str:
-    """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json's pre-tokenizer, or a one-line refusal."""
-    node = spec.get("pre_tokenizer") or {}
-    steps = node.get("pretokenizers", []) if node.get("type") == "Sequence" else [node]
-    split, digits, byte_regex, byte_level = None, False, False, False
-    for step in steps:
-        kind = step.get("type")
-        if kind == "Split":
-            pattern = step.get("pattern", {})
-            split = pattern.get("Regex") or pattern.get("String")
-        elif kind == "Digits":
-            digits = bool(step.get("individual_digits"))
-        elif kind == "ByteLevel":
-            byte_level, byte_regex = True, step.get("use_regex", True)
-        else:
-            raise SuperweightError(f"the tokenizer's pre-tokenizer step {kind!r} has no llama.cpp equivalent here")
-    if not byte_level:
-        raise SuperweightError("writing a GGUF supports byte-level BPE tokenizers only (no ByteLevel step in "
-                               "the tokenizer's pre-tokenizer)")
-    model = spec.get("model") or {}
-    if split is None and not digits and not byte_regex and not model.get("merges"):
-        return "gpt-2"  # no merges: every pre-token ends up as single bytes, whatever the split
-    name = _PRE_TOKENIZERS.get((split, digits, byte_regex))
-    if name is None:
-        raise SuperweightError("the tokenizer's pre-tokenizer is not one llama.cpp is known to implement "
-                               f"(known: {', '.join(_PRE_TOKENIZERS.values())})")
-    return name
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -761,14 +724,20 @@ def _write(plan: _Plan, path: Path) -> None:
 
 
 def _encode(data: np.ndarray, qtype) -> np.ndarray:
-    """float32 values in the stored type (F16 by numpy's rounding, BF16 by gguf's round-to-nearest-even)."""
+    """float32 values in the stored type: F16 by numpy's rounding, BF16 by gguf's round-to-nearest-even
+    (a few MB of rows at a time: gguf's BF16 conversion makes 64-bit temporaries of its whole input)."""
     import gguf
 
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
         return np.ascontiguousarray(data, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+    rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1])
+    out = np.empty((rows.shape[0], rows.shape[1] * 2), dtype=np.uint8)
+    step = max(1, ENCODE_CHUNK_BYTES // (rows.shape[1] * 4))
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = gguf.quants.quantize(rows[start:start + step], qtype)
+    return out.reshape(*data.shape[:-1], -1)
 
 
 def _size(n: int) -> str:
