@@ -369,6 +369,11 @@ def _read_header(path, keep=lambda key: False) -> tuple[dict, dict[str, dict]]:
                     at += 12
                     if sub in _SCALAR:
                         return None, at + n * struct.calcsize("<" + _SCALAR[sub])
+                    if sub == _STRING:  # skipped unread: only each string's length is needed
+                        length = struct.Struct("<Q").unpack_from
+                        for _ in range(n):
+                            at += 8 + length(buf, at)[0]
+                        return None, at
                     for _ in range(n):
                         _, at = value(sub, at)
                     return None, at
