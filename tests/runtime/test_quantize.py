@@ -157,3 +157,9 @@ def test_header_reader_agrees_with_gguf(tiny_gguf, tmp_path):
     assert bytes(field.parts[field.data[0]]).decode() == q["metadata"]["superweight.protect"] == "weight"
     with pytest.raises(SuperweightError, match="not a GGUF"):
         gguf_tensors(__file__)
+
+
+def test_architecture(tiny_gguf):
+    from superweight.runtime.quantize import gguf_architecture
+
+    assert gguf_architecture(tiny_gguf) == "llama"

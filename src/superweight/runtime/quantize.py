@@ -79,6 +79,14 @@ def gguf_tensors(path: str | os.PathLike) -> dict[str, dict]:
     return _read_header(path)[1]
 
 
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """The GGUF's `general.architecture` (what `compute_imatrix(arch=...)` names tensors by)."""
+    meta, _ = _read_header(path, keep=lambda k: k == "general.architecture")
+    if "general.architecture" not in meta:
+        raise SuperweightError(f"{path} does not say its architecture (general.architecture)")
+    return meta["general.architecture"]
+
+
 def matching(pattern: str, names: Sequence[str]) -> list[str]:
     """The tensor names a llama.cpp override pattern selects (`std::regex_search`: anywhere in the name)."""
     try:
