@@ -142,3 +142,24 @@ def test_failed_quantizer_leaves_no_file(tiny_gguf, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         quantize_gguf(tiny_gguf, tmp_path / "o.gguf", "Q4_0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_header_reader_agrees_with_gguf(tiny_gguf, tmp_path):
+    import gguf
+
+    q = quantize_gguf(tiny_gguf, tmp_path / "q.gguf", "Q4_K_M", nthread=1, metadata={"protect": "weight"})
+    for path in (tiny_gguf, q["path"]):
+        reader = gguf.GGUFReader(str(path))
+        want = {t.name: {"type": t.tensor_type.name, "shape": [int(s) for s in t.shape],
+                         "elements": int(t.n_elements), "bytes": int(t.n_bytes)} for t in reader.tensors}
+        assert gguf_tensors(path) == want
+    field = gguf.GGUFReader(q["path"]).fields["superweight.protect"]
+    assert bytes(field.parts[field.data[0]]).decode() == q["metadata"]["superweight.protect"] == "weight"
+    with pytest.raises(SuperweightError, match="not a GGUF"):
+        gguf_tensors(__file__)
+
+
+def test_architecture(tiny_gguf):
+    from superweight.runtime.quantize import gguf_architecture
+
+    assert gguf_architecture(tiny_gguf) == "llama"

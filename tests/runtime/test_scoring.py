@@ -49,3 +49,13 @@ def test_a_quantized_model_diverges(tiny_gguf, windows, tmp_path):
 def test_windows_too_short(tiny_gguf, windows):
     with pytest.raises(SuperweightError, match="at least 4 tokens"):
         gguf_perplexity(tiny_gguf, windows[:, :3])
+
+
+def test_several_models_against_one_reference(tiny_gguf, windows, tmp_path):
+    from superweight.runtime.scoring import kl_divergences
+
+    q = quantize_gguf(tiny_gguf, tmp_path / "q4.gguf", "Q4_0", nthread=1)["path"]
+    both = kl_divergences([tiny_gguf, q], tiny_gguf, windows, n_threads=1)
+    alone = kl_divergence(q, tiny_gguf, windows, n_threads=1)
+    assert both[0].kld_mean == 0.0 and both[0].same_top == 1.0
+    assert both[1].kld_mean == alone.kld_mean and both[1].same_top == alone.same_top

@@ -76,14 +76,15 @@ def tensor_type_value(name: str) -> int:
 
 def gguf_tensors(path: str | os.PathLike) -> dict[str, dict]:
     """`{name: {"type": ggml type name, "shape": [ne0, ne1, ...], "elements": n, "bytes": n}}` of a GGUF."""
-    import gguf
+    return _read_header(path)[1]
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as e:
-        raise SuperweightError(f"cannot read GGUF file {str(path)!r}: {e}") from None
-    return {t.name: {"type": t.tensor_type.name, "shape": [int(s) for s in t.shape],
-                     "elements": int(t.n_elements), "bytes": int(t.n_bytes)} for t in reader.tensors}
+
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """The GGUF's `general.architecture` (what `compute_imatrix(arch=...)` names tensors by)."""
+    meta, _ = _read_header(path, keep=lambda k: k == "general.architecture")
+    if "general.architecture" not in meta:
+        raise SuperweightError(f"{path} does not say its architecture (general.architecture)")
+    return meta["general.architecture"]
 
 
 def matching(pattern: str, names: Sequence[str]) -> list[str]:
@@ -180,17 +181,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
     """What a GGUF says of itself: `superweight.*` and `quantize.imatrix.*` metadata, per-tensor types,
     file size, parameters and bits per weight (8 · file bytes / parameters; `tensor_bits_per_weight`
     counts the tensors' bytes only, as llama.cpp's own "BPW" does)."""
-    import gguf
-
     path = Path(path)
-    reader = gguf.GGUFReader(str(path))
-    meta = {}
-    for name, field in reader.fields.items():
-        if name.startswith((MANIFEST_PREFIX, "quantize.imatrix.")) or name == "general.file_type":
-            meta[name] = _field_value(field)
-    tensors = {t.name: t.tensor_type.name for t in reader.tensors}
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    meta, infos = _read_header(path, keep=lambda k: k.startswith((MANIFEST_PREFIX, "quantize.imatrix."))
+                               or k == "general.file_type")
+    tensors = {n: t["type"] for n, t in infos.items()}
+    params = sum(t["elements"] for t in infos.values())
+    tensor_bytes = sum(t["bytes"] for t in infos.values())
     size = path.stat().st_size
     overrides = [meta[k] for k in sorted((k for k in meta if k.startswith(MANIFEST_PREFIX + "override.")),
                                          key=lambda k: int(k.rsplit(".", 1)[1]))]
@@ -344,15 +340,78 @@ def _run_quantizer(src: Path, out: Path, ftype: str, overrides, imatrix, kv, nth
                                f"returned {rc}; a full disk, or a type this model's tensor shapes cannot take)")
 
 
-def _field_value(field):
+# --- reading a GGUF's header ----------------------------------------------------------------------
+# gguf.GGUFReader parses every metadata array element by element (the 49k-token vocabulary takes
+# seconds); the quantizer needs only tensor names, types, shapes and a few keys, so the header is
+# walked here once, arrays skipped by their size. Layout: the GGUF v2/v3 specification.
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+def _read_header(path, keep=lambda key: False) -> tuple[dict, dict[str, dict]]:
+    """(`{key: value}` for the keys `keep` accepts (strings and scalars), `{tensor: info}`)."""
+    import mmap
+    import struct
+
     import gguf
 
-    kind = field.types[0] if field.types else None
-    if kind == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode()
-    if kind == gguf.GGUFValueType.ARRAY:
-        return [field.contents(i) for i in range(len(field.data))]
-    return field.parts[field.data[0]].tolist()[0]
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != b"GGUF":
+                raise SuperweightError(f"{path} is not a GGUF file")
+            version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+            if version < 2:
+                raise SuperweightError(f"{path} is GGUF version {version}; llama.cpp reads 2 and 3")
+            pos = 24
+
+            def string(at: int) -> tuple[str, int]:
+                (n,) = struct.unpack_from("<Q", buf, at)
+                return buf[at + 8:at + 8 + n].decode("utf-8", errors="replace"), at + 8 + n
+
+            def value(kind: int, at: int):
+                if kind == _STRING:
+                    return string(at)
+                if kind == _ARRAY:
+                    sub, n = struct.unpack_from("<IQ", buf, at)
+                    at += 12
+                    if sub in _SCALAR:
+                        return None, at + n * struct.calcsize("<" + _SCALAR[sub])
+                    if sub == _STRING:  # skipped unread: only each string's length is needed
+                        length = struct.Struct("<Q").unpack_from
+                        for _ in range(n):
+                            at += 8 + length(buf, at)[0]
+                        return None, at
+                    for _ in range(n):
+                        _, at = value(sub, at)
+                    return None, at
+                fmt = "<" + _SCALAR[kind]
+                return struct.unpack_from(fmt, buf, at)[0], at + struct.calcsize(fmt)
+
+            meta = {}
+            for _ in range(n_kv):
+                key, pos = string(pos)
+                (kind,) = struct.unpack_from("<I", buf, pos)
+                val, pos = value(kind, pos + 4)
+                if keep(key):
+                    meta[key] = val
+            infos = {}
+            for _ in range(n_tensors):
+                name, pos = string(pos)
+                (n_dims,) = struct.unpack_from("<I", buf, pos)
+                shape = list(struct.unpack_from(f"<{n_dims}Q", buf, pos + 4))
+                kind, _offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+                pos += 4 + 8 * n_dims + 12
+                qtype = gguf.GGMLQuantizationType(kind)
+                block, size = gguf.GGML_QUANT_SIZES[qtype]
+                elements = 1
+                for d in shape:
+                    elements *= d
+                infos[name] = {"type": qtype.name, "shape": shape, "elements": elements,
+                               "bytes": elements // block * size}
+    except (OSError, ValueError, struct.error) as e:
+        raise SuperweightError(f"cannot read GGUF file {str(path)!r}: {e}") from None
+    return meta, infos
 
 
 def _type_counts(tensors: dict[str, str]) -> dict[str, int]:

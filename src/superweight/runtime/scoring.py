@@ -172,47 +172,68 @@ def kl_divergence(model, reference, windows: torch.Tensor, *, n_threads: int | N
     >>> r = kl_divergence("model-q4km.gguf", "model-f32.gguf", windows)  # doctest: +SKIP
     >>> r.kld_mean, r.same_top  # doctest: +SKIP
     """
+    return kl_divergences([model], reference, windows, n_threads=n_threads)[0]
+
+
+def kl_divergences(models, reference, windows: torch.Tensor, *, n_threads: int | None = None
+                   ) -> list[KLDivergence]:
+    """`kl_divergence` of several models against one reference, the reference run once per window
+    (each model's and the reference's logits of one window in memory at a time)."""
     n, seqlen = _check(windows)
-    start = time.perf_counter()
-    name, logits_q, close_q = _provider(model, seqlen, n_threads)
+    first = seqlen // 2
+    opened = []
     try:
-        ref_name, logits_b, close_b = _provider(reference, seqlen, n_threads)
-    except BaseException:
-        close_q()
-        raise
-    klds, same, dps, nll_q, nll_b = [], [], [], [], []
-    try:
+        for m in [reference, *models]:
+            opened.append(_provider(m, seqlen, n_threads))
+        (ref_name, logits_b, _), rest = opened[0], opened[1:]
+        acc = [_Tally() for _ in rest]
         for w in windows.tolist():
-            first = seqlen // 2
-            lq, lb = logits_q(w), logits_b(w)
-            if lq.shape[-1] != lb.shape[-1]:
-                raise SuperweightError(f"the models' vocabularies differ ({lq.shape[-1]} vs {lb.shape[-1]} tokens)")
-            q, b = _log_softmax(lq[first:seqlen - 1]), _log_softmax(lb[first:seqlen - 1])  # [k, vocab]
+            lb = logits_b(w)
+            b = _log_softmax(lb[first:seqlen - 1])  # [k, vocab]
             right = np.asarray(w[first + 1:])
-            rows = np.arange(right.size)
-            klds.append((np.exp(b) * (b - q)).sum(axis=-1))
-            same.append(q.argmax(axis=-1) == b.argmax(axis=-1))
-            dps.append(np.exp(q[rows, right]) - np.exp(b[rows, right]))
-            nll_q.append(-q[rows, right])
-            nll_b.append(-b[rows, right])
+            for tally, (_, logits_q, _) in zip(acc, rest):
+                t = time.perf_counter()
+                lq = logits_q(w)
+                if lq.shape[-1] != lb.shape[-1]:
+                    raise SuperweightError(f"the models' vocabularies differ ({lq.shape[-1]} vs {lb.shape[-1]} tokens)")
+                tally.add(_log_softmax(lq[first:seqlen - 1]), b, right)
+                tally.seconds += time.perf_counter() - t
     finally:
-        close_q()
-        close_b()
-    kld, top, dp = np.concatenate(klds), np.concatenate(same), np.concatenate(dps)
-    nq, nb = np.concatenate(nll_q), np.concatenate(nll_b)
-    kld = np.maximum(kld, 0.0)  # float rounding can leave -1e-17 where the distributions are equal
-    k = kld.size
-    share = float(top.mean())
-    return KLDivergence(
-        model=name, reference=ref_name, tokens=k, windows=n, seqlen=seqlen,
-        kld_mean=float(kld.mean()), kld_stderr=float(kld.std(ddof=1) / math.sqrt(k)) if k > 1 else 0.0,
-        kld_median=float(np.median(kld)), kld_max=float(kld.max()), kld_min=float(kld.min()),
-        kld_percentiles={f"{p:g}": float(np.percentile(kld, p)) for p in KLD_PERCENTILES},
-        same_top=share, same_top_stderr=math.sqrt(share * (1 - share) / (k - 1)) if k > 1 else 0.0,
-        delta_p_mean=float(dp.mean()), delta_p_rms=float(np.sqrt((dp * dp).mean())),
-        ppl=math.exp(nq.mean()), ppl_reference=math.exp(nb.mean()),
-        ppl_ratio=math.exp(nq.mean() - nb.mean()), ln_ppl_ratio=float(nq.mean() - nb.mean()),
-        seconds=time.perf_counter() - start)
+        for _, _, close in opened:
+            close()
+    return [tally.result(name, ref_name, n, seqlen) for tally, (name, _, _) in zip(acc, rest)]
+
+
+@dataclass
+class _Tally:
+    """Per scored token: KLD, same top token, Δp, both NLLs (a few floats per token, no logits)."""
+
+    parts: dict = field(default_factory=lambda: {k: [] for k in ("kld", "top", "dp", "nq", "nb")})
+    seconds: float = 0.0
+
+    def add(self, q: np.ndarray, b: np.ndarray, right: np.ndarray) -> None:
+        rows = np.arange(right.size)
+        self.parts["kld"].append((np.exp(b) * (b - q)).sum(axis=-1))
+        self.parts["top"].append(q.argmax(axis=-1) == b.argmax(axis=-1))
+        self.parts["dp"].append(np.exp(q[rows, right]) - np.exp(b[rows, right]))
+        self.parts["nq"].append(-q[rows, right])
+        self.parts["nb"].append(-b[rows, right])
+
+    def result(self, name: str, ref_name: str, n: int, seqlen: int) -> KLDivergence:
+        kld, top, dp, nq, nb = (np.concatenate(self.parts[k]) for k in ("kld", "top", "dp", "nq", "nb"))
+        kld = np.maximum(kld, 0.0)  # float rounding can leave -1e-17 where the distributions are equal
+        k = kld.size
+        share = float(top.mean())
+        return KLDivergence(
+            model=name, reference=ref_name, tokens=k, windows=n, seqlen=seqlen,
+            kld_mean=float(kld.mean()), kld_stderr=float(kld.std(ddof=1) / math.sqrt(k)) if k > 1 else 0.0,
+            kld_median=float(np.median(kld)), kld_max=float(kld.max()), kld_min=float(kld.min()),
+            kld_percentiles={f"{p:g}": float(np.percentile(kld, p)) for p in KLD_PERCENTILES},
+            same_top=share, same_top_stderr=math.sqrt(share * (1 - share) / (k - 1)) if k > 1 else 0.0,
+            delta_p_mean=float(dp.mean()), delta_p_rms=float(np.sqrt((dp * dp).mean())),
+            ppl=math.exp(nq.mean()), ppl_reference=math.exp(nb.mean()),
+            ppl_ratio=math.exp(nq.mean() - nb.mean()), ln_ppl_ratio=float(nq.mean() - nb.mean()),
+            seconds=self.seconds)
 
 
 def score_torch(lm, windows: torch.Tensor) -> GgufPerplexity:
