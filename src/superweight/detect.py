@@ -39,7 +39,7 @@ from superweight.model.hooks import observe_down_projs, observe_outputs
 from superweight.model.load import LoadedModel
 from superweight.records import (INPUT_FEATURE, SPIKE, SUPER_WEIGHT, MassiveActivation, SuperActivation,
                                  SuperWeight)
-from superweight.tensor.stats import abs_argmax, dominance, rank_by_magnitude, top_product
+from superweight.tensor.stats import abs_argmax, dominance, top_product
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -305,25 +305,24 @@ def _records(view, s: LayerStat, rnd: int, config: DetectConfig, tokens: list[st
              out_min: float) -> list[SuperWeight]:
     """A candidate layer's super weight candidates: the spike's own (row, col), and every other row
     that the same input feature `col` pushes over the output threshold (one column, several rows)."""
-    proj = view.down_proj(s.layer, s.expert)
-    w = proj.matrix().detach()  # [hidden, intermediate]
+    proj = view.down_proj(s.layer, s.expert)  # W [hidden, intermediate], read a row or a column at a time
     x = s.x_at_out  # [intermediate]
     col = s.col
-    fed = (x[col] * w[:, col].float().cpu()).abs()  # [hidden]: what the input feature adds per row
+    fed = (x[col] * proj.column(col)).abs()  # [hidden]: what the input feature adds per row
     rows = sorted({s.out_channel} | set((fed >= out_min).nonzero().flatten().tolist()))
     gain = view.norm_gain(s.layer)
     out = []
     for row in rows:
-        w_row = w[row].float().cpu()
+        w_row = proj.row(row)
         y = s.out_value if row == s.out_channel else float(s.y_row[row]) if s.y_row is not None \
             else float(x @ w_row)
         main = row == s.out_channel
         out.append(SuperWeight(
-            layer=s.layer, row=row, col=col, expert=s.expert, value=float(w[row, col]),
+            layer=s.layer, row=row, col=col, expert=s.expert, value=float(w_row[col]),
             input_value=float(x[col]), output_value=y, position=s.out_pos,
             token=tokens[s.out_pos] if s.out_pos < len(tokens) else None,
             dominance=dominance(x, w_row, col), output_without=y - float(x[col] * w_row[col]),
-            rank=rank_by_magnitude(w, row, col), round=rnd,
+            rank=proj.rank(row, col), round=rnd,
             late=s.layer >= config.late_from(view.num_layers),
             norm_output=s.norm_out if main else None,
             norm_gain=float(gain[row]) if gain is not None else None,
@@ -358,7 +357,7 @@ def detect_rounds(view, run_pass: PassRunner, prompt: str, tokens: list[str], la
     `run_pass(pruned, probe)` runs one forward pass with the weights `pruned` (keys (layer, row,
     col, expert)) removed and returns the per-layer `LayerStat`s (`layer_stats`); with a `probe`
     it also feeds the residual stream to it. `view` answers `num_layers`, `down_proj(layer,
-    expert)` (`.row(r)`, `.matrix()`) and `norm_gain(layer)`: a `ModelView`, or the GGUF-backed
+    expert)` (`.row(r)`, `.column(c)`, `.rank(r, c)`) and `norm_gain(layer)`: a `ModelView`, or the GGUF-backed
     view of the llama.cpp engine (`superweight.runtime.detect`).
     """
     late_from = config.late_from(view.num_layers)

@@ -247,6 +247,16 @@ class DownProj:
         layer it only observes; a GGUF-backed projection reads just that row)."""
         return self.matrix()[row].detach().float().cpu()
 
+    def column(self, col: int) -> torch.Tensor:
+        """W[:, col] as float32 on the CPU: what one input feature feeds into every output channel."""
+        return self.matrix()[:, col].detach().float().cpu()
+
+    def rank(self, row: int, col: int) -> int:
+        """1-based rank of |W[row, col]| among all of W's entries (1 = the largest)."""
+        from superweight.tensor.stats import rank_by_magnitude
+
+        return rank_by_magnitude(self.matrix().detach(), row, col)
+
     def index(self, row, col) -> tuple:
         """Where W[row, col] sits in the stored parameter `module.<param>` (rows/cols: ints or tensors)."""
         if self.layout == "conv1d":

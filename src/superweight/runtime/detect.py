@@ -10,8 +10,8 @@ at a spike's position; never whole activations past their own layer).
 The same detection runs on those numbers (`superweight.detect.detect_rounds`: the same
 thresholds, candidates, origins and records); only the pass differs:
 - **weights** are read from the GGUF tensor itself (`gguf.GGUFReader`, memory-mapped): one row of
-  a down projection dequantized where a spike needs it, the whole matrix only for a candidate's
-  rank and column (one at a time);
+  a down projection dequantized where a spike needs it; a candidate's column and rank stream
+  through its matrix a few MB at a time (no dequantized matrix is ever held);
 - **a weight removed** in a later round (or in verification) is removed in the callback: the down
   projection's output channel `row` minus W[row, col] · X[:, col], X being the input llama.cpp just
   computed — the same as zeroing the weight (`tests/runtime` checks it against a GGUF with the
@@ -48,26 +48,119 @@ DEFAULT_CTX = 512
 
 # --- the GGUF's weights, read where needed ------------------------------------------------------
 
+@dataclass
+class _TensorInfo:
+    name: str
+    qtype: object  # gguf.GGMLQuantizationType
+    ne: tuple[int, ...]  # ggml order: ne[0] = a row's length
+    offset: int  # absolute, in the file
+    row_bytes: int
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.ne[1:]) if len(self.ne) > 1 else 1
+
+
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _read_table(path: Path) -> tuple[dict[str, _TensorInfo], dict[str, object]]:
+    """(tensors, the scalar/string metadata) of a GGUF v2/v3 file, from its header only.
+
+    `gguf.GGUFReader` builds a numpy view for every piece of metadata — seconds for a 50k-token
+    vocabulary — where detection needs a handful of keys and the tensors' places; this walks the
+    header with `struct` over the mapped file instead. Any inconsistency raises (the caller then
+    lets `read_gguf` word the error, as the torch engine does)."""
+    import mmap
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            value = struct.unpack_from("<" + fmt, m, pos)
+            pos += struct.calcsize("<" + fmt)
+            return value[0]
+
+        def text() -> str:
+            nonlocal pos
+            n = take("Q")
+            if pos + n > len(m):
+                raise ValueError("string past the end of the file")
+            pos += n
+            return m[pos - n:pos].decode("utf-8")
+
+        def value(kind: int):
+            nonlocal pos
+            if kind in _SCALAR:
+                return take(_SCALAR[kind])
+            if kind == 8:
+                return text()
+            if kind == 9:
+                sub, count = take("I"), take("Q")
+                if sub in _SCALAR:  # skipped whole
+                    pos += count * struct.calcsize(_SCALAR[sub])
+                else:
+                    for _ in range(count):
+                        value(sub)
+                return None
+            raise ValueError(f"unknown metadata type {kind}")
+
+        if take("4s") != b"GGUF" or take("I") < 2:
+            raise ValueError("not a GGUF v2/v3 header")
+        n_tensors, n_kv = take("Q"), take("Q")
+        meta: dict[str, object] = {}
+        for _ in range(n_kv):
+            key = text()
+            v = value(take("I"))
+            if v is not None:
+                meta[key] = v
+        infos = []
+        for _ in range(n_tensors):
+            name = text()
+            ne = tuple(take("Q") for _ in range(take("I")))
+            qtype, offset = GGMLQuantizationType(take("I")), take("Q")
+            block, size = GGML_QUANT_SIZES[qtype]
+            infos.append((name, qtype, ne, offset, ne[0] // block * size))
+        align = int(meta.get("general.alignment", 32))
+        start = (pos + align - 1) // align * align
+        tensors = {}
+        for name, qtype, ne, offset, row_bytes in infos:
+            info = _TensorInfo(name, qtype, ne, start + offset, row_bytes)
+            if info.offset + info.rows * row_bytes > len(m):
+                raise ValueError(f"tensor {name!r} past the end of the file")
+            tensors[name] = info
+        if not tensors:
+            raise ValueError("no tensors")
+    return tensors, meta
+
+
 class GgufWeights:
-    """The tensors of a GGUF file, memory-mapped (`gguf.GGUFReader`), dequantized on demand:
-    a row (`row`) or one whole matrix at a time (`matrix`, the last one kept)."""
+    """The tensors of a GGUF file, memory-mapped, dequantized on demand (`gguf.quants`): one row
+    (`row`), or a few MB of rows at a time for a column or a rank (`column`, `rank`), so no whole
+    matrix is ever held in float32 (a 70B down projection would be ~1 GB)."""
 
     def __init__(self, path: Path):
-        from superweight.model.gguf import read_gguf
-
         self.path = Path(path)
-        self.reader = read_gguf(self.path)
-        self.tensors = {t.name: t for t in self.reader.tensors}
+        try:
+            self.tensors, self.meta = _read_table(self.path)
+        except Exception as e:  # a damaged file: word it as the torch engine does
+            from superweight.model.gguf import read_gguf
+
+            read_gguf(self.path)
+            raise SuperweightError(f"corrupt or truncated GGUF file {str(self.path)!r}: {e}") from e
         self.arch = self.text("general.architecture")
-        self._last: tuple[str, np.ndarray] | None = None
+        self._maps: dict[str, np.ndarray] = {}
 
     def text(self, key: str) -> str:
-        f = self.reader.fields.get(key)
-        if f is None:
+        if not isinstance(self.meta.get(key), str):
             raise SuperweightError(f"GGUF file {str(self.path)!r} has no {key!r} in its metadata")
-        return bytes(f.parts[f.data[0]]).decode("utf-8")
+        return self.meta[key]
 
-    def tensor(self, name: str):
+    def tensor(self, name: str) -> _TensorInfo:
         if name not in self.tensors:
             raise SuperweightError(f"GGUF file {str(self.path)!r} has no tensor {name!r}")
         return self.tensors[name]
@@ -77,33 +170,46 @@ class GgufWeights:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """(rows, cols) as numpy orders them: ggml's ne reversed ([n_embd, n_ff] for ffn_down)."""
-        return tuple(int(n) for n in reversed(self.tensor(name).shape))
+        return tuple(int(n) for n in reversed(self.tensor(name).ne))
 
     def type_name(self, name: str) -> str:
-        return self.tensor(name).tensor_type.name
+        return self.tensor(name).qtype.name
+
+    def _rows(self, name: str):
+        """(info, the tensor's stored rows as uint8 [rows, row_bytes], mapped, not read)."""
+        t = self.tensor(name)
+        if name not in self._maps:
+            self._maps[name] = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset,
+                                         shape=(t.rows, t.row_bytes))
+        return t, self._maps[name]
 
     def row(self, name: str, r: int) -> np.ndarray:
-        """Row `r` dequantized to float32 (one block row of the file)."""
+        """Row `r` dequantized to float32 (a copy; one block row of the file)."""
         from gguf.quants import dequantize
 
-        if self._last is not None and self._last[0] == name:
-            return self._last[1][r].copy()
-        t = self.tensor(name)
-        data = t.data.reshape(-1, t.data.shape[-1]) if t.data.ndim > 1 else t.data.reshape(1, -1)
-        return np.array(dequantize(data[r:r + 1], t.tensor_type), dtype=np.float32).reshape(-1)  # a copy
+        t, rows = self._rows(name)
+        return np.array(dequantize(rows[r:r + 1], t.qtype), dtype=np.float32).reshape(-1)
+
+    def chunks(self, name: str, chunk_bytes: int = 4 << 20):
+        """(first row, float32 rows) over the whole tensor, a few MB of the file at a time."""
+        from gguf.quants import dequantize
+
+        t, rows = self._rows(name)
+        step = max(1, chunk_bytes // max(1, rows.strides[0]))
+        for start in range(0, rows.shape[0], step):
+            yield start, np.asarray(dequantize(rows[start:start + step], t.qtype), dtype=np.float32)
+
+    def column(self, name: str, col: int) -> np.ndarray:
+        return np.concatenate([block[:, col] for _, block in self.chunks(name)]).astype(np.float32)
+
+    def rank(self, name: str, row: int, col: int) -> int:
+        """1-based rank of |W[row, col]| among the tensor's entries (as `rank_by_magnitude`)."""
+        v = abs(float(self.row(name, row)[col]))
+        return 1 + sum(int(np.count_nonzero(np.abs(block) > v)) for _, block in self.chunks(name))
 
     def matrix(self, name: str) -> np.ndarray:
-        """The whole tensor dequantized to float32 [rows, cols] (kept until another is asked)."""
-        from superweight.model.gguf import _dequantize
-
-        if self._last is None or self._last[0] != name:
-            self._last = None  # free the previous one first
-            t = self.tensor(name)
-            values = np.asarray(_dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
-            if not values.flags.writeable:  # a float tensor comes back as the mapped file itself
-                values = values.copy()
-            self._last = (name, values.reshape(self.shape(name)))
-        return self._last[1]
+        """The whole tensor dequantized to float32 [rows, cols] (tests; detection never asks)."""
+        return np.concatenate([block for _, block in self.chunks(name)]).reshape(self.shape(name))
 
 
 @dataclass
@@ -124,6 +230,12 @@ class GgufDownProj:
 
     def row(self, row: int) -> torch.Tensor:
         return torch.from_numpy(self.weights.row(self.name, row))
+
+    def column(self, col: int) -> torch.Tensor:
+        return torch.from_numpy(self.weights.column(self.name, col))
+
+    def rank(self, row: int, col: int) -> int:
+        return self.weights.rank(self.name, row, col)
 
     def matrix(self) -> torch.Tensor:
         return torch.from_numpy(self.weights.matrix(self.name))
@@ -575,10 +687,8 @@ def _gguf_of(ref: str) -> tuple[Path | None, str | None]:
 
 def conversion_bytes(path: Path, cache_dtype: str = "float32") -> int:
     """What the converted copy of a GGUF takes on disk: every tensor's elements at the cache dtype."""
-    from superweight.model.gguf import read_gguf
-
     size = 2 if cache_dtype == "bfloat16" else 4
-    return sum(int(t.n_elements) * size for t in read_gguf(path).tensors)
+    return sum(math.prod(t.ne) * size for t in GgufWeights(path).tensors.values())
 
 
 def choose_engine(ref: str, requested: str = "auto", *, no_cache: bool = False, cache_dtype: str = "float32",
@@ -626,8 +736,9 @@ def _auto_gguf(path: Path, cache_dtype: str) -> EngineChoice:
         import llama_cpp  # noqa: F401 - only whether the optional binding is there
     except ImportError:
         return EngineChoice("torch", "llama-cpp-python is not installed")
-    arch = GgufWeights(path).arch
     from superweight.runtime.graph import GRAPH_NAMES
+
+    arch = GgufWeights(path).arch
 
     if arch not in GRAPH_NAMES:
         return EngineChoice("torch", f"llama.cpp graph of architecture {arch!r} not mapped")
