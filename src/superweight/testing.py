@@ -60,6 +60,18 @@ TINY_CONFIGS: dict[str, dict] = {
     "mixtral": {**_DECODER, **_MOE, "num_local_experts": 4},
     "qwen2_moe": {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": INTERMEDIATE,
                   "shared_expert_intermediate_size": INTERMEDIATE, "decoder_sparse_step": 1},
+    "qwen3_moe": {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": INTERMEDIATE,
+                  "decoder_sparse_step": 1, "norm_topk_prob": True},
+    "olmoe": {**_DECODER, **_MOE, "num_experts": 4},
+    # DeepSeek-V3: multi-head latent attention, a first dense layer, one shared expert, sigmoid
+    # routing in one group
+    "deepseek_v3": {**_DECODER, **_MOE, "n_routed_experts": 4, "n_shared_experts": 1,
+                    "moe_intermediate_size": INTERMEDIATE, "first_k_dense_replace": 1, "n_group": 1,
+                    "topk_group": 1, "q_lora_rank": 32, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
+                    "qk_nope_head_dim": 8, "v_head_dim": 16, "num_key_value_heads": HEADS,
+                    "head_dim": 8},
+    "gpt_oss": {**_DECODER, **_MOE, "num_local_experts": 4, "sliding_window": 16, "layer_types": None,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
 }
 TINY_TYPES: tuple[str, ...] = tuple(TINY_CONFIGS)
 
@@ -77,6 +89,8 @@ def tiny_model(model_type: str, *, num_layers: int = 6, seed: int = 0, **overrid
     if model_type not in TINY_CONFIGS:
         raise SuperweightError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_TYPES)}")
     kwargs = {**_IDS, **TINY_CONFIGS[model_type], "num_hidden_layers": num_layers, **overrides}
+    if "layer_types" in kwargs and kwargs["layer_types"] is None:  # gpt-oss: alternate, one per layer
+        kwargs["layer_types"] = [("sliding_attention", "full_attention")[i % 2] for i in range(num_layers)]
     config = AutoConfig.for_model(model_type, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -283,12 +297,11 @@ def _project_out(view: ModelView, u: torch.Tensor) -> None:
     """Make every feature-producing row orthogonal to `u`, so that features not planted ignore the
     shared direction (models without a norm before the MLP, like OLMo 2, would otherwise grow
     O(10) features everywhere and hide the planted one from a ratio test)."""
-    a = view.adapter
-    for layer in view.layers:
-        for spec in a.up_projs + a.shared_up_projs:
+    for i, layer in enumerate(view.layers):
+        for spec in view.up_specs(i):
             w = getattr(get_path(layer, spec.path), spec.param)
-            if spec.layout == "conv1d":  # [in, out]
-                w -= u[:, None] * (u @ w)[None, :]
+            if spec.layout in ("conv1d", "experts_t"):  # [..., in, out]
+                w -= u[:, None] * (u @ w)[..., None, :]
             else:  # [..., out, in]
                 w -= (w @ u)[..., None] * u
 
