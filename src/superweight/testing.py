@@ -239,7 +239,8 @@ def _probe_ids(model: nn.Module) -> torch.Tensor:
     return torch.randperm(vocab, generator=g)[:48].unsqueeze(0)
 
 
-def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Tensor) -> torch.Tensor:
+def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Tensor,
+                ids: torch.Tensor | None = None) -> torch.Tensor:
     """The input of the projection holding `feat`, projected on `v`, for every probe token."""
     seen: list[torch.Tensor] = []
 
@@ -248,7 +249,7 @@ def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Te
         seen.append(x.reshape(-1, x.shape[-1]) @ v)
 
     with hooked([(feat.module, hook)]):
-        model(input_ids=_probe_ids(model))
+        model(input_ids=_probe_ids(model) if ids is None else ids)
     return seen[0]
 
 
@@ -304,6 +305,110 @@ def _project_out(view: ModelView, u: torch.Tensor) -> None:
                 w -= u[:, None] * (u @ w)[..., None, :]
             else:  # [..., out, in]
                 w -= (w @ u)[..., None] * u
+
+
+# --- super experts (mixture-of-experts models) -----------------------------------------------------
+
+def plant_super_expert(model: nn.Module, layer: int, row: int, col: int, *, expert: int | None = 1,
+                       weight: float = 50.0, input_scale: float = 100.0, sink: bool = True) -> SuperWeight:
+    """A super expert as Su et al. (2025) describe it: expert `expert` of `layer` (None: the layer's
+    shared expert) is routed for the first token (<s>) and its down projection weight W[row, col]
+    makes a massive activation on channel `row` there (≈ weight × input_scale), which the residual
+    stream carries on. With `sink`, one attention head in every later layer reads that channel in its
+    keys, so the first token becomes an attention sink — made by the super expert: prune it and the
+    sink goes. One super expert per model; returns the planted weight's record.
+
+    The first token gets a direction `b` of its own in the embedding (every token also gets the shared
+    direction `u` that planting uses); the expert's feature rows and its router row read `b`.
+    """
+    view = ModelView(model, adapter_for(model.config.model_type))
+    if not view.is_moe_layer(layer):
+        raise SuperweightError(f"layer {layer} has no experts")
+    proj = view.down_proj(layer, expert)
+    rows, cols = proj.shape
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise SuperweightError(f"({layer}, {row}, {col}) outside the {rows} x {cols} down projection")
+    state: _State = getattr(model, _STATE, None) or _State([])
+    object.__setattr__(model, _STATE, state)
+    with torch.no_grad():
+        if state.direction is None:
+            state.direction = _add_shared_direction(model, view)
+        b = _add_token_direction(model, view, BOS_ID, state.direction)
+        proj.matrix()[row, col] = weight
+        feats = view.feature_rows(layer, col, expert)
+        per_row = input_scale ** (1 / len(feats))
+        for f in feats:
+            f.weight.copy_(b)
+            if f.bias is not None:
+                f.bias.zero_()
+        probe = _probe_ids(model)
+        ids = torch.cat([torch.tensor([[BOS_ID]]), probe[probe != BOS_ID][None]], dim=1)
+        s = _read_along(model, view, feats[0], b, ids)  # [tokens]: position 0 is <s>
+        if not float(s[0]) > 2 * float(s[1:].abs().max()):
+            raise SuperweightError(f"could not plant at layer {layer}: the first token's direction does "
+                                   f"not stand out ({float(s[0]):.3g} vs {float(s[1:].abs().max()):.3g})")
+        for f in feats:
+            f.weight.mul_(per_row / float(s[0]))
+        router = view.router_weight(layer)
+        if router is not None and expert is not None:
+            router[expert].copy_(b * (ROUTER_LOGIT / float(s[0])))
+        if sink:
+            for later in range(layer + 1, view.num_layers):
+                _plant_sink(view, later, row, state.direction)
+    return SuperWeight(layer, row, col, expert=expert, value=float(weight), input_value=float(input_scale),
+                       output_value=float(weight * input_scale), position=0)
+
+
+def _add_token_direction(model: nn.Module, view: ModelView, token_id: int, u: torch.Tensor) -> torch.Tensor:
+    """Give one token's embedding a direction of its own (orthogonal to `u`, as large as `u`'s share);
+    every feature-producing row is made orthogonal to it. Returns the unit direction."""
+    emb = model.get_input_embeddings().weight  # [vocab, hidden]
+    g = torch.Generator().manual_seed(2468)
+    b = torch.randn(emb.shape[1], generator=g)
+    b = b - b.mean()
+    b = b - (b @ u) * u
+    b = b / b.norm()
+    emb[token_id] += b * float(emb[token_id] @ u)  # as large as the shared direction it already has
+    _project_out(view, b)
+    return b
+
+
+def _plant_sink(view: ModelView, layer: int, channel: int, u: torch.Tensor) -> None:
+    """Head 0 of `layer` attends to any key whose normalised residual is large on `channel`: its query
+    reads the shared direction `u` (every token's), its key reads `channel` (and, on a second
+    dimension, `u`, so that a norm over the key does not make every token's key alike). The
+    dimensions used are the rotary embedding's slowest pair, or DeepSeek's non-rotary ("nope") ones."""
+    a = get_path(view.layers[layer], view.adapter.attention)
+    c = torch.zeros_like(u)
+    c[channel] = 1.0
+    c -= u * u[channel] / (u @ u)  # the channel, less what every token has of it through u, ...
+    c -= 3.0 * u  # ... and less u itself: a key is large where the channel is and the shared direction is not
+    if hasattr(a, "q_proj") and hasattr(a, "k_proj") and a.q_proj is not None:
+        hd = a.head_dim
+        d, d2 = hd // 2 - 1, hd // 2 - 2  # rotate_half pairs (i, i + hd/2): the lowest frequencies
+        q, k = a.q_proj.weight, a.k_proj.weight
+        for h in range(q.shape[0] // hd):  # every query head ...
+            q[h * hd + d] = u
+            q[h * hd + d2] = 0.0
+        for h in range(k.shape[0] // hd):  # ... and every key head
+            k[h * hd + d] = c
+            k[h * hd + d2] = u
+        for m in (a.q_proj, a.k_proj):
+            if m.bias is not None:
+                m.bias.view(-1, hd)[:, [d, d2]] = 0.0
+    elif hasattr(a, "kv_a_proj_with_mqa") and hasattr(a, "q_a_proj"):  # multi-head latent attention
+        a.q_a_proj.weight[0] = u  # q latent dim 0 reads u; each query head's first "nope" dim reads it
+        kv = a.kv_a_proj_with_mqa.weight
+        kv[0] = c  # kv latent dim 0 reads the channel, dim 1 reads u
+        kv[1] = u
+        q_head, k_head = a.qk_head_dim, a.qk_nope_head_dim + a.v_head_dim
+        for h in range(a.num_heads):  # ... and each key head's first "nope" dim reads latent dim 0
+            a.q_b_proj.weight[h * q_head] = 0.0
+            a.q_b_proj.weight[h * q_head, 0] = 4.0
+            a.kv_b_proj.weight[h * k_head] = 0.0
+            a.kv_b_proj.weight[h * k_head, 0] = 4.0
+    else:
+        raise SuperweightError(f"cannot plant an attention sink in {type(a).__name__}")
 
 
 # --- other makers of massive activations -----------------------------------------------------------
