@@ -260,7 +260,7 @@ class RuleThresholds:
 def rule(profile: ExpertProfile, config: SuperExpertConfig) -> tuple[list[ExpertStat], list[ExpertStat],
                                                                       RuleThresholds]:
     """(super experts, late-layer outlier experts, thresholds) by the paper's rule and our guard."""
-    pop = profile.population(config.include_shared)
+    pop = [s for s in profile.population(config.include_shared) if s.routed]  # experts never routed have no maximum
     values = torch.tensor([abs(s.value) for s in pop], dtype=torch.float64)
     if values.numel() == 0:
         raise SuperweightError("no experts were profiled")
@@ -453,12 +453,23 @@ def _eager_attention(model) -> Iterator[None]:
 
 def sink_share(lm, ids: torch.Tensor) -> float:
     """The attention-sink share: the mean attention weight on the first token, over layers, heads
-    and every query after the first."""
-    with torch.no_grad(), _eager_attention(lm.model):
-        out = lm.model(input_ids=ids, output_attentions=True)
-    shares = [float(a[:, :, 1:, 0].float().mean()) for a in out.attentions if a is not None]
+    and every query after the first. The eager attention's weights are reduced in scoped hooks on
+    the attention modules (`output_attentions` would leave transformers' capturing hooks behind)."""
+    from superweight.model.hooks import hooked
+
+    view = lm.view
+    shares: list[float] = []
+
+    def hook(module, inputs, output):
+        w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if isinstance(w, torch.Tensor) and w.dim() == 4 and w.shape[-2] > 1:  # [batch, heads, q, k]
+            shares.append(float(w[:, :, 1:, 0].float().mean()))
+
+    pairs = [(get_path(layer, view.adapter.attention), hook) for layer in view.layers]
+    with torch.no_grad(), _eager_attention(lm.model), hooked(pairs):
+        lm.model(input_ids=ids)
     if not shares:
-        raise SuperweightError("the model returned no attention weights")
+        raise SuperweightError("the attention modules returned no attention weights")
     return sum(shares) / len(shares)
 
 

@@ -333,7 +333,8 @@ def plant_super_expert(model: nn.Module, layer: int, row: int, col: int, *, expe
     with torch.no_grad():
         if state.direction is None:
             state.direction = _add_shared_direction(model, view)
-        b = _add_token_direction(model, view, BOS_ID, state.direction)
+        u = state.direction
+        b = _add_token_direction(model, view, BOS_ID, u, row)
         proj.matrix()[row, col] = weight
         feats = view.feature_rows(layer, col, expert)
         per_row = input_scale ** (1 / len(feats))
@@ -343,15 +344,20 @@ def plant_super_expert(model: nn.Module, layer: int, row: int, col: int, *, expe
                 f.bias.zero_()
         probe = _probe_ids(model)
         ids = torch.cat([torch.tensor([[BOS_ID]]), probe[probe != BOS_ID][None]], dim=1)
-        s = _read_along(model, view, feats[0], b, ids)  # [tokens]: position 0 is <s>
-        if not float(s[0]) > 2 * float(s[1:].abs().max()):
+        s_b = _read_along(model, view, feats[0], b, ids)  # [tokens]: position 0 is <s>
+        s_u = _read_along(model, view, feats[0], u, ids)
+        gate = s_b - 0.5 * s_u  # the gate (and router) read b - u/2: positive at <s> only
+        if not (float(gate[0]) > 0 and bool((gate[1:] < -0.5 * float(gate[0])).all())):
             raise SuperweightError(f"could not plant at layer {layer}: the first token's direction does "
-                                   f"not stand out ({float(s[0]):.3g} vs {float(s[1:].abs().max()):.3g})")
-        for f in feats:
-            f.weight.mul_(per_row / float(s[0]))
+                                   f"not stand out ({float(gate[0]):.3g} vs {float(gate[1:].max()):.3g})")
+        for j, f in enumerate(feats):
+            if j == 0 and len(feats) > 1:
+                f.weight.copy_((b - 0.5 * u) * (per_row / float(gate[0])))
+            else:
+                f.weight.mul_(per_row / float(s_b[0]))
         router = view.router_weight(layer)
         if router is not None and expert is not None:
-            router[expert].copy_(b * (ROUTER_LOGIT / float(s[0])))
+            router[expert].copy_((b - 0.5 * u) * (ROUTER_LOGIT / float(gate[0])))
         if sink:
             for later in range(layer + 1, view.num_layers):
                 _plant_sink(view, later, row, state.direction)
@@ -359,14 +365,19 @@ def plant_super_expert(model: nn.Module, layer: int, row: int, col: int, *, expe
                        output_value=float(weight * input_scale), position=0)
 
 
-def _add_token_direction(model: nn.Module, view: ModelView, token_id: int, u: torch.Tensor) -> torch.Tensor:
-    """Give one token's embedding a direction of its own (orthogonal to `u`, as large as `u`'s share);
-    every feature-producing row is made orthogonal to it. Returns the unit direction."""
+def _add_token_direction(model: nn.Module, view: ModelView, token_id: int, u: torch.Tensor,
+                         channel: int) -> torch.Tensor:
+    """Give one token's embedding a direction of its own (orthogonal to `u` and to `channel`, as large
+    as `u`'s share); every feature-producing row is made orthogonal to it. Returns the unit direction."""
     emb = model.get_input_embeddings().weight  # [vocab, hidden]
     g = torch.Generator().manual_seed(2468)
     b = torch.randn(emb.shape[1], generator=g)
     b = b - b.mean()
-    b = b - (b @ u) * u
+    e = torch.zeros_like(u)
+    e[channel] = 1.0
+    e = e - (e @ u) * u
+    for q in (u, e / e.norm()):
+        b = b - (b @ q) * q
     b = b / b.norm()
     emb[token_id] += b * float(emb[token_id] @ u)  # as large as the shared direction it already has
     _project_out(view, b)
@@ -381,8 +392,7 @@ def _plant_sink(view: ModelView, layer: int, channel: int, u: torch.Tensor) -> N
     a = get_path(view.layers[layer], view.adapter.attention)
     c = torch.zeros_like(u)
     c[channel] = 1.0
-    c -= u * u[channel] / (u @ u)  # the channel, less what every token has of it through u, ...
-    c -= 3.0 * u  # ... and less u itself: a key is large where the channel is and the shared direction is not
+    c -= u * u[channel] / (u @ u)  # the channel, less what every token has of it through u
     if hasattr(a, "q_proj") and hasattr(a, "k_proj") and a.q_proj is not None:
         hd = a.head_dim
         d, d2 = hd // 2 - 1, hd // 2 - 2  # rotate_half pairs (i, i + hd/2): the lowest frequencies
@@ -409,6 +419,58 @@ def _plant_sink(view: ModelView, layer: int, channel: int, u: torch.Tensor) -> N
             a.kv_b_proj.weight[h * k_head, 0] = 4.0
     else:
         raise SuperweightError(f"cannot plant an attention sink in {type(a).__name__}")
+
+
+class ExpertMLP(nn.Module):
+    """One unfused expert: act(gate(x))·up(x) → down, as remote-code MoE checkpoints keep them."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act: nn.Module):
+        super().__init__()
+        inter, hidden = gate_up.shape[0] // 2, gate_up.shape[1]
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+        with torch.no_grad():
+            self.gate_proj.weight.copy_(gate_up[:inter])
+            self.up_proj.weight.copy_(gate_up[inter:])
+            self.down_proj.weight.copy_(down)
+        self.act_fn = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertList(nn.ModuleList):
+    """Unfused experts: an nn.ModuleList of `ExpertMLP`, called like transformers' fused experts
+    module (hidden [tokens, hidden], top_k_index, top_k_weights), each expert on its routed tokens."""
+
+    def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        out = torch.zeros_like(hidden)
+        for e in torch.unique(top_k_index).tolist():
+            if e >= len(self):
+                continue
+            k, tokens = torch.where(top_k_index.T == e)  # k-major, as the old per-expert loops went
+            y = self[e](hidden[tokens]) * top_k_weights[tokens, k, None]
+            out.index_add_(0, tokens, y.to(out.dtype))
+        return out
+
+
+def unfuse_experts(model: nn.Module) -> nn.Module:
+    """Replace every fused experts module (3-D gate_up / down parameters) by an `ExpertList` holding
+    the same weights, one small MLP per expert (the layout remote-code checkpoints use). In place;
+    returns the model. Concatenated gate/up, untransposed, unbiased experts only (not gpt-oss)."""
+    view = ModelView(model, adapter_for(model.config.model_type))
+    for i in range(view.num_layers):
+        if not view.is_moe_layer(i) or view.is_unfused(i):
+            continue
+        fused = view.down_module(i)
+        if getattr(fused, "is_transposed", False) or getattr(fused, "has_bias", False):
+            raise SuperweightError(f"cannot unfuse {type(fused).__name__}: transposed or biased experts")
+        experts = ExpertList([ExpertMLP(fused.gate_up_proj[e].detach(), fused.down_proj[e].detach(),
+                                        fused.act_fn) for e in range(fused.gate_up_proj.shape[0])])
+        parent, name = view.adapter.down_proj.rsplit(".", 1)
+        setattr(get_path(view.layers[i], parent), name, experts)
+    return model
 
 
 # --- other makers of massive activations -----------------------------------------------------------
