@@ -134,13 +134,14 @@ class ExpertProfile:
         return [s for s in self.stats if s.kind in kinds]
 
     def maxima(self) -> tuple[torch.Tensor, bool]:
-        """[layers, experts (+1 shared column)] of max |output| (NaN where a layer has none) — the
+        """[layers, experts (+1 shared column)] of max |output| (NaN where a layer has none or the
+        expert was never routed) — the
         paper's heatmap — and whether the last column is the shared expert."""
         width = max(self.experts) if self.experts else 0
         shared = any(s.kind == SHARED for s in self.stats)
         grid = torch.full((self.num_layers, width + int(shared)), float("nan"))
         for s in self.stats:
-            if s.kind == ROUTED:
+            if s.kind == ROUTED and s.routed:  # never routed: no maximum (left blank)
                 grid[s.layer, s.expert] = abs(s.value)
             elif s.kind == SHARED:
                 grid[s.layer, width] = abs(s.value)
