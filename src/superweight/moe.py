@@ -570,7 +570,57 @@ def verify_super_experts(lm, experts: Sequence, *, text: str | None = None, draw
     return ExpertVerification(PRUNE_VARIANT, source, int(ids.shape[1]), base, pruned, rand)
 
 
-__all__ = ["SuperExpertConfig", "ExpertStat", "ExpertProfile", "profile_experts", "rule", "explain",
+# --- check: did a copy keep the super experts? ---------------------------------------------------
+
+@dataclass
+class ExpertCheckRow(Record):
+    """One super expert of the original, and the same expert in the other copy."""
+
+    layer: int
+    expert: int | None
+    channel: int
+    position: int
+    token: str | None
+    original: float  # the super expert's largest output (signed), on `channel`
+    other: float  # the same expert's output on `channel` at the same token in the other copy
+    ratio: float  # other / original (negative: the sign flipped; NaN: not routed there)
+    survives: bool
+
+
+def check_super_experts(a, b, prompt: str | None = None, config: SuperExpertConfig | None = None,
+                        survive_ratio: float = 0.5) -> tuple[SuperExpertResult, list[ExpertCheckRow]]:
+    """For each super expert of `a`: does `b` (quantized, fine-tuned) still make its massive output?
+    The same expert's output on the same channel and token in `b`, same prompt; it survives when it
+    keeps at least `survive_ratio` of the original's, with the same sign."""
+    result = super_experts(a, prompt, config)
+    found = result.super_experts
+    if not found:
+        return result, []
+    ids = _encode(b, result.profile.prompts[0])
+    seen: dict[tuple, float] = {}
+    want = {(s.layer, s.expert): s for s in found}
+
+    def on_down(proj, x, y, positions):
+        s = want.get((proj.layer, proj.expert))
+        if s is None or (proj.expert is None and not proj.shared):
+            return
+        hit = (positions == s.position).nonzero()
+        if hit.numel():
+            seen[(proj.layer, proj.expert)] = float(y[int(hit[0]), s.channel])
+
+    layers = sorted({s.layer for s in found})
+    with torch.no_grad(), observe_down_projs(b.view, on_down, layers, inline=True):
+        b.model(input_ids=ids)
+    rows = []
+    for s in found:
+        other = seen.get(s.key, math.nan)
+        ratio = other / s.value if s.value and not math.isnan(other) else math.nan
+        rows.append(ExpertCheckRow(s.layer, s.expert, s.channel, s.position, s.token, s.value, other, ratio,
+                                   not math.isnan(ratio) and ratio >= survive_ratio))
+    return result, rows
+
+
+__all__ = ["ExpertCheckRow", "check_super_experts", "SuperExpertConfig", "ExpertStat", "ExpertProfile", "profile_experts", "rule", "explain",
            "SuperExpert", "SuperExpertResult", "super_experts", "prune_experts", "check_experts",
            "sink_share", "verify_super_experts", "random_experts", "ExpertVerification", "Condition",
            "PRUNE_VARIANT", "RULE_TEXT"]

@@ -30,9 +30,21 @@ def run(args) -> int:
     b = load_from_args(args, args.other, share=2)
     selection = select_super_weights(a, args, coords)
     rows = check_models(a, b, selection.super_weights, args.prompt)
-    show_tables(args, check_tables(rows, args.original, args.other, SURVIVE_RATIO))
+    tables = check_tables(rows, args.original, args.other, SURVIVE_RATIO)
+    experts = None
+    if a.view.is_moe:  # a mixture of experts: did the super experts keep their massive output?
+        from superweight.moe import check_super_experts
+        from superweight.report.moe import expert_check_table
+
+        _, experts = check_super_experts(a, b, args.prompt, survive_ratio=SURVIVE_RATIO)
+        if experts:
+            tables.append(expert_check_table(experts, args.original, args.other))
+    show_tables(args, tables)
     manifest = read_manifest(b.source) if b.kind == "local" else None
-    write_json_arg(args.json, {**result_header("check", original=a.describe(), other=b.describe(),
-                                               survive_ratio=SURVIVE_RATIO, super_weight_source=selection.source),
-                               "other_manifest": manifest, "rows": [r.to_dict() for r in rows]})
-    return 0 if all(r.survives for r in rows) else 1
+    payload = {**result_header("check", original=a.describe(), other=b.describe(),
+                               survive_ratio=SURVIVE_RATIO, super_weight_source=selection.source),
+               "other_manifest": manifest, "rows": [r.to_dict() for r in rows]}
+    if experts is not None:
+        payload["super_experts"] = [r.to_dict() for r in experts]
+    write_json_arg(args.json, payload)
+    return 0 if all(r.survives for r in rows) and all(r.survives for r in experts or []) else 1
