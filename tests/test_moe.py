@@ -201,3 +201,50 @@ def test_rule_thresholds_and_config_checks(tokenizer):
     for bad in (dict(percentile=0), dict(fraction=2), dict(depth=0), dict(min_ratio=-1), dict(max_weights=0)):
         with pytest.raises(SuperweightError):
             SuperExpertConfig(**bad)
+
+
+# --- under a memory budget: experts offloaded to disk ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def budget_pair(tmp_path_factory):
+    """A planted Qwen3-MoE (hidden 128, 8 layers) loaded whole and under a third of its weights."""
+    from superweight.model import load_model
+    from superweight.testing import save_model
+
+    model = tiny_model("qwen3_moe", num_layers=8, hidden_size=128, moe_intermediate_size=256, head_dim=32)
+    plant_super_expert(model, LAYER, ROW, COL, expert=EXPERT)
+    path = save_model(model, tmp_path_factory.mktemp("moe-budget"))
+    full = load_model(path, quiet=True)
+    return full, load_model(path, quiet=True, max_memory=full.plan.weights_bytes // 3)
+
+
+def _bits(lm) -> dict[str, bytes]:
+    from superweight.model.offload import read_param
+
+    return {f"{n}.{p}": read_param(m, p).detach().contiguous().view(torch.uint8).numpy().tobytes()
+            for n, m in lm.model.named_modules() for p, _ in m.named_parameters(recurse=False)}
+
+
+def test_offloaded_experts_give_the_same_profile_result_and_verification(budget_pair):
+    from superweight.model.offload import is_offloaded
+
+    full, off = budget_pair
+    proj = off.view.down_proj(LAYER, EXPERT)
+    assert is_offloaded(proj.module, proj.param)  # the super expert's layer sits on disk
+    a, b = super_experts(full), super_experts(off)
+    assert [(s.key, s.kind, s.routed, s.channel, s.position) for s in a.profile.stats] == \
+        [(s.key, s.kind, s.routed, s.channel, s.position) for s in b.profile.stats]
+    assert [s.value for s in b.profile.stats] == pytest.approx([s.value for s in a.profile.stats], rel=1e-5, abs=1e-7)
+    assert [s.key for s in b.super_experts] == [(LAYER, EXPERT)]
+    assert [w.key for w in b.super_experts[0].weights] == [(LAYER, ROW, COL, EXPERT)]
+    before = _bits(off)
+    va = verify_super_experts(full, a.super_experts, text=TEXT, draws=1, max_tokens=48)
+    vb = verify_super_experts(off, b.super_experts, text=TEXT, draws=1, max_tokens=48)
+    assert [vb.pruned.ppl, vb.pruned.sink, vb.random[0].sink] == pytest.approx(
+        [va.pruned.ppl, va.pruned.sink, va.random[0].sink], rel=1e-5)
+    assert vb.pruned.sink < 0.5 * vb.base.sink
+    with pytest.raises(RuntimeError):
+        with prune_experts(off.view, [(LAYER, EXPERT)]):
+            assert off.view.down_proj(LAYER, EXPERT).matrix().abs().max() == 0
+            raise RuntimeError("interrupted")
+    assert _bits(off) == before
