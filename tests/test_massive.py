@@ -105,8 +105,9 @@ def test_one_input_feature_on_every_architecture(model_type, tokenizer):
     the outputs are normalised (no massive activation), so only the down projection search sees it."""
     model = tiny_model(model_type)
     e = 1 if model_type in MOE else None
-    # gpt-oss clamps its gate and up at 7: the feature reaches ~56, not 100, so its weights are doubled
-    weights = [100.0, 80.0, 60.0] if model_type == "gpt_oss" else None
+    # gpt-oss clamps its gate and up at 7 (the feature reaches ~56, not 100) and its residual stream is
+    # ~4x larger: larger weights keep every row over 1000x the median
+    weights = [150.0, 130.0, 110.0] if model_type == "gpt_oss" else None
     planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e, weights=weights)
     result = detect(wrap_model(model, tokenizer))
     assert {s.key: s.round for s in result.super_weights} == {s.key: 1 for s in planted}
