@@ -100,13 +100,16 @@ def main() -> None:
         small, large = args.pair.split(":")
         plan = [(t, v) for t in types for v in VARIANTS] + [(t, VARIANTS[0]) for t in (large,) if t not in types] \
             + [(t, VARIANTS[2]) for t in (small,) if t not in types]
+        stock: dict = {}  # (type, imatrix) -> the stock file's tensor types, which pin the other variants
         for kind, (label, protect, control, with_im) in plan:
             cfg = GGUFQuantConfig(kind, protect=protect, control=control, imatrix="c4" if with_im else None,
                                   imatrix_tokens=args.imatrix_tokens)
             t0 = time.perf_counter()
             out = Path(tmp) / f"{kind}-{len(rows)}.gguf"
             run = quantize_to_gguf(lm, cfg, sws, out, f32=f32, imatrix=im if with_im else None,
-                                   n_threads=args.threads, score=score)
+                                   n_threads=args.threads, score=score, stock_types=stock.get((kind, with_im)))
+            if protect == "none":
+                stock[(kind, with_im)] = run.result.manifest["tensors"]
             kld = run.scores[0].kld
             spikes = spikes_in_llamacpp(str(out), sws, DEFAULT_PROMPT, args.threads)
             s = run.result.summary()
