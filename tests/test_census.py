@@ -168,3 +168,23 @@ def test_ray_task_killed_every_time_is_recorded_failed(ray_cluster, tiny, tmp_pa
     assert bad["status"] == "failed"
     assert bad["error"].startswith("the Ray task failed after 2 attempt(s): WorkerCrashedError")
     assert ok["status"] == "done"
+
+
+@pytest.mark.integration
+def test_census_of_the_default_model_matches_detect_and_fills_the_catalog(tiny, tmp_path, monkeypatch):
+    from superweight import catalog
+    from superweight.census import add_to_catalog
+
+    monkeypatch.setenv("SUPERWEIGHT_CATALOG", str(tmp_path / "catalog.json"))
+    refs = ["smollm2-135m", tiny[1]]
+    run = run_census(refs, CensusConfig(verify_threshold=3.0), tmp_path / "c", workers=2, threads=1)
+    assert run.failed == []
+    for ref, entry in zip(refs, run.entries):
+        assert comparable(entry["detect"]) == comparable(detect_alone(ref, tmp_path, "--verify"))
+    row = run.rows[0]
+    assert row["super_weights"] == [[11, 507, 1229], [11, 507, 1487]] and row["catalog"] == "agrees with the catalog"
+    assert row["architecture"] == "llama" and row["layers"] == 30 and row["max_ppl_ratio"] > 3
+    ((model_id, coords, path),) = add_to_catalog(tmp_path / "c")  # the tiny model's candidate is not verified
+    assert model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and coords == [(11, 507, 1229), (11, 507, 1487)]
+    entry = catalog.lookup(model_id)
+    assert entry.origin == str(path) and entry.source.startswith("superweight census in ")
