@@ -76,15 +76,18 @@ def reservation(info: ModelInfo, share: int, total: int) -> tuple[int, int]:
 def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, workers: int = 1,
                max_memory: str | int | None = None, threads: int | None = None, retry_failed: bool = False,
                ray: str | None = None, retries: int = 1,
-               on_event: Callable[[str, str, dict | None], None] | None = None) -> CensusRun:
+               on_event: Callable[[str, str, dict | None], None] | None = None, pool=None) -> CensusRun:
     """Run every model not yet in the store at `out_dir` (with `retry_failed`, also those recorded
     failed), each in a worker: `workers` local processes sharing `max_memory` (default: what the
     machine has free), or Ray tasks on the cluster at `ray` ("auto": the local `ray start`), each
     retried `retries` times by Ray if its worker dies. `on_event(kind, ref, entry)` hears "plan"
-    (entry None; ref: how many will run), "skip", "start" and "done"."""
+    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` started
+    earlier (so its workers import torch while the caller checks its input); closed at the end."""
     from superweight.errors import SuperweightError
     from superweight.model.budget import FIT_FRACTION, available_ram, parse_size
 
+    if pool is not None:
+        workers = len(pool.workers)
     if workers < 1:
         raise SuperweightError(f"workers must be at least 1, got {workers}")
     if retries < 0:
@@ -94,8 +97,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     store = Store(out_dir)
     emit = on_event or (lambda *a: None)
     start = time.perf_counter()
-    pool = None
-    if ray is None:
+    if ray is None and pool is None:
         from superweight.census.local import LocalPool
 
         pool = LocalPool(workers)  # started first: the workers import torch while we look at the models

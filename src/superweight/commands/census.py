@@ -51,13 +51,26 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    pool = None
+    if args.ray is None:  # the workers import torch while the input is checked; closed on any error
+        from superweight.census.local import LocalPool
+
+        pool = LocalPool(args.workers)
+    try:
+        return _run(args, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(args, pool) -> int:
     from superweight._io import result_header
     from superweight.census import CensusConfig, read_refs, run_census
     from superweight.commands.detect import config_from_args, prompts_from_args
     from superweight.report.census import CensusProgress, census_table, write_outputs
     from superweight.report.tables import show
 
-    refs = read_refs(args.models, args.from_file)  # everything checked before any worker starts
+    refs = read_refs(args.models, args.from_file)  # everything checked before any model runs
     config = CensusConfig(detect=config_from_args(args).to_dict(), prompts=tuple(prompts_from_args(args)),
                           verify_threshold=args.verify_threshold if args.verify else None, ablate=args.ablate,
                           dtype=args.dtype, device=args.device, cache_dtype=args.cache_dtype,
@@ -70,7 +83,7 @@ def run(args) -> int:
     progress = CensusProgress(console(stderr=True))
     census = run_census(refs, config, args.out, workers=args.workers, max_memory=args.max_memory,
                         threads=args.threads, retry_failed=args.retry_failed, ray=args.ray, retries=args.retries,
-                        on_event=progress.on_event)
+                        on_event=progress.on_event, pool=pool)
     payload = result_header("census", **census.to_dict())
     title = f"superweight census: {len(refs)} models"
     if str(args.json) != "-":
