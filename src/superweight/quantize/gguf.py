@@ -160,8 +160,9 @@ def write_f32(lm: LoadedModel, path: str | Path, force: bool = False):
 
 
 def plan_overrides(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight], tensors: dict,
-                   n_layers: int) -> list[tuple[str, str]]:
-    """The overrides for llama.cpp: the user's first, then the protection (or its control)."""
+                   n_layers: int, stock_types: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The overrides for llama.cpp: the user's first, then the protection (or its control, on a
+    layer whose stock types match when `stock_types` are known, so the sizes match)."""
     from superweight.runtime.protect import control_overrides, protect_overrides
 
     overrides = list(config.tensor_types)
@@ -169,7 +170,8 @@ def plan_overrides(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight]
         return overrides
     if config.control:
         return overrides + control_overrides(super_weights, config.protect, n_layers=n_layers,
-                                             protect_type=config.protect_type, tensors=tensors)
+                                             protect_type=config.protect_type, tensors=tensors,
+                                             stock_types=stock_types)
     return overrides + protect_overrides(super_weights, config.protect, protect_type=config.protect_type,
                                          names=list(tensors))
 
@@ -253,15 +255,14 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Se
                 notes.append(written.note())
             f32 = written.path
         tensors = gguf_tensors(f32)
-        overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers)
+        pin = config.pin_stock and bool(config.tensor_types or (config.protect != "none" and super_weights))
+        if pin and stock_types is None:
+            stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
+            stock_types = stock["tensors"]
+        overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers, stock_types)
         metadata = {"config": config.label(), "source_model": lm.ref,
                     "super_weights": ";".join(",".join(map(str, s.coord)) for s in super_weights)}
-        pins = None
-        if overrides and config.pin_stock:
-            if stock_types is None:
-                stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
-                stock_types = stock["tensors"]
-            pins = stock_types
+        pins = stock_types if pin and overrides else None
         manifest = quantize_gguf(f32, out, config.type, overrides=overrides, imatrix=imatrix,
                                  imatrix_source=config.imatrix, nthread=n_threads, force=force,
                                  metadata=metadata, pin_types=pins,
