@@ -55,18 +55,18 @@ def _ffn(types: dict, layer: int) -> dict:
     return {k: types[f"blk.{layer}.ffn_{k}.weight"] for k in ("down", "gate", "up")}
 
 
-@pytest.mark.parametrize("protect, control, protected_layer", [
-    ("weight", False, LAYER), ("circuit", False, LAYER), ("circuit", True, 2)])
-def test_protection_lands_on_exactly_the_intended_tensors(tiny_gguf, tmp_path, protect, control, protected_layer):
-    out = tmp_path / "out.gguf"
-    argv = ["quantize", str(tiny_gguf), "--format", "gguf", "--type", "Q4_K_M", "--protect", protect,
-            "--coords", COORDS, "--save", str(out), "--no-eval", "--json", str(tmp_path / "r.json")]
-    assert main(argv + ["--control"] * control) == 0
-    types = _types(out)
-    stock = tmp_path / "stock.gguf"
-    assert main(["quantize", str(tiny_gguf), "--format", "gguf", "--type", "Q4_K_M", "--save", str(stock),
-                 "--no-eval"]) == 0
-    stock_types = _types(stock)
+def _quantize(tiny_gguf, out, *extra) -> int:
+    return main(["quantize", str(tiny_gguf), "--format", "gguf", "--type", "Q4_K_M", "--coords", COORDS,
+                 "--save", str(out), "--no-eval", *extra])
+
+
+@pytest.mark.parametrize("protect", ["weight", "circuit"])
+def test_protection_lands_on_exactly_the_intended_tensors(tiny_gguf, tmp_path, protect):
+    out, stock = tmp_path / "out.gguf", tmp_path / "stock.gguf"
+    assert _quantize(tiny_gguf, out, "--protect", protect, "--json", str(tmp_path / "r.json")) == 0
+    assert _quantize(tiny_gguf, stock) == 0
+    types, stock_types = _types(out), _types(stock)
+    protected_layer = LAYER
     want = {"down"} | ({"gate", "up"} if protect == "circuit" else set())
     assert {k for k, v in _ffn(types, protected_layer).items() if v == "Q8_0"} == want
     changed = {n for n in types if types[n] != stock_types[n]}
@@ -75,6 +75,23 @@ def test_protection_lands_on_exactly_the_intended_tensors(tiny_gguf, tmp_path, p
     assert result["kind"] == "quantize" and result["config"]["protect"] == protect
     assert sorted(result["summary"]["protected"]) == sorted(changed)
     assert result["manifest"]["ftype"] == "Q4_K_M"
+
+
+def test_control_moves_the_same_overrides_to_a_layer_without_a_super_weight(tiny_gguf, tmp_path):
+    """Same tensor kinds, same stock types, so the same file size; nothing else changes."""
+    circuit, control, stock = tmp_path / "circuit.gguf", tmp_path / "control.gguf", tmp_path / "stock.gguf"
+    assert _quantize(tiny_gguf, circuit, "--protect", "circuit") == 0
+    assert _quantize(tiny_gguf, control, "--protect", "circuit", "--control") == 0
+    assert _quantize(tiny_gguf, stock) == 0
+    c, k, s = _types(circuit), _types(control), _types(stock)
+    moved = {n for n in k if k[n] != s[n]}
+    layers = {int(n.split(".")[1]) for n in moved}
+    assert len(layers) == 1 and LAYER not in layers
+    (other,) = layers
+    assert moved == {f"blk.{other}.ffn_{x}.weight" for x in ("down", "gate", "up")}
+    assert all(k[n] == "Q8_0" for n in moved)
+    assert _ffn(s, other) == _ffn(s, LAYER)  # the control layer's stock types are the super weight layer's
+    assert control.stat().st_size == circuit.stat().st_size
 
 
 def test_quantize_then_score_in_llamacpp(tiny_gguf, text, tmp_path, capsys):
