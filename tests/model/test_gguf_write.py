@@ -5,7 +5,9 @@
 - GGUF → GGUF (dequantizing) keeps the metadata and the tensor names; a model loaded from a GGUF is
   written with the same tensors and its tokenizer copied.
 - llama.cpp loads what is written (tiny models of four architectures, and the default model), tokenizes
-  as the Hugging Face tokenizer does, and its logits match transformers' within `LOGIT_TOLERANCE`.
+  as the Hugging Face tokenizer does (byte-level BPE of four pre-tokenizer kinds, SentencePiece with
+  and without a space prefix), and its logits match transformers' within `LOGIT_TOLERANCE`; Llama 3
+  rope scaling reaches it as frequency factors.
 - Bad input is one line and leaves nothing behind.
 """
 
