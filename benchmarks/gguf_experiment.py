@@ -83,13 +83,13 @@ def main() -> None:
     from superweight.detect import DEFAULT_PROMPT, find_super_weights
     from superweight.model import load_model
     from superweight.quantize.gguf import GGUFQuantConfig, importance_matrix, quantize_to_gguf, write_f32
+    from superweight.runtime.scoring import kl_divergences, text_windows
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     lm = load_model(args.model, quiet=True)
     sws = find_super_weights(lm)
     print(f"super weights: {', '.join(s.label() for s in sws)}", flush=True)
-    score = {"sources": ["wiki"], "seqlen": args.seqlen, "max_tokens": args.max_tokens}
     rows = []
     with tempfile.TemporaryDirectory(prefix="gguf-experiment-") as tmp:
         f32 = write_f32(lm, Path(tmp) / "f32.gguf").path
@@ -101,16 +101,24 @@ def main() -> None:
         plan = [(t, v) for t in types for v in VARIANTS] + [(t, VARIANTS[0]) for t in (large,) if t not in types] \
             + [(t, VARIANTS[2]) for t in (small,) if t not in types]
         stock: dict = {}  # (type, imatrix) -> the stock file's tensor types, which pin the other variants
-        for kind, (label, protect, control, with_im) in plan:
+        files = []
+        for kind, (label, protect, control, with_im) in plan:  # every file first ...
             cfg = GGUFQuantConfig(kind, protect=protect, control=control, imatrix="c4" if with_im else None,
                                   imatrix_tokens=args.imatrix_tokens)
             t0 = time.perf_counter()
-            out = Path(tmp) / f"{kind}-{len(rows)}.gguf"
+            out = Path(tmp) / f"{kind}-{len(files)}.gguf"
             run = quantize_to_gguf(lm, cfg, sws, out, f32=f32, imatrix=im if with_im else None,
-                                   n_threads=args.threads, score=score, stock_types=stock.get((kind, with_im)))
+                                   n_threads=args.threads, stock_types=stock.get((kind, with_im)))
             if protect == "none":
                 stock[(kind, with_im)] = run.result.manifest["tensors"]
-            kld = run.scores[0].kld
+            files.append((kind, label, cfg, run, out, time.perf_counter() - t0))
+            print(f"quantized {cfg.label()} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        windows = text_windows(lm, "wiki", seqlen=args.seqlen, max_tokens=args.max_tokens)
+        t0 = time.perf_counter()  # ... then one pass over the windows, the F32 reference run once per window
+        klds = kl_divergences([str(f[4]) for f in files], f32, windows, n_threads=args.threads)
+        print(f"scored {len(files)} files on {windows.shape[0]} windows ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for (kind, label, cfg, run, out, seconds), kld in zip(files, klds):
+            kld = kld.to_dict()
             spikes = spikes_in_llamacpp(str(out), sws, DEFAULT_PROMPT, args.threads)
             s = run.result.summary()
             row = {"type": kind, "variant": label, "config": cfg.label(), "mib": s["mib"],
@@ -119,13 +127,11 @@ def main() -> None:
                    "ppl_ratio": kld["ppl_ratio"], "kld_mean": kld["kld_mean"], "kld_stderr": kld["kld_stderr"],
                    "kld_p99": kld["kld_percentiles"].get("99"), "same_top": kld["same_top"],
                    "spikes": spikes, "survival": {k: v["activation"] / base[k]["activation"] for k, v in spikes.items()},
-                   "seconds": round(time.perf_counter() - t0, 1)}
+                   "quantize_seconds": round(seconds, 1)}
             rows.append(row)
-            out.unlink()
             print(f"{kind:7s} {label:42s} {row['mib']:7.2f} MiB {row['bits_per_weight']:.3f} bpw  "
                   f"ppl {row['ppl']:.3f} (x{row['ppl_ratio']:.4f})  KLD {row['kld_mean']:.5f}  "
-                  f"same top {row['same_top']:.3f}  SA {min(row['survival'].values()):.3f}  "
-                  f"({row['seconds']} s)", flush=True)
+                  f"same top {row['same_top']:.3f}  SA {min(row['survival'].values()):.3f}", flush=True)
     result = {"model": lm.describe(), "super_weights": [s.to_dict() for s in sws], "f32_spikes": base,
               "settings": vars(args) | {"markdown": str(args.markdown), "json": str(args.json)}, "rows": rows,
               "seconds": round(time.perf_counter() - start, 1), "peak_rss_mib": round(peak_rss_mib())}
