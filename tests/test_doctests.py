@@ -22,7 +22,9 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
+    "superweight.model.gguf_write",
     "superweight.quantize",
+    "superweight.quantize.api",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
     "superweight.report.html",

@@ -480,17 +480,24 @@ class DetectionRun:
     result: DetectionResult
     verification: object | None  # superweight.verify.Verification
     comparison: object  # superweight.catalog.Comparison
+    experts: object | None = None  # superweight.moe.SuperExpertResult, for a mixture of experts
 
     def to_dict(self) -> dict:
-        return {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
-                "verification": self.verification.to_dict() if self.verification else None}
+        out = {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
+               "verification": self.verification.to_dict() if self.verification else None}
+        if self.experts is not None:
+            out["moe"] = self.experts.to_dict()
+        return out
 
 
 def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
-                  model_id: str | None = None, text: str | None = None) -> DetectionRun:
+                  model_id: str | None = None, text: str | None = None,
+                  experts: object | None = None) -> DetectionRun:
     """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
     compare the early super weights with the catalog entry for `model_id` (default: the model's).
+    For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
+    with `verify_threshold`, prune them against random experts (`superweight.moe`).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -505,4 +512,12 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
                               massive=result.massive, criterion=(config.massive_floor, config.massive_ratio))
-    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early))
+    moe = None
+    if lm.view.is_moe:
+        from superweight.moe import SuperExpertConfig, super_experts, verify_super_experts
+
+        moe = super_experts(lm, prompts, experts or SuperExpertConfig(
+            massive_floor=config.massive_floor, massive_ratio=config.massive_ratio))
+        if verify_threshold is not None and moe.super_experts:
+            moe.verification = verify_super_experts(lm, moe.super_experts, text=text)
+    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe)

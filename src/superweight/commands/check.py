@@ -34,19 +34,31 @@ def run(args) -> int:
     choice = engine_from_args(args, args.other)
     a = load_from_args(args, args.original, share=2 if choice.engine == "torch" else 1)
     selection = select_super_weights(a, args, coords)
+    experts = None
     if choice.engine == "llama.cpp":
         from superweight.runtime.detect import LlamaCppEngine, check_against_gguf
 
         with LlamaCppEngine(choice.gguf, n_threads=args.threads) as engine:
             rows = check_against_gguf(a, engine, selection.super_weights, args.prompt)
             other, manifest = {**engine.describe(), "ref": args.other}, None
+        tables = check_tables(rows, args.original, args.other, SURVIVE_RATIO)
     else:
         b = load_from_args(args, args.other, share=2)
         rows = check_models(a, b, selection.super_weights, args.prompt)
         other, manifest = b.describe(), read_manifest(b.source) if b.kind == "local" else None
-    show_tables(args, check_tables(rows, args.original, args.other, SURVIVE_RATIO))
-    write_json_arg(args.json, {**result_header("check", original=a.describe(), other=other,
-                                               engine=choice.to_dict(), survive_ratio=SURVIVE_RATIO,
-                                               super_weight_source=selection.source),
-                               "other_manifest": manifest, "rows": [r.to_dict() for r in rows]})
-    return 0 if all(r.survives for r in rows) else 1
+        tables = check_tables(rows, args.original, args.other, SURVIVE_RATIO)
+        if a.view.is_moe:  # a mixture of experts: did the super experts keep their massive output?
+            from superweight.moe import check_super_experts
+            from superweight.report.moe import expert_check_table
+
+            _, experts = check_super_experts(a, b, args.prompt, survive_ratio=SURVIVE_RATIO)
+            if experts:
+                tables.append(expert_check_table(experts, args.original, args.other))
+    show_tables(args, tables)
+    payload = {**result_header("check", original=a.describe(), other=other, engine=choice.to_dict(),
+                               survive_ratio=SURVIVE_RATIO, super_weight_source=selection.source),
+               "other_manifest": manifest, "rows": [r.to_dict() for r in rows]}
+    if experts is not None:
+        payload["super_experts"] = [r.to_dict() for r in experts]
+    write_json_arg(args.json, payload)
+    return 0 if all(r.survives for r in rows) and all(r.survives for r in experts or []) else 1

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
     add_json_arg(p)
-    p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figure 3 style) here")
+    p.add_argument("--plot", type=folder, metavar="DIR",
+                   help="write PNG plots (Figure 3 style; for a MoE also the layer x expert heatmap) here")
     p.set_defaults(func=run)
 
 
@@ -146,6 +147,13 @@ def run(args) -> int:
         png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
                              args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
         console(stderr=True).print(f"Plot: {png}", markup=False)
+        if run.experts is not None:
+            from superweight.report.moe import plot_expert_heatmap
+
+            marked = [s.key for s in run.experts.super_experts + run.experts.outliers]
+            png = plot_expert_heatmap(run.experts.profile, f"{lm.ref}: max |expert output| per layer and expert",
+                                      args.plot / "expert_maxima.png", marked)
+            console(stderr=True).print(f"Plot: {png}", markup=False)
     if args.json:
         payload = result_header("detect", model=lm.describe(), engine=choice.to_dict(), **run.to_dict())
         write_json_arg(args.json, payload)

@@ -276,6 +276,10 @@ def detection_tables(model: dict, run) -> list[Table]:
         say(f"  catalogued but not found: {comparison.missing}")
     if comparison.entry and comparison.new:
         say(f"  found but not catalogued: {comparison.new}")
+    if getattr(run, "experts", None) is not None:  # a mixture of experts: its super experts
+        from superweight.report.moe import moe_tables
+
+        tables += moe_tables(run.experts)
     return tables
 
 
