@@ -56,7 +56,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import quantize
 from transformers import LlamaConfig
-from superweight.testing_gguf import _add_config, _add_tokenizer, _writer
+from superweight.model.gguf_write import config_metadata, gguf_writer
+from superweight.testing_gguf import _add_tokenizer
 # Llama-3.2-3B's layers (hidden 3072, 28 layers, 24/8 heads, MLP 8192: 2.82B parameters) with the byte vocabulary; random
 # weights written tensor by tensor (one random matrix per shape, reused across layers: no model in memory)
 h, inter, layers, kv = 3072, 8192, 28, 1024
@@ -73,9 +74,10 @@ tensors = [("token_embd.weight", rng.standard_normal((259, h), dtype=np.float32)
 for i in range(layers):
     tensors += [(f"blk.{i}.attn_norm.weight", norm, None), (f"blk.{i}.ffn_norm.weight", norm, None)]
     tensors += [(f"blk.{i}.{k}.weight", v, Q.Q8_0) for k, v in blocks.items()]
-w = _writer(sys.argv[1], "llama")
+w = gguf_writer(sys.argv[1], "llama")
 w.add_name("random-llama-3b")
-_add_config(w, config, "llama")
+for key, (value, kind) in config_metadata(config).items():
+    w.add_key_value(key, value, kind)
 _add_tokenizer(w)
 for name, data, raw in tensors:
     w.add_tensor_info(name, data.shape, data.dtype, data.nbytes, raw_dtype=raw)
