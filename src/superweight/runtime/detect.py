@@ -286,8 +286,8 @@ class LlamaCppEngine:
         self.names = graph_names(self.weights.arch)  # an unmapped architecture stops here, cheaply
         self._handler = None
         self.observer = GraphObserver(self._wanted, self._on_tensor)
-        self.model = LlamaCppModel(self.path, n_ctx=n_ctx, n_threads=n_threads,
-                                   eval_callback=self.observer.callback)
+        self.model = LlamaCppModel(self.path, n_ctx=n_ctx, n_threads=n_threads, repack=False,
+                                   eval_callback=self.observer.callback)  # memory: the mapped file only
         self.view = GgufView(self.weights, self.model.n_layer, self.names)
         self._hash: str | None = None
 

@@ -55,7 +55,7 @@ class LlamaCppModel:
     """
 
     def __init__(self, path, *, n_ctx: int = 512, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 eval_callback=None):
+                 eval_callback=None, repack: bool = True):
         import os
         from pathlib import Path
 
@@ -66,6 +66,9 @@ class LlamaCppModel:
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.use_mmap = True
+        # repack: llama.cpp may copy some quantized weights (Q4_0, Q4_K...) into a faster CPU layout,
+        # in anonymous memory next to the mapped file; False keeps the weights the mapped pages only
+        mparams.use_extra_bufts = repack
         self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise SuperweightError(f"llama.cpp cannot load {self.path} (not a GGUF it supports, or corrupt)")
