@@ -132,7 +132,7 @@ def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
                     max_memory=budget if needs and budget is not None else None)
     run = run_detection(lm, list(config.prompts), config.detect_config(), model_id=lm.model_id,
                         verify_threshold=config.verify_threshold)
-    out = {"detect": result_header("detect", model=lm.describe(), **run.to_dict()),
+    out = {"detect": result_header("detect", model=lm.describe(), engine=_engine(info.ref), **run.to_dict()),
            "params": sum(p.numel() for p in lm.model.parameters()), "ablation": None}
     if info.kind == "hub" and info.fingerprint is None:
         commit = hub_commit(info.ref)
@@ -158,3 +158,17 @@ def _peak_memory(device: str) -> dict:
         except Exception:  # noqa: BLE001 — a missing figure, not a failure
             pass
     return out
+
+
+def _engine(ref: str) -> dict:
+    """The engine record `superweight detect` writes: the census runs every model in PyTorch."""
+    from superweight.errors import SuperweightError
+    from superweight.runtime.detect import EngineChoice, choose_engine
+
+    try:
+        choice = choose_engine(ref)
+    except SuperweightError:  # the auto rule could not even look at it: the torch run says why
+        choice = EngineChoice("torch", "the census runs the torch engine")
+    if choice.engine != "torch":
+        choice = EngineChoice("torch", "the census runs the torch engine")
+    return choice.to_dict()
