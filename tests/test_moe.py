@@ -94,7 +94,7 @@ def test_verification_separates_the_super_expert_from_random_experts(model_type,
     assert pruned < 0.5 * base  # the sink goes with the super expert ...
     assert abs(mean - base) + 3 * std < 0.2 * (base - pruned)  # ... and stays with random experts
     assert all(c.experts[0][0] == LAYER and c.experts[0][1] != EXPERT for c in v.random)
-    assert v.to_dict()["variant"].startswith("output zeroed")
+    assert v.to_dict()["variant"].startswith("output zeroed, as Su et al. prune")
     assert_unchanged(lm.model, before)
 
 

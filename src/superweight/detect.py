@@ -472,11 +472,11 @@ class DetectionRun:
 def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
                   model_id: str | None = None, text: str | None = None,
-                  experts: object | None = None) -> DetectionRun:
+                  experts: object | None = None, expert_draws: int = 3) -> DetectionRun:
     """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
     compare the early super weights with the catalog entry for `model_id` (default: the model's).
     For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
-    with `verify_threshold`, prune them against random experts (`superweight.moe`).
+    with `verify_threshold`, prune them against `expert_draws` sets of random experts (`superweight.moe`).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -498,5 +498,5 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
         moe = super_experts(lm, prompts, experts or SuperExpertConfig(
             massive_floor=config.massive_floor, massive_ratio=config.massive_ratio))
         if verify_threshold is not None and moe.super_experts:
-            moe.verification = verify_super_experts(lm, moe.super_experts, text=text)
+            moe.verification = verify_super_experts(lm, moe.super_experts, text=text, draws=expert_draws)
     return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe)

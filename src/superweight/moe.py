@@ -50,9 +50,9 @@ from superweight.records import Record, SuperWeight
 from superweight.tensor.stats import dominance, rank_by_magnitude
 
 ROUTED, SHARED, DENSE = "routed", "shared", "dense"
-PRUNE_VARIANT = ("output zeroed: the expert's down projection (and its bias) set to 0; the router "
-                 "still scores and selects it and its routing weight is kept (the other experts' "
-                 "weights are not renormalised)")
+PRUNE_VARIANT = ("output zeroed, as Su et al. prune: the expert's down projection (and its bias) set to 0; "
+                 "the router still scores and selects it and its routing weight is kept (the other "
+                 "experts' weights are not renormalised, no other expert takes its place)")
 
 
 @dataclass

@@ -90,3 +90,12 @@ def test_bad_expert_coordinates_are_one_line_errors(models, capsys, tmp_path, mo
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--expert-percentile", "0", "percentile must be in (0, 100]"),
+                                                  ("--expert-depth", "1.5", "depth must be in (0, 1]"),
+                                                  ("--expert-draws", "0", "--expert-draws must be at least 1")])
+def test_bad_rule_settings_are_refused_before_the_load(models, capsys, flag, value, message):
+    code, out, err = run(["detect", "/nonexistent/model", flag, value], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and message in errors[0]

@@ -27,6 +27,20 @@ def register(sub) -> None:
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
+    from superweight.moe import SuperExpertConfig
+
+    e = SuperExpertConfig()
+    g = p.add_argument_group("mixture of experts (super experts, Su et al. 2025)")
+    g.add_argument("--expert-percentile", type=float, default=e.percentile, metavar="P",
+                   help=f"a super expert's max |output| is above this percentile of all experts' (default {e.percentile:g}) ...")
+    g.add_argument("--expert-fraction", type=float, default=e.fraction, metavar="F",
+                   help=f"... and above this fraction of the largest (default {e.fraction:g}) ...")
+    g.add_argument("--expert-ratio", type=float, default=e.min_ratio, metavar="X",
+                   help=f"... and this many times the median expert's (ours; default {e.min_ratio:g})")
+    g.add_argument("--expert-depth", type=float, default=e.depth, metavar="F",
+                   help=f"super experts sit in the first F of the layers, outlier experts after (default {e.depth:g})")
+    g.add_argument("--expert-draws", type=int, default=3, metavar="N",
+                   help="with --verify: seeded draws of random experts to prune as the control (default 3)")
     add_json_arg(p)
     p.add_argument("--plot", type=folder, metavar="DIR",
                    help="write PNG plots (Figure 3 style; for a MoE also the layer x expert heatmap) here")
@@ -92,16 +106,24 @@ def run(args) -> int:
     from superweight.report.detect_tables import render_detection
     from superweight.verify import check_threshold
 
+    from superweight.moe import SuperExpertConfig
+
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
     check_threshold(args.verify_threshold)
+    experts = SuperExpertConfig(percentile=args.expert_percentile, fraction=args.expert_fraction,
+                                min_ratio=args.expert_ratio, depth=args.expert_depth,
+                                massive_floor=config.massive_floor, massive_ratio=config.massive_ratio)
+    if args.expert_draws < 1:
+        raise SuperweightError(f"--expert-draws must be at least 1, got {args.expert_draws}")
     out = console()
     lm = load_from_args(args)
     model_id = args.model_id or lm.model_id
     status = "Detecting and verifying…" if args.verify else "Detecting…"
     with console(stderr=True).status(f"{status} ({len(prompts)} prompt(s))"):
         run = run_detection(lm, prompts, config, model_id=model_id,
-                            verify_threshold=args.verify_threshold if args.verify else None)
+                            verify_threshold=args.verify_threshold if args.verify else None,
+                            experts=experts, expert_draws=args.expert_draws)
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
