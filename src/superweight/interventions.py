@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
-from superweight.model.adapters import ModelView
+from superweight.model.adapters import EXPERT_LAYOUTS, ModelView
 from superweight.model.hooks import hooked, observe_down_projs
 from superweight.model.offload import Overrides, read_param
 from superweight.records import SuperWeight
@@ -129,7 +129,7 @@ def _excluded_flat(view: ModelView, keys) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for layer, row, col, expert in keys:
         proj = view.down_proj(layer, expert)
-        if proj.layout == "experts":
+        if proj.layout in EXPERT_LAYOUTS:
             continue  # fused expert parameters are not among the decoder linears
         cols = proj.module.weight.shape[1]  # the stored shape, from metadata
         flat = row * cols + col if proj.layout == "linear" else col * cols + row

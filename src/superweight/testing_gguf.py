@@ -25,7 +25,7 @@ from torch import nn
 from superweight.testing import BOS_ID, EOS_ID, PAD_ID, SPECIALS, _bytes_to_unicode
 
 # Hugging Face model_type -> llama.cpp `general.architecture` (llama.cpp writes Mistral as llama)
-GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "qwen2_moe": "qwen2moe"}
+GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
 # model_type -> the section of transformers' GGUF_CONFIG_MAPPING that reads it back
 _CONFIG_SECTION = {"gemma3_text": "gemma3"}
 _PERMUTED_QK = ("llama",)  # llama.cpp arch whose q/k rows are permuted for its rotary layout
