@@ -99,3 +99,12 @@ def test_bad_rule_settings_are_refused_before_the_load(models, capsys, flag, val
     code, out, err = run(["detect", "/nonexistent/model", flag, value], capsys)
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_report_page_has_the_heatmap_and_the_super_expert_tables(models, capsys, tmp_path):
+    code, out, err = run(["report", models["moe"], "--out", str(tmp_path / "r"), "--threads", "1"], capsys)
+    assert code == 0, err
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Super experts: output maxima per layer and expert" in html and "data:image/png;base64" in html
+    assert "Super experts" in html and "makes it (first after layer 2" in html
+    assert "Verification: super experts pruned vs random experts" in html
