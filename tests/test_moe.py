@@ -248,3 +248,21 @@ def test_offloaded_experts_give_the_same_profile_result_and_verification(budget_
             assert off.view.down_proj(LAYER, EXPERT).matrix().abs().max() == 0
             raise RuntimeError("interrupted")
     assert _bits(off) == before
+
+
+def test_zero_shot_accuracy_when_asked(tokenizer, tmp_path):
+    import json
+
+    from superweight.report.moe import verification_table
+
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"goal": "To dry wet hands,", "sol1": "rub them with a towel.", "sol2": "put them in the freezer.",
+         "label": 0},
+        {"goal": "To boil water,", "sol1": "put it in the fridge.", "sol2": "heat it on the stove.", "label": 1}]))
+    lm = planted("mixtral", tokenizer)
+    v = verify_super_experts(lm, [(LAYER, EXPERT)], text=TEXT, draws=1, max_tokens=32, tasks=["piqa"], limit=2,
+                             data_files={"piqa": piqa})
+    for c in (v.base, v.pruned, *v.random):
+        assert set(c.acc) == {"piqa"} and 0.0 <= c.acc["piqa"] <= 1.0
+    assert "piqa acc" in [col.name for col in verification_table(v).columns]

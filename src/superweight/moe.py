@@ -538,8 +538,9 @@ def random_experts(view: ModelView, experts: Sequence[tuple[int, int | None]], s
 
 def verify_super_experts(lm, experts: Sequence, *, text: str | None = None, draws: int = 3,
                          seed: int = 0, max_tokens: int = 256, tasks: Sequence[str] = (),
-                         limit: int | None = None) -> ExpertVerification:
+                         limit: int | None = None, data_files: dict | None = None) -> ExpertVerification:
     """Prune the super experts, then `draws` seeded sets of random experts from the same layers.
+    With `tasks` (lm-eval tasks; `limit` items each, `data_files` local copies), zero-shot accuracy too.
 
     >>> v = verify_super_experts(lm, result.super_experts, draws=5)  # doctest: +SKIP
     >>> v.pruned.sink < 0.5 * v.spread("sink")[0]  # doctest: +SKIP
@@ -565,7 +566,8 @@ def verify_super_experts(lm, experts: Sequence, *, text: str | None = None, draw
             if tasks:
                 from superweight.evaluate.zeroshot import zero_shot
 
-                c.acc = {t: r.acc for t, r in zero_shot(lm, tasks, limit=limit, progress=False).items()}
+                c.acc = {t: r.acc for t, r in zero_shot(lm, tasks, limit=limit, data_files=data_files,
+                                                        progress=False).items()}
         return c
 
     base = measure("unedited", [])
