@@ -18,6 +18,11 @@ COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quant
             "data", "report"]
 
 
+def docs_page(command: str) -> str:
+    """The documentation page of a command, named without a URL (the site is built from docs/)."""
+    return f"docs/commands/{command}.md"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="superweight",
@@ -26,7 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"superweight.commands.{name}").register(sub)
+        _end_help_with(sub.choices[name], f"Docs: {docs_page(name)}")
     return parser
+
+
+def _end_help_with(parser: argparse.ArgumentParser, line: str) -> None:
+    """Every --help of a command, and of its actions (`data fetch`, `catalog add`), ends with `line`."""
+    parser.epilog = f"{parser.epilog}\n\n{line}" if parser.epilog else line
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _end_help_with(child, line)
 
 
 def main(argv: list[str] | None = None) -> int:
