@@ -31,6 +31,7 @@ CHEAP = [
     "superweight.selection",
     "superweight.tensor.quant",
     "superweight.tensor.stats",
+    "superweight.verify",
     "superweight.testing",
     "superweight.testing_gguf",
 ]

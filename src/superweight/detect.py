@@ -467,9 +467,11 @@ class DetectionRun:
 
 def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
-                  model_id: str | None = None, text: str | None = None) -> DetectionRun:
-    """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
-    compare the early super weights with the catalog entry for `model_id` (default: the model's).
+                  model_id: str | None = None, text: str | None = None,
+                  matters_threshold: float | None = None) -> DetectionRun:
+    """Detect; with `verify_threshold`, verify every candidate and massive activation causally and
+    grade it (`verify.VerdictScale(verify_threshold, matters_threshold)`: needed / matters / not
+    needed); compare the early super weights with the catalog entry for `model_id` (default: the model's).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -483,5 +485,6 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     verification = None
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
-                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio))
+                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio),
+                              matters=matters_threshold)
     return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early))

@@ -24,9 +24,11 @@ MLP = "MLP"  # the MLP branch adds it, spread over many weights (no few of them 
 ORIGINS = (SUPER_WEIGHT, INPUT_FEATURE, NORM_GAIN, ATTENTION, EMBEDDING, MLP)
 EMBEDDING_LAYER = -1  # `first_layer` of a massive activation already in the embedding output
 
-# Verdicts of verification: for a candidate weight, and for a massive activation.
+# Verdicts of verification, graded by the perplexity ratio with it removed (`verify.VerdictScale`):
+# for a candidate weight, and for a massive activation; MATTERS is the middle grade of both.
 SUPER, SPIKE = "super weight", "spike only"
 NEEDED, NOT_NEEDED = "needed", "not needed"
+MATTERS = "matters"
 
 
 def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:

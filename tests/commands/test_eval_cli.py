@@ -156,7 +156,7 @@ def test_data_fetch_from_scratch(empty_cache, capsys):
     from superweight.finetune import training_documents
 
     with pytest.raises(SuperweightError, match="run `superweight data fetch ptb-train`"):
-        training_documents("ptb-train")  # not fetched: the fetch command, never a silent download
+        training_documents("ptb-train")  # not fetched and offline (conftest): the fetch command
     assert main(["data", "fetch", "ptb,ptb-train,ptb-valid"]) == 0
     assert "ptb-valid" in capsys.readouterr().out
     (doc,) = text_documents("ptb")
