@@ -22,6 +22,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
+    "superweight.massive",
     "superweight.quantize",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",

@@ -81,14 +81,13 @@ def trace(lm: LoadedModel, prompt: str = DEFAULT_PROMPT, config: DetectConfig | 
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
     act = traced_activation(detection)
     at = (act.position, act.channel) if act else None
-    floor, ratio = config.massive_floor, config.massive_ratio
-    original = residual_scan(lm, ids, floor, ratio, config.layers, at)
+    original = residual_scan(lm, ids, config.criterion, config.layers, at)
     weight_made = act is not None and act.origin is not None and act.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE)
     removed = detection.made_by(act) if weight_made else detection.early
     pruned = None
     if removed:
         with prune(lm.view, [s.key for s in removed]):
-            pruned = residual_scan(lm, ids, floor, ratio, config.layers, at)
+            pruned = residual_scan(lm, ids, config.criterion, config.layers, at)
     same = [r.layer for r in original if act and (r.position, r.channel) == at]
     return TraceResult(prompt, tokens, act, original, pruned, detection, list(removed), same, weight_made)
 

@@ -32,7 +32,7 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import prune
-from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, OriginConfig, ResidualLayer, ResidualProbe,
+from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, OriginConfig, ResidualLayer, ResidualProbe,
                                  massive_activations)
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs, observe_outputs
@@ -69,6 +69,11 @@ class DetectConfig:
     weight_share: float = 0.5  # a few weights make an MLP output when they make this share of it
     min_product_share: float = 0.1  # ... each at least this share
     max_weights: int = 4  # ... and at most this many of them
+
+    @property
+    def criterion(self) -> MassiveCriterion:
+        """What a massive activation is: the one criterion detection and verification share."""
+        return MassiveCriterion(self.massive_floor, self.massive_ratio)
 
     def __post_init__(self) -> None:
         for name in ("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
@@ -339,7 +344,7 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
     layers = _layers(lm, config.layers)
     late_from = config.late_from(lm.view.num_layers)
-    probe = ResidualProbe(lm.view, layers, config.massive_floor, config.massive_ratio)
+    probe = ResidualProbe(lm.view, layers, config.criterion)
     stats = layer_stats(lm, ids, layers, probe, config)  # round 1: down projections + residual stream
     out_min = output_threshold(stats, config)
     origin_config = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
@@ -485,6 +490,6 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     verification = None
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
-                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio),
+                              massive=result.massive, criterion=config.criterion,
                               matters=matters_threshold)
     return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
+from superweight.massive import MassiveCriterion
 from superweight.model.adapters import ModelView
 from superweight.model.hooks import hooked, observe_down_projs
 from superweight.model.offload import Overrides, read_param
@@ -387,13 +388,12 @@ class AblationLog:
         return asdict(self)
 
 
-def _typical_fill(h: torch.Tensor, channel: int, floor: float, ratio: float, log: AblationLog) -> torch.Tensor:
+def _typical_fill(h: torch.Tensor, channel: int, criterion: MassiveCriterion, log: AblationLog) -> torch.Tensor:
     """h [..., hidden] with every massive value on `channel` replaced by the channel's median over
     the positions where it is not massive (0 where it is massive at every position)."""
     flat = h.reshape(-1, h.shape[-1])  # [tokens, hidden]
-    threshold = max(floor, ratio * float(flat.abs().float().median()))
     col = flat[:, channel]
-    mask = col.abs() > threshold
+    mask = col.abs() > criterion.threshold(flat)
     log.calls += 1
     if not bool(mask.any()):
         return h
@@ -406,14 +406,14 @@ def _typical_fill(h: torch.Tensor, channel: int, floor: float, ratio: float, log
 
 
 @contextmanager
-def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: float,
-                   ratio: float) -> Iterator[AblationLog]:
+def ablate_massive(view: ModelView, channel: int, first_layer: int,
+                   criterion: MassiveCriterion = MassiveCriterion()) -> Iterator[AblationLog]:
     """Remove a massive activation for the block: from the layer where it first appears on, every
     massive value on `channel` is set to the channel's typical value.
 
     Definition. After layer `first_layer` and after every later layer (`first_layer` = -1: already in
-    the embedding output entering layer 0), an entry h[t, channel] is massive when |h| > max(`floor`,
-    `ratio` × the median |h| of that hidden state) — detection's criterion, applied to the text
+    the embedding output entering layer 0), an entry h[t, channel] is massive by `criterion`
+    (|h| > max(floor, ratio × the median |h| of that hidden state)) — detection's, applied to the text
     being run, so it finds the activation wherever it forms (the first token, a delimiter). Each
     such entry is replaced by the median of h[:, channel] over the positions where the channel is
     not massive: the value the channel has at an ordinary token. Zero would also remove it, but a
@@ -421,7 +421,8 @@ def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: fl
     Forward hooks only: no weight changes, and the hooks are removed on exit (also on error).
 
     >>> from superweight.evaluate import perplexity
-    >>> with ablate_massive(lm.view, 507, 11, floor=100, ratio=1000) as log:
+    >>> from superweight.massive import MassiveCriterion
+    >>> with ablate_massive(lm.view, 507, 11, MassiveCriterion(floor=100, ratio=1000)) as log:
     ...     ppl = perplexity(lm, "wiki", max_tokens=512).ppl
     >>> ppl > 1000
     True
@@ -435,13 +436,13 @@ def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: fl
 
     def on_output(module, inputs, output):
         if isinstance(output, torch.Tensor):
-            return _typical_fill(output, channel, floor, ratio, log)
-        return (_typical_fill(output[0], channel, floor, ratio, log), *output[1:])
+            return _typical_fill(output, channel, criterion, log)
+        return (_typical_fill(output[0], channel, criterion, log), *output[1:])
 
     def on_input(module, args, kwargs):
         if args:
-            return (_typical_fill(args[0], channel, floor, ratio, log), *args[1:]), kwargs
-        kwargs = dict(kwargs, hidden_states=_typical_fill(kwargs["hidden_states"], channel, floor, ratio, log))
+            return (_typical_fill(args[0], channel, criterion, log), *args[1:]), kwargs
+        kwargs = dict(kwargs, hidden_states=_typical_fill(kwargs["hidden_states"], channel, criterion, log))
         return args, kwargs
 
     handles = []

@@ -30,7 +30,7 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import ablate_massive, prune
-from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO
+from superweight.massive import MassiveCriterion
 from superweight.model.load import LoadedModel
 from superweight.records import MATTERS, NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivation, SuperWeight
 
@@ -119,10 +119,10 @@ def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
 def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | None = None,
            max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
            massive: Sequence[MassiveActivation] = (),
-           criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO),
+           criterion: MassiveCriterion = MassiveCriterion(),
            matters: float | None = None) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
-    each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
+    each massive activation (`criterion`: detection's) and set its `ppl_ratio` and
     `verdict` ("needed" / "matters" / "not needed", on the `VerdictScale(threshold, matters)`); one
     that does not form on the text gets no verdict and is listed in `not_formed`."""
     scale = VerdictScale(threshold, matters)
@@ -147,10 +147,9 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
                 sw.ppl_ratio_given_others = all_pruned / text_perplexity(lm, ids)
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = scale.weight(max(sw.ppl_ratio, joint))
-    floor, ratio = criterion
     not_formed = []
     for act in massive:
-        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio) as log:
+        with ablate_massive(lm.view, act.channel, act.first_layer, criterion) as log:
             ppl = text_perplexity(lm, ids)
         if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
             act.ppl_ratio, act.verdict = None, None
