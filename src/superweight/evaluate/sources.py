@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from superweight._io import atomic_write, cache_dir, sha256_file, write_json
+from superweight._io import atomic_write, cache_dir, result_header, sha256_file, write_json
 from superweight.errors import SuperweightError
 
 FETCH_COMMAND = "superweight data fetch"
@@ -384,6 +384,18 @@ def status() -> list[dict]:
                      "fetched": bool(path and path.is_file()),
                      "path": str(path) if path else None, "sha256": entry["sha256"] if entry else None})
     return rows
+
+
+@dataclass
+class DataResult:
+    """What `data list` and `data fetch` report (one row per data set, where they live); it owns its
+    result-file header, like every other result."""
+
+    action: str  # "list" or "fetch"
+    rows: list[dict]
+
+    def to_dict(self) -> dict:
+        return {**result_header(f"data-{self.action}", data_root=str(data_root())), "sources": self.rows}
 
 
 def local_file(name: str, kind: str | None = None) -> Path:
