@@ -86,6 +86,22 @@ class SuperWeight(Record):
         e = f", expert {self.expert}" if self.expert is not None else ""
         return f"({self.layer}, {self.row}, {self.col}{e})"
 
+    @classmethod
+    def of(cls, c) -> "SuperWeight":
+        """A record from a record (itself) or a (layer, row, col[, expert]) tuple — the one place a
+        tuple becomes a record; its range is checked against a model by `ModelView.check`."""
+        if isinstance(c, cls):
+            return c
+        from superweight.errors import SuperweightError
+
+        try:
+            values = tuple(None if v is None else int(v) for v in c)
+        except (TypeError, ValueError):
+            raise SuperweightError(f"a coordinate is (layer, row, col) or (layer, row, col, expert), got {c!r}") from None
+        if len(values) not in (3, 4) or None in values[:3]:
+            raise SuperweightError(f"a coordinate is (layer, row, col) or (layer, row, col, expert), got {c!r}")
+        return cls(*values[:3], expert=values[3] if len(values) == 4 else None)
+
 
 
 @dataclass
