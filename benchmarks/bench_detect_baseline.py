@@ -10,7 +10,8 @@ the target is that it costs no more than the baseline, whole process, imports in
 
 Both run as fresh processes (`python -c` for the baseline, the `superweight` entry point for ours),
 alternating, after one warm-up run of each (page cache, the weights-hash cache); the median and the
-best of `--repeat` runs are reported. Models: the default model (its cached safetensors copy, which
+best of `--repeat` runs are reported, in wall time and in CPU time (user + system, from the OS: much
+less sensitive than wall time to other jobs on a shared machine). Models: the default model (its cached safetensors copy, which
 is what `superweight detect` loads) and a random Llama of `--params` parameters saved as
 safetensors with a super weight planted, so detection has a real second round.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,13 +98,19 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
 
 
-def _timed(argv: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(argv: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds: user + system, stderr) of one fresh process."""
+    start, cpu = time.perf_counter(), _cpu()
     done = subprocess.run(argv, capture_output=True, text=True, env=_env())
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv[:4])}...\n{done.stderr[-2000:]}")
-    return seconds, done.stderr
+    return seconds, cpu, done.stderr
 
 
 def commands(ref: str, model_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -117,20 +125,27 @@ def compare(ref: str, model_dir: Path, threads: int, repeat: int) -> dict:
     for argv in cmds.values():
         _timed(argv)
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    cpu: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(repeat):
         for name, argv in cmds.items():
-            times[name].append(_timed(argv)[0])
-    ours, base = times["superweight detect"], times["baseline (authors' approach)"]
-    return {"ref": ref, "model_dir": str(model_dir), "threads": threads, "repeat": repeat, "seconds": times,
+            wall, used, _ = _timed(argv)
+            times[name].append(wall)
+            cpu[name].append(used)
+    ours, base = "superweight detect", "baseline (authors' approach)"
+    med = lambda d, k: statistics.median(d[k])
+    return {"ref": ref, "model_dir": str(model_dir), "threads": threads, "repeat": repeat,
+            "seconds": times, "cpu_seconds": cpu,
             "median": {k: statistics.median(v) for k, v in times.items()},
             "best": {k: min(v) for k, v in times.items()},
-            "ratio_median": statistics.median(ours) / statistics.median(base),
-            "ratio_best": min(ours) / min(base)}
+            "median_cpu": {k: statistics.median(v) for k, v in cpu.items()},
+            "ratio_median": med(times, ours) / med(times, base),
+            "ratio_best": min(times[ours]) / min(times[base]),
+            "ratio_median_cpu": med(cpu, ours) / med(cpu, base)}
 
 
 def phases(ref: str, model_dir: Path, threads: int) -> dict:
-    ours = _timed([sys.executable, "-c", PHASES, ref, str(threads)])[1]
-    base = _timed(commands(ref, model_dir, threads)["baseline (authors' approach)"])[1]
+    ours = _timed([sys.executable, "-c", PHASES, ref, str(threads)])[2]
+    base = _timed(commands(ref, model_dir, threads)["baseline (authors' approach)"])[2]
     pick = lambda text: next(line for line in text.splitlines() if line.startswith("PHASES")).removeprefix("PHASES ")
     return {"superweight": pick(ours), "baseline": pick(base)}
 
@@ -193,7 +208,8 @@ def main() -> None:
             name = "default model" if ref == "smollm2-135m" else f"random Llama {args.params}"
             print(f"{name}: superweight detect {row['median']['superweight detect']:.2f} s vs baseline "
                   f"{row['median'][next(k for k in row['median'] if k.startswith('baseline'))]:.2f} s "
-                  f"(median of {args.repeat}): {row['ratio_median']:.2f}x (best: {row['ratio_best']:.2f}x)")
+                  f"(median of {args.repeat}): {row['ratio_median']:.2f}x (best: {row['ratio_best']:.2f}x; "
+                  f"CPU time, median: {row['ratio_median_cpu']:.2f}x)")
             for who, text in row.get("phases", {}).items():
                 print(f"  {who}: {text}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,13 @@ def test_integration_examples_run(block, tmp_path, monkeypatch, default_lm, fetc
         _run_bash(block, tmp_path)
     else:
         _run_python(block, monkeypatch, default_lm)
+
+
+def test_the_command_line_registers_only_the_command_it_runs():
+    from superweight.cli import COMMANDS, build_parser
+
+    def registered(argv):
+        return set(next(a for a in build_parser(argv)._actions if a.dest == "command").choices)
+
+    assert registered(["detect", "--verify"]) == {"detect"}
+    assert registered(["--version"]) == registered([]) == registered(["nope"]) == set(COMMANDS)
