@@ -115,9 +115,9 @@ def test_verify_sets_a_verdict_and_restores_weights(planted_lm):
     before = snapshot(planted_lm.model)
     v = verify(planted_lm, result.super_weights, text="some plain text to score " * 8, massive=result.massive)
     sw = result.super_weights[0]
-    assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "spike only")
+    assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "matters", "spike only")
     act = result.massive[0]
-    assert act.ppl_ratio is not None and act.ppl_ratio > 0 and act.verdict in ("needed", "not needed")
+    assert act.ppl_ratio is not None and act.ppl_ratio > 0 and act.verdict in ("needed", "matters", "not needed")
     assert v.tokens > 10
     assert_same(planted_lm.model, before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in planted_lm.model.modules())

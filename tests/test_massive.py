@@ -16,7 +16,7 @@ from superweight.testing import (BOS_ID, plant_attention_activation, plant_embed
                                  plant_input_feature, plant_norm_activation, plant_super_weight, save_demo,
                                  TINY_TYPES, tiny_model, tiny_tokenizer)
 
-MOE = {"mixtral", "qwen2_moe"}
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"}
 POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the woods. " * 3
 
@@ -105,7 +105,10 @@ def test_one_input_feature_on_every_architecture(model_type, tokenizer):
     the outputs are normalised (no massive activation), so only the down projection search sees it."""
     model = tiny_model(model_type)
     e = 1 if model_type in MOE else None
-    planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e)
+    # gpt-oss clamps its gate and up at 7 (the feature reaches ~56, not 100) and its residual stream is
+    # ~4x larger: larger weights keep every row over 1000x the median
+    weights = [150.0, 130.0, 110.0] if model_type == "gpt_oss" else None
+    planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e, weights=weights)
     result = detect(wrap_model(model, tokenizer))
     assert {s.key: s.round for s in result.super_weights} == {s.key: 1 for s in planted}
     assert result.converged and result.rounds == 2

@@ -15,7 +15,7 @@ from superweight import __version__
 from superweight.errors import SuperweightError
 
 COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quantize", "check", "finetune", "eval",
-            "data", "report"]
+            "data", "report", "census"]
 
 
 def docs_page(command: str) -> str:

@@ -17,7 +17,7 @@ One forward pass, reduced inside the hooks (no whole activation is kept past its
   branch and the MLP branch (their outputs are hooked; `Adapter.branches`), the MLP output before
   any post-MLP norm, and the down projection's input row X[pos, :] (per expert for MoE, with the
   routing weight).
-After the pass the origin is read from those numbers and the weights (`DownProj.matrix()`):
+After the pass the origin is read from those numbers and the weights (`DownProj.row/column/rank`):
 the branch that adds most of the increment; within the MLP, the post-MLP norm when an ordinary
 gain would leave the value below the massive threshold; else the few products X[pos, k]·W[row, k]
 that make it — one row's weights (a super weight candidate), or one huge input feature's column
@@ -38,7 +38,7 @@ from superweight.model.hooks import (observe_down_projs, observe_inputs, observe
                                      observe_routing)
 from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NORM_GAIN,
                                  SUPER_WEIGHT, MassiveActivation, Origin, SuperWeight)
-from superweight.tensor.stats import dominance, rank_by_magnitude
+from superweight.tensor.stats import dominance
 
 MAX_SITES = 256  # massive entries kept per layer (the largest); real models have a handful
 MASSIVE_FLOOR = 100.0  # a massive activation: |h| above this ...
@@ -344,14 +344,14 @@ def _contributions(site: Site, inputs: Sequence[DownInput], raw: float, top: int
     shared = [d for d in inputs if d.scale is None and d.proj.expert is None and routed]
     scales = {id(d): d.scale if d.scale is not None else 1.0 for d in inputs}
     if shared:  # e.g. Qwen2-MoE's gated shared expert: its gate is what the routed experts leave
-        routed_sum = sum(float(d.x @ d.proj.matrix()[c].detach().float().cpu()) * d.scale for d in routed)
+        routed_sum = sum(float(d.x @ d.proj.row(c)) * d.scale for d in routed)
         for d in shared:
-            y = float(d.x @ d.proj.matrix()[c].detach().float().cpu())
+            y = float(d.x @ d.proj.row(c))
             scales[id(d)] = min(1.0, max(0.0, (raw - routed_sum) / y)) if y else 0.0
     sign = math.copysign(1.0, raw)
     out = []
     for d in inputs:
-        w_row = d.proj.matrix()[c].detach().float().cpu()  # [intermediate]
+        w_row = d.proj.row(c)  # [intermediate]
         s = scales[id(d)]
         products = d.x * w_row * s * sign  # [intermediate], toward the sign of raw
         best = products.topk(min(top, products.numel()))
@@ -369,8 +369,7 @@ def _weights_origin(view: ModelView, site: Site, inputs: Sequence[DownInput], co
         return
     origin.weight_share = share
     _, top, col, scale = taken[0]
-    w = top.proj.matrix().detach()
-    column = (top.x[col] * w[:, col].float().cpu() * scale).abs()  # [hidden]: what the input feeds
+    column = (top.x[col] * top.proj.column(col) * scale).abs()  # [hidden]: what the input feeds
     rows = sorted({site.channel} | set((column >= config.row_threshold).nonzero().flatten().tolist()))
     record = lambda d, r, k, s: _weight_record(d, r, k, s, site, raw, tokens, late_from)  # noqa: E731
     row_weights = [record(d, site.channel, k, s) for _, d, k, s in taken]
@@ -386,16 +385,15 @@ def _weights_origin(view: ModelView, site: Site, inputs: Sequence[DownInput], co
 def _weight_record(d: DownInput, row: int, col: int, scale: float, site: Site, raw: float,
                    tokens: Sequence[str], late_from: int) -> SuperWeight:
     """A super weight candidate with what was measured at the site's position."""
-    w = d.proj.matrix().detach()  # [hidden, intermediate]
-    w_row = w[row].float().cpu()
+    w_row = d.proj.row(row)  # [intermediate]
     x = d.x
     out = raw if row == site.channel else float(x @ w_row) * scale
     p = site.position
     return SuperWeight(
-        layer=site.layer, row=row, col=col, expert=d.proj.expert, value=float(w[row, col]),
+        layer=site.layer, row=row, col=col, expert=d.proj.expert, value=float(w_row[col]),
         input_value=float(x[col]), output_value=out, position=p,
         token=tokens[p] if p < len(tokens) else None, dominance=dominance(x, w_row, col),
-        output_without=out - float(x[col] * w_row[col]) * scale, rank=rank_by_magnitude(w, row, col),
+        output_without=out - float(x[col] * w_row[col]) * scale, rank=d.proj.rank(row, col),
         round=1, late=site.layer >= late_from)
 
 

@@ -122,43 +122,80 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
            criterion: MassiveCriterion = MassiveCriterion(),
            matters: float | None = None) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
-    each massive activation (`criterion`: detection's) and set its `ppl_ratio` and
-    `verdict` ("needed" / "matters" / "not needed", on the `VerdictScale(threshold, matters)`); one
-    that does not form on the text gets no verdict and is listed in `not_formed`."""
+    each massive activation (`criterion`: detection's) and set its `ppl_ratio` and `verdict`
+    ("needed" / "matters" / "not needed", on the `VerdictScale(threshold, matters)`); one that does
+    not form on the text gets no verdict and is listed in `not_formed`."""
+    return verify_with(lambda t, n: _TorchScorer(lm, t, n), super_weights, text=text, max_tokens=max_tokens,
+                       threshold=threshold, massive=massive, criterion=criterion, matters=matters)
+
+
+class _TorchScorer:
+    """One window of the text in the PyTorch model; weights zeroed and activations ablated by
+    `superweight.interventions`."""
+
+    def __init__(self, lm: LoadedModel, text: str, max_tokens: int):
+        limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
+        self.lm = lm
+        self.ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
+        if self.ids.shape[1] < 2:
+            raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.shape[1])
+
+    def ppl(self, pruned: Sequence = (), ablate: tuple | None = None, log=None) -> float:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            if pruned:
+                stack.enter_context(prune(self.lm.view, list(pruned)))
+            if ablate is not None:
+                channel, first, criterion = ablate
+                inner = stack.enter_context(ablate_massive(self.lm.view, channel, first, criterion))
+                value = text_perplexity(self.lm, self.ids)
+                log.replaced += inner.replaced
+                log.calls += inner.calls
+                return value
+            return text_perplexity(self.lm, self.ids)
+
+
+def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str | None = None,
+                max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
+                massive: Sequence[MassiveActivation] = (),
+                criterion: MassiveCriterion = MassiveCriterion(), matters: float | None = None) -> Verification:
+    """`verify` with any engine: `make_scorer(text, max_tokens)` gives an object with `tokens` and
+    `ppl(pruned=records, ablate=(channel, first_layer, MassiveCriterion), log=AblationLog)` (the
+    PyTorch model here; llama.cpp in `superweight.runtime.detect`)."""
+    from superweight.interventions import AblationLog
+
     scale = VerdictScale(threshold, matters)
     source = "given text"
     if text is None:
         text, source = verification_text()
     if not text.strip():
         raise SuperweightError("the verification text is empty")
-    limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
-    if ids.shape[1] < 2:
-        raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
-    base = text_perplexity(lm, ids)
+    scorer = make_scorer(text, max_tokens)
+    base = scorer.ppl()
     early = [sw for sw in super_weights if not sw.late]
-    with prune(lm.view, early):
-        all_pruned = text_perplexity(lm, ids)
+    all_pruned = scorer.ppl(early)
     for sw in super_weights:
-        with prune(lm.view, [sw]):
-            sw.ppl_ratio = text_perplexity(lm, ids) / base
+        sw.ppl_ratio = scorer.ppl([sw]) / base
         if any(sw is o for o in early) and len(early) > 1:  # two weights can make one super activation together
-            with prune(lm.view, [o for o in early if o is not sw]):
-                sw.ppl_ratio_given_others = all_pruned / text_perplexity(lm, ids)
+            sw.ppl_ratio_given_others = all_pruned / scorer.ppl([o for o in early if o is not sw])
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = scale.weight(max(sw.ppl_ratio, joint))
     not_formed = []
     for act in massive:
-        with ablate_massive(lm.view, act.channel, act.first_layer, criterion) as log:
-            ppl = text_perplexity(lm, ids)
+        log = AblationLog(act.channel, act.first_layer)
+        ppl = scorer.ppl(ablate=(act.channel, act.first_layer, criterion), log=log)
         if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
             act.ppl_ratio, act.verdict = None, None
             not_formed.append((act.channel, act.first_layer))
             continue
         act.ppl_ratio = ppl / base
         act.verdict = scale.activation(act.ppl_ratio)
-    return Verification(source, int(ids.shape[1]), base, all_pruned, scale.needed, not_formed=not_formed,
-                        scale=scale)
+    return Verification(source, scorer.tokens, base, all_pruned, scale.needed, not_formed=not_formed, scale=scale)
 
 
 def check_threshold(threshold, what: str = "verification") -> float:

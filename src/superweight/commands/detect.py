@@ -28,6 +28,7 @@ def register(sub) -> None:
                                    "forward pass per round; --verify checks which the model needs.")
     add_model_args(p)
     add_detect_args(p)
+    add_engine_args(p)
     p.add_argument("--verify", action="store_true",
                    help="zero each candidate and ablate each massive activation; measure perplexity "
                         "on a short real text")
@@ -36,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
     add_json_arg(p)
-    p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figure 3 style) here")
+    p.add_argument("--plot", type=folder, metavar="DIR",
+                   help="write PNG plots (Figure 3 style; for a MoE also the layer x expert heatmap) here")
     p.set_defaults(func=run)
 
 
@@ -68,6 +70,33 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--massive-ratio", type=float, default=d.massive_ratio, metavar="X",
                    help=f"... and this many times the median |value| of its hidden state "
                         f"(default {d.massive_ratio:g})")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine and --no-cache, shared by `detect` and `trace`."""
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "llama.cpp"],
+                   help="what runs the model: torch (a .gguf is converted once into a cached copy), "
+                        "llama.cpp (a .gguf or alias run as it is, mmap'd, no conversion; needs "
+                        "llama-cpp-python), or auto (default: llama.cpp for a .gguf file it can run, "
+                        "unless a torch-only option is set; torch otherwise)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="never convert a .gguf into a cached copy (implies the llama.cpp engine)")
+
+
+def engine_from_args(args, ref: str | None = None):
+    """The `EngineChoice` for the command's model (`ref`: another of its models), validated before
+    anything heavy is loaded."""
+    from superweight.runtime.detect import choose_engine
+
+    torch_only = [flag for flag, on in (
+        ("--max-memory", getattr(args, "max_memory", None) is not None),
+        ("--device", getattr(args, "device", "cpu") != "cpu"),
+        ("--dtype", getattr(args, "dtype", "float32") != "float32"),
+        ("--cache-dtype", getattr(args, "cache_dtype", "float32") != "float32"),
+        ("--layers", getattr(args, "layers_path", None) is not None),
+        ("--down-proj", getattr(args, "down_proj_path", None) is not None)) if on]
+    return choose_engine(ref or args.model, args.engine, no_cache=getattr(args, "no_cache", False),
+                         cache_dtype=getattr(args, "cache_dtype", "float32"), torch_only=torch_only)
 
 
 def config_from_args(args):
@@ -102,6 +131,9 @@ def run(args) -> int:
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
     VerdictScale(args.verify_threshold, args.matters_threshold)  # checked before the load
+    choice = engine_from_args(args)
+    if choice.engine == "llama.cpp":
+        return _run_llamacpp(args, choice, config, prompts)
     out = console()
     lm = load_from_args(args)
     model_id = args.model_id or lm.model_id
@@ -124,7 +156,50 @@ def run(args) -> int:
         png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
                              args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
         console(stderr=True).print(f"Plot: {png}", markup=False)
+        if run.experts is not None:
+            from superweight.report.moe import plot_expert_heatmap
+
+            marked = [s.key for s in run.experts.super_experts + run.experts.outliers]
+            png = plot_expert_heatmap(run.experts.profile, f"{lm.ref}: max |expert output| per layer and expert",
+                                      args.plot / "expert_maxima.png", marked)
+            console(stderr=True).print(f"Plot: {png}", markup=False)
     if args.json:
-        payload = result_header("detect", model=lm.describe(), **run.to_dict())
+        payload = result_header("detect", model=lm.describe(), engine=choice.to_dict(), **run.to_dict())
+        write_json_arg(args.json, payload)
+    return 0
+
+
+def _run_llamacpp(args, choice, config, prompts) -> int:
+    """`detect` with llama.cpp running the GGUF as it is (`superweight.runtime.detect`)."""
+    from superweight import catalog
+    from superweight._io import result_header
+    from superweight.report.detect_tables import detection_tables
+    from superweight.report.tables import show
+    from superweight.runtime.detect import run_detection_gguf
+
+    out = console()
+    status = "Detecting and verifying" if args.verify else "Detecting"
+    with console(stderr=True).status(f"{status} in llama.cpp… ({len(prompts)} prompt(s))"):
+        model, run, info = run_detection_gguf(
+            choice.gguf, prompts, config, model_id=args.model_id or choice.model_id, n_threads=args.threads,
+            verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold)
+    model["ref"] = args.model
+    result = run.result
+    if str(args.json) != "-":
+        show(out, detection_tables(model, run))
+    if args.save_catalog and result.early:
+        path = catalog.add(args.model_id or choice.model_id or args.model, [s.coord for s in result.early],
+                           f"superweight detect --engine llama.cpp{' --verify' if args.verify else ' (not verified: candidates)'}"
+                           f" on {args.model} (file sha256 {model['weights_sha256'][:12]})")
+        console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
+    if args.plot:
+        from superweight.report.detect_plots import plot_down_proj
+
+        png = plot_down_proj(result.layer_stats[0], f"{args.model}: down_proj spikes per layer",
+                             args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
+        console(stderr=True).print(f"Plot: {png}", markup=False)
+    if args.json:
+        payload = result_header("detect", model=model, engine={**choice.to_dict(), **info.to_dict()},
+                                **run.to_dict())
         write_json_arg(args.json, payload)
     return 0

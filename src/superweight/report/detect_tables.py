@@ -226,7 +226,8 @@ def detection_tables(model: dict, run) -> list[Table]:
     verified = verification is not None
     state = "converged" if result.converged else "stopped at the round limit"
     tables.append(Table("", [], notes=[
-        f"{model['ref']} ({model['model_type']}, {model['num_layers']} layers, {model['dtype']}) · "
+        f"{model['ref']} ({model['model_type']}, {model['num_layers']} layers, {model['dtype']}"
+        f"{', in ' + model['engine'] if model.get('engine') else ''}) · "
         f"{n} prompt(s) · {result.rounds} round(s), {state}", headline(result)]))
     early_acts = [a for a in result.massive if not a.late]
     late_acts = [a for a in result.massive if a.late]
@@ -282,6 +283,10 @@ def detection_tables(model: dict, run) -> list[Table]:
         say(f"  catalogued but not found: {comparison.missing}")
     if comparison.entry and comparison.new:
         say(f"  found but not catalogued: {comparison.new}")
+    if getattr(run, "experts", None) is not None:  # a mixture of experts: its super experts
+        from superweight.report.moe import moe_tables
+
+        tables += moe_tables(run.experts)
     return tables
 
 
