@@ -22,6 +22,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
+    "superweight.massive",
     "superweight.model.gguf_write",
     "superweight.quantize",
     "superweight.quantize.api",
@@ -33,6 +34,7 @@ CHEAP = [
     "superweight.selection",
     "superweight.tensor.quant",
     "superweight.tensor.stats",
+    "superweight.verify",
     "superweight.testing",
     "superweight.testing_gguf",
 ]

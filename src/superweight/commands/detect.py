@@ -8,9 +8,19 @@ from superweight.commands._common import add_json_arg, add_model_args, console, 
 from superweight.errors import SuperweightError
 
 
-def register(sub) -> None:
-    from superweight.verify import VERIFY_THRESHOLD
+def add_verdict_args(p) -> None:
+    """The verdict scale (`verify.VerdictScale`), shared by `detect --verify` and `report`."""
+    from superweight.verify import MATTERS_THRESHOLD, VERIFY_THRESHOLD
 
+    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
+                   help="perplexity ratio from which a candidate is a super weight and a massive activation "
+                        f"needed (default {VERIFY_THRESHOLD:g})")
+    p.add_argument("--matters-threshold", type=float, default=None, metavar="X",
+                   help="perplexity ratio from which a candidate or a massive activation matters, below "
+                        f"--verify-threshold (default {MATTERS_THRESHOLD:g}); below it: not needed / spike only")
+
+
+def register(sub) -> None:
     p = sub.add_parser("detect", help="find massive activations, what makes them, and super weights (data-free)",
                        description="Find massive activations in the residual stream and what makes each "
                                    "one (a super weight, one input feature's column, a norm's gain, "
@@ -22,9 +32,7 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="zero each candidate and ablate each massive activation; measure perplexity "
                         "on a short real text")
-    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
-                   help="perplexity ratio that makes a spike a super weight and a massive activation "
-                        f"needed (default {VERIFY_THRESHOLD:g})")
+    add_verdict_args(p)
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
@@ -118,11 +126,11 @@ def run(args) -> int:
     from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
-    from superweight.verify import check_threshold
+    from superweight.verify import VerdictScale
 
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
-    check_threshold(args.verify_threshold)
+    VerdictScale(args.verify_threshold, args.matters_threshold)  # checked before the load
     choice = engine_from_args(args)
     if choice.engine == "llama.cpp":
         return _run_llamacpp(args, choice, config, prompts)
@@ -132,7 +140,8 @@ def run(args) -> int:
     status = "Detecting and verifying…" if args.verify else "Detecting…"
     with console(stderr=True).status(f"{status} ({len(prompts)} prompt(s))"):
         run = run_detection(lm, prompts, config, model_id=model_id,
-                            verify_threshold=args.verify_threshold if args.verify else None)
+                            verify_threshold=args.verify_threshold if args.verify else None,
+                            matters_threshold=args.matters_threshold)
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
@@ -173,7 +182,7 @@ def _run_llamacpp(args, choice, config, prompts) -> int:
     with console(stderr=True).status(f"{status} in llama.cpp… ({len(prompts)} prompt(s))"):
         model, run, info = run_detection_gguf(
             choice.gguf, prompts, config, model_id=args.model_id or choice.model_id, n_threads=args.threads,
-            verify_threshold=args.verify_threshold if args.verify else None)
+            verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold)
     model["ref"] = args.model
     result = run.result
     if str(args.json) != "-":

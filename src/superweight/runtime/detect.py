@@ -368,7 +368,7 @@ class LlamaCppEngine:
 @dataclass
 class _Edits:
     """Edits applied in the callback: weights removed (keys (layer, row, col, expert)) and massive
-    activations ablated ((channel, first_layer, floor, ratio) with their log)."""
+    activations ablated ((channel, first_layer, MassiveCriterion) with their log)."""
 
     pruned: Sequence[tuple] = ()
     ablate: tuple | None = None
@@ -456,9 +456,9 @@ class _Pass:
             return False
         from superweight.interventions import _typical_fill
 
-        channel, _, floor, ratio = self.edits.ablate
+        channel, _, criterion = self.edits.ablate
         t = torch.from_numpy(h)
-        out = _typical_fill(t, channel, floor, ratio, self.edits.log)
+        out = _typical_fill(t, channel, criterion, self.edits.log)
         if out is t:
             return False
         h[...] = out.numpy()
@@ -557,8 +557,7 @@ def trace_gguf(engine: LlamaCppEngine, prompt: str, config=None, detection=None)
     layers = list(range(engine.view.num_layers)) if config.layers is None else list(config.layers)
 
     def scan(pruned, at):
-        probe = ResidualProbe(engine.view, layers, config.massive_floor, config.massive_ratio,
-                              explain=False, watch=at)
+        probe = ResidualProbe(engine.view, layers, config.criterion, explain=False, watch=at)
         engine.run(ids, _Pass(engine, _Edits(pruned=list(pruned)), layers, None, probe))
         return probe.rows
 
@@ -599,13 +598,14 @@ class LlamaCppScorer:
 
 
 def verify_gguf(engine: LlamaCppEngine, super_weights, *, text: str | None = None, threshold: float,
-                massive=(), criterion=None, max_tokens: int | None = None):
+                massive=(), criterion=None, max_tokens: int | None = None, matters: float | None = None):
     """`superweight.verify.verify` with llama.cpp computing the perplexities (same rules, same text)."""
+    from superweight.massive import MassiveCriterion
     from superweight.verify import VERIFY_TOKENS, verify_with
 
     return verify_with(lambda t, n: LlamaCppScorer(engine, t, n), super_weights, text=text,
                        max_tokens=max_tokens or VERIFY_TOKENS, threshold=threshold, massive=massive,
-                       criterion=criterion)
+                       criterion=criterion or MassiveCriterion(), matters=matters)
 
 
 # --- what `superweight detect --engine llama.cpp` runs ------------------------------------------------
@@ -626,7 +626,7 @@ class EngineRun:
 
 def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: float | None = None,
                        model_id: str | None = None, text: str | None = None, n_ctx: int = DEFAULT_CTX,
-                       n_threads: int | None = None):
+                       n_threads: int | None = None, matters_threshold: float | None = None):
     """(engine description, `DetectionRun`, `EngineRun`) of `superweight detect FILE --engine llama.cpp`."""
     from superweight import catalog
     from superweight.detect import DetectConfig, DetectionRun
@@ -639,7 +639,7 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
         if verify_threshold is not None:
             verification = verify_gguf(engine, result.super_weights, text=text, threshold=verify_threshold,
                                        massive=result.massive,
-                                       criterion=(config.massive_floor, config.massive_ratio))
+                                       criterion=config.criterion, matters=matters_threshold)
         model = engine.describe()
     model["model_id"] = model_id
     run = DetectionRun(result, verification, catalog.compare(model_id, result.early))
