@@ -22,8 +22,11 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
+    "superweight.massive",
+    "superweight.model.gguf_write",
     "superweight.moe",
     "superweight.quantize",
+    "superweight.quantize.api",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
     "superweight.report.html",
@@ -32,6 +35,7 @@ CHEAP = [
     "superweight.selection",
     "superweight.tensor.quant",
     "superweight.tensor.stats",
+    "superweight.verify",
     "superweight.testing",
     "superweight.testing_gguf",
 ]

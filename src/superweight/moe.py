@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from superweight.errors import SuperweightError
-from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO, residual_scan, runs
+from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, residual_scan, runs
 from superweight.model.adapters import DownProj, ModelView, get_path
 from superweight.model.hooks import observe_down_projs
 from superweight.model.offload import Overrides
@@ -344,8 +344,8 @@ def _massive_at(lm, profile: ExpertProfile, picked: list[ExpertStat], config: Su
     out = {}
     for i in sorted({s.prompt for s in picked if s.prompt is not None}):
         ids = _encode(lm, profile.prompts[i])
-        found = {(r.position, r.channel): r for r in runs(residual_scan(lm, ids, config.massive_floor,
-                                                                        config.massive_ratio))}
+        found = {(r.position, r.channel): r for r in runs(residual_scan(lm, ids, MassiveCriterion(config.massive_floor,
+                                                                                         config.massive_ratio)))}
         for s in picked:
             if s.prompt == i:
                 out[(s.layer, s.expert, s.kind)] = found.get((s.position, s.channel))

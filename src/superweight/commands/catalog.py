@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--coords", action="append", metavar="L,R,C",
                    help=f"coordinates to add, {COORDS_GRAMMAR}; repeatable")
     p.add_argument("--source", default="added by hand", help="provenance of added coordinates")
+    p.add_argument("--from", dest="from_census", metavar="CENSUS_DIR",
+                   help="`catalog add --from DIR`: add the verified super weights of a `superweight census`")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -29,8 +31,12 @@ def run(args) -> int:
     out = console()
     if args.action == "path":
         out.print(str(catalog.local_path()), markup=False)
-        write_json_arg(args.json, {"path": str(catalog.local_path())})
+        write_json_arg(args.json, catalog.CatalogResult("path"))
         return 0
+    if args.action == "add" and args.from_census:
+        return _add_from_census(args)
+    if args.from_census:
+        raise SuperweightError("--from is for `catalog add --from CENSUS_DIR`")
     if args.action == "add":
         texts = list(args.coords or []) + list(args.old_coords or [])
         if args.old_coords:
@@ -43,7 +49,7 @@ def run(args) -> int:
             raise SuperweightError("the catalog holds dense (layer, row, col) coordinates; drop the expert")
         path = catalog.add(args.model_id, [s.coord for s in sws], args.source)
         out.print(f"Added {len(sws)} coordinate(s) for {args.model_id} to {path}", markup=False)
-        write_json_arg(args.json, {"path": str(path), "entry": catalog.lookup(args.model_id).to_dict()})
+        write_json_arg(args.json, catalog.CatalogResult("add", [catalog.lookup(args.model_id)]))
         return 0
     if args.coords or args.old_coords:
         raise SuperweightError(f"coordinates are only for `catalog add`, not `catalog {args.action}`")
@@ -54,5 +60,21 @@ def run(args) -> int:
             raise SuperweightError(f"{args.model_id!r} is not in the catalog "
                                    "(model ids match exactly; see `superweight catalog`)")
     show_tables(args, catalog_tables(entries))
-    write_json_arg(args.json, {"entries": [{**e.to_dict(), "origin": e.origin} for e in entries]})
+    write_json_arg(args.json, catalog.CatalogResult(args.action, entries))
+    return 0
+
+
+def _add_from_census(args) -> int:
+    from superweight.census import add_to_catalog
+    from superweight.errors import SuperweightError
+
+    if args.model_id or args.coords or args.old_coords:
+        raise SuperweightError("`catalog add --from CENSUS_DIR` takes no model id or coordinates")
+    added = add_to_catalog(args.from_census)
+    out = console()
+    for model_id, coords, path in added:
+        out.print(f"Added {len(coords)} verified coordinate(s) for {model_id} to {path}", markup=False)
+    if not added:
+        out.print(f"No verified super weights in {args.from_census} (run the census with --verify)", markup=False)
+    write_json_arg(args.json, {"added": [{"model": m, "super_weights": c, "path": str(p)} for m, c, p in added]})
     return 0

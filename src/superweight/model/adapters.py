@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
 from superweight.model.offload import read_param
+from superweight.records import SuperWeight
 
 LAYOUTS = ("linear", "conv1d", "experts", "experts_t")
 EXPERT_LAYOUTS = ("experts", "experts_t")
@@ -97,6 +98,7 @@ class FeatureRow:
     bias: torch.Tensor | None
     name: str
     module: nn.Module  # the module whose forward input is the MLP input
+    index: int = -1  # the feature's row in the module's W[out, in] (fused: j·I + feature)
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,21 @@ class DownProj:
             return w[self.expert].T
         return w
 
+    def row(self, row: int) -> torch.Tensor:
+        """W[row, :] as float32 on the CPU: one output channel's weights (what detection reads of a
+        layer it only observes; a GGUF-backed projection reads just that row)."""
+        return self.matrix()[row].detach().float().cpu()
+
+    def column(self, col: int) -> torch.Tensor:
+        """W[:, col] as float32 on the CPU: what one input feature feeds into every output channel."""
+        return self.matrix()[:, col].detach().float().cpu()
+
+    def rank(self, row: int, col: int) -> int:
+        """1-based rank of |W[row, col]| among all of W's entries (1 = the largest)."""
+        from superweight.tensor.stats import rank_by_magnitude
+
+        return rank_by_magnitude(self.matrix().detach(), row, col)
+
     def whole(self) -> tuple:
         """The index of this projection's whole matrix in the stored parameter (an expert's slice)."""
         return (self.expert,) if self.layout in EXPERT_LAYOUTS else (Ellipsis,)
@@ -345,6 +362,7 @@ class ModelView:
         if not isinstance(layers, (nn.ModuleList, list, tuple)):
             raise SuperweightError(f"{adapter.layers!r} is a {type(layers).__name__}, not a list of layers")
         self.layers = list(layers)
+        self._checked: set[tuple] = set()  # coordinates already validated by `check`
         if not self.layers:
             raise SuperweightError("the model has no decoder layers")
         for i in range(len(self.layers)):  # fail early, with the path in the message
@@ -353,6 +371,23 @@ class ModelView:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def check(self, coords: Iterable) -> list[SuperWeight]:
+        """Coordinates (records or (layer, row, col[, expert]) tuples) as `SuperWeight` records, each
+        validated against this model's shapes — once: a key already checked is not checked again.
+        The one validation of coordinates; a one-line error for any out of range."""
+        records = [SuperWeight.of(c) for c in coords]
+        for sw in records:
+            if sw.key in self._checked:
+                continue
+            layer, row, col, expert = sw.key
+            self.check_layer(layer)
+            rows, cols = self.down_proj(layer, expert).shape
+            if not (0 <= row < rows and 0 <= col < cols):
+                raise SuperweightError(f"coordinate ({layer}, {row}, {col}) outside the down projection of "
+                                       f"layer {layer}, which is {rows} x {cols} (row = output, col = input)")
+            self._checked.add(sw.key)
+        return records
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
@@ -522,7 +557,7 @@ class ModelView:
                 r = spec.chunks * col + j if spec.interleaved else j * inter + col
                 row = w[:, r] if out_dim == 1 else w[r]  # [hidden]
                 b = bias[r:r + 1] if isinstance(bias, torch.Tensor) else None
-                rows.append(FeatureRow(row, b, f"{name}[{r}]", module))
+                rows.append(FeatureRow(row, b, f"{name}[{r}]", module, r))
         return rows
 
     def up_specs(self, layer: int) -> tuple[UpProj, ...]:
