@@ -27,6 +27,7 @@ CHEAP = [
     "superweight.moe",
     "superweight.quantize",
     "superweight.quantize.api",
+    "superweight.quantize.gguf",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
     "superweight.report.html",
