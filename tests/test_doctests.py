@@ -28,6 +28,7 @@ CHEAP = [
     "superweight.quantize",
     "superweight.quantize.api",
     "superweight.quantize.gguf",
+    "superweight.runtime.protect",
     "superweight.quantize.sweep",
     "superweight.quantize.w8a8.core",
     "superweight.report.html",
