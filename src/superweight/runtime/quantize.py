@@ -150,7 +150,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
         raise SuperweightError(f"{src.name} is already quantized ({', '.join(quantized)}); requantizing "
                                "loses quality twice — allow it explicitly (allow_requantize)")
     _check_paths(src, dst, force)
-    _check_space(dst, _size_bound(source, key, overrides))
+    _check_space(dst, _size_bound(source, key, overrides + pins))
 
     kv = _manifest_kv(key, overrides, imatrix, imatrix_source, imatrix_chunks, metadata)
     if pins:
