@@ -256,7 +256,9 @@ def _size_bound(source: dict[str, dict], ftype: str, overrides) -> int:
 
 
 def _check_space(dst: Path, need: int) -> None:
-    folder = dst.parent if dst.parent.exists() else Path(".")
+    folder = dst.parent
+    while not folder.exists() and folder != folder.parent:  # the folder atomic_write will create
+        folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < need:
         raise SuperweightError(f"not enough free disk space in {folder}: {free / 2**20:.0f} MiB free, "
