@@ -34,6 +34,7 @@ CHEAP = [
     "superweight.report.html",
     "superweight.report.progress",
     "superweight.report.tables",
+    "superweight.runtime.protect",
     "superweight.selection",
     "superweight.tensor.quant",
     "superweight.tensor.stats",
