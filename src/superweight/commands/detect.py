@@ -136,7 +136,6 @@ def prompts_from_args(args) -> list[str]:
 
 
 def run(args) -> int:
-    from superweight import catalog
     from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
@@ -167,17 +166,8 @@ def run(args) -> int:
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
-    if args.save_catalog and result.early:
-        path = catalog.add(model_id or lm.ref, [s.coord for s in result.early],
-                           f"superweight detect{' --verify' if args.verify else ' (not verified: candidates)'} on "
-                           f"{lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
-        console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
+    _save_and_plot(args, result, model_id or lm.ref, lm.ref, "", f"weights sha256 {lm.weights_hash()[:12]}")
     if args.plot:
-        from superweight.report.detect_plots import plot_down_proj
-
-        png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
-                             args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
-        console(stderr=True).print(f"Plot: {png}", markup=False)
         if run.experts is not None:
             from superweight.report.moe import plot_expert_heatmap
 
@@ -191,9 +181,25 @@ def run(args) -> int:
     return 0
 
 
+def _save_and_plot(args, result, catalog_id: str, ref: str, engine: str, digest: str) -> None:
+    """`--save-catalog` and `--plot` (Figure 3), the same for both engines."""
+    from superweight import catalog
+
+    if args.save_catalog and result.early:
+        path = catalog.add(catalog_id, [s.coord for s in result.early],
+                           f"superweight detect{engine}{' --verify' if args.verify else ' (not verified: candidates)'}"
+                           f" on {ref} ({digest})")
+        console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
+    if args.plot:
+        from superweight.report.detect_plots import plot_down_proj
+
+        png = plot_down_proj(result.layer_stats[0], f"{ref}: down_proj spikes per layer",
+                             args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
+        console(stderr=True).print(f"Plot: {png}", markup=False)
+
+
 def _run_llamacpp(args, choice, config, prompts) -> int:
     """`detect` with llama.cpp running the GGUF as it is (`superweight.runtime.detect`)."""
-    from superweight import catalog
     from superweight._io import result_header
     from superweight.report.detect_tables import detection_tables
     from superweight.report.tables import show
@@ -209,17 +215,8 @@ def _run_llamacpp(args, choice, config, prompts) -> int:
     result = run.result
     if str(args.json) != "-":
         show(out, detection_tables(model, run))
-    if args.save_catalog and result.early:
-        path = catalog.add(args.model_id or choice.model_id or args.model, [s.coord for s in result.early],
-                           f"superweight detect --engine llama.cpp{' --verify' if args.verify else ' (not verified: candidates)'}"
-                           f" on {args.model} (file sha256 {model['weights_sha256'][:12]})")
-        console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
-    if args.plot:
-        from superweight.report.detect_plots import plot_down_proj
-
-        png = plot_down_proj(result.layer_stats[0], f"{args.model}: down_proj spikes per layer",
-                             args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
-        console(stderr=True).print(f"Plot: {png}", markup=False)
+    _save_and_plot(args, result, args.model_id or choice.model_id or args.model, args.model, " --engine llama.cpp",
+                   f"file sha256 {model['weights_sha256'][:12]}")
     if args.json:
         payload = result_header("detect", model=model, engine={**choice.to_dict(), **info.to_dict()},
                                 **run.to_dict())

@@ -142,7 +142,7 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     if max_memory is not None:
         from superweight.model.budget import parse_size
 
-        parse_size(max_memory)  # a bad size fails before anything is read
+        max_memory = parse_size(max_memory)  # bytes from here on; a bad size fails before anything is read
     requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):

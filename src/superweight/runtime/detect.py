@@ -789,7 +789,7 @@ def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, pro
     """`superweight.quantize.check.check_models` with the other copy a GGUF run by llama.cpp: the
     same token ids (the original's tokenizer) fed to it, its weights read from the file."""
     from superweight.detect import DEFAULT_PROMPT, encode, find_super_weights
-    from superweight.quantize.check import SURVIVE_RATIO, CheckRow, channel_activations
+    from superweight.quantize.check import channel_activations, check_row
 
     view = original.view
     if view.num_layers != engine.view.num_layers:
@@ -816,10 +816,5 @@ def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, pro
     for sw in sws:
         a = float(view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         b = float(engine.view.down_proj(sw.layer).row(sw.row)[sw.col])
-        key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
-        ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
-        ratio = yb / ya if ya else float("nan")
-        rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
-                             abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
-                             bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0)))
+        rows.append(check_row(sw, a, b, act_a, act_b))
     return rows
