@@ -2,7 +2,7 @@
 and llama.cpp perplexity against our PyTorch evaluator on the same windows.
 
 Quantization: the default model's Q4_1 file requantized to --type (allow_requantize), best of
---repeat runs each, ours (validation, the stock call, temp file + rename, read-back with gguf) against
+--repeat runs each (interleaved), ours (validation, the stock call, temp file + rename, read-back with gguf) against
 the bare C call with the same parameters on the same file (target ratio ≤ 1.1). Perplexity: the same
 token windows of wiki (our tokenizer, our windowing) scored by llama.cpp (`gguf_perplexity`, one
 graph per window, second half scored) and by our evaluator's `score_windows` (PyTorch, float32, all
@@ -11,6 +11,7 @@ positions scored); a ratio > 1 means llama.cpp is faster. The two perplexities d
 PyTorch figure. Timings on a shared CPU are noisy; the ratios, taken in one run, are the figures.
 
 Run: python benchmarks/bench_llamacpp.py [--type Q4_K_M] [--windows 8] [--seqlen 256] [--threads 2]
+     [--repeat 5] [--no-perplexity]
 Prints a table and writes benchmarks/results/llamacpp.json.
 """
 
@@ -44,13 +45,16 @@ def bare_quantize(src: Path, dst: Path, ftype: str, nthread: int) -> None:
         raise RuntimeError("llama_model_quantize failed")
 
 
-def best(fn, repeat: int) -> float:
-    times = []
+def best_interleaved(fns, repeat: int) -> list[float]:
+    """The fastest of `repeat` runs of each function, the runs interleaved (a, b, a, b, ...) so that
+    a change in the machine's load affects both alike."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [min(ts) for ts in times]
 
 
 def main() -> None:
@@ -59,16 +63,28 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-perplexity", action="store_true", help="time the quantizer only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     src = alias_gguf("smollm2-135m")
     with tempfile.TemporaryDirectory() as tmp:
         ours_out, bare_out = Path(tmp, "ours.gguf"), Path(tmp, "bare.gguf")
-        t_bare = best(lambda: bare_quantize(src, bare_out, args.type, args.threads), args.repeat)
-        t_ours = best(lambda: quantize_gguf(src, ours_out, args.type, nthread=args.threads, force=True,
-                                            allow_requantize=True), args.repeat)
+        t_bare, t_ours = best_interleaved(
+            [lambda: bare_quantize(src, bare_out, args.type, args.threads),
+             lambda: quantize_gguf(src, ours_out, args.type, nthread=args.threads, force=True,
+                                   allow_requantize=True)], args.repeat)
         same_size = ours_out.stat().st_size - bare_out.stat().st_size
+    quantize = {"ours_s": t_ours, "llama_model_quantize_s": t_bare, "ratio": t_ours / t_bare,
+                "size_difference_bytes": same_size}
+    print(f"quantize {args.type} (requantizing {src.name}, {args.threads} threads, best of {args.repeat}, "
+          "interleaved)")
+    print(f"  quantize_gguf          {t_ours:.2f} s")
+    print(f"  llama_model_quantize   {t_bare:.2f} s   ratio {t_ours / t_bare:.3f}")
+    if args.no_perplexity:
+        write_json(OUT.with_name("llamacpp-quantize.json"), result_header(
+            "bench-llamacpp", model=str(src), type=args.type, threads=args.threads, quantize=quantize))
+        return
     lm = load_model("smollm2-135m", quiet=True)
     windows = text_windows(lm, "wiki", seqlen=args.seqlen, max_tokens=args.windows * args.seqlen)
     t = time.perf_counter()
@@ -80,18 +96,14 @@ def main() -> None:
     like = score_torch(lm, windows)
     result = result_header("bench-llamacpp", model=str(src), type=args.type, threads=args.threads,
                            windows=int(windows.shape[0]), seqlen=args.seqlen,
-                           quantize={"ours_s": t_ours, "llama_model_quantize_s": t_bare,
-                                     "ratio": t_ours / t_bare, "size_difference_bytes": same_size},
+                           quantize=quantize,
                            perplexity={"llama_cpp_s": t_lcpp, "pytorch_s": t_torch,
                                        "speed_ratio": t_torch / t_lcpp,
                                        "llama_cpp_ppl_second_half": lcpp.ppl,
                                        "pytorch_ppl_second_half": like.ppl,
                                        "pytorch_ppl_all_positions": math.exp(nll)})
     write_json(OUT, result)
-    q, p = result["quantize"], result["perplexity"]
-    print(f"quantize {args.type} (requantizing {src.name}, {args.threads} threads, best of {args.repeat})")
-    print(f"  quantize_gguf          {q['ours_s']:.2f} s")
-    print(f"  llama_model_quantize   {q['llama_model_quantize_s']:.2f} s   ratio {q['ratio']:.3f}")
+    p = result["perplexity"]
     print(f"perplexity, {windows.shape[0]} windows x {args.seqlen} tokens of wiki")
     print(f"  llama.cpp (Q4_1 file)  {t_lcpp:.2f} s   ppl {lcpp.ppl:.3f} (second half)")
     print(f"  PyTorch (float32)      {t_torch:.2f} s   ppl {math.exp(nll):.3f} (all positions), "

@@ -25,7 +25,7 @@ from superweight.model.load import alias_gguf
 from superweight.records import SuperWeight
 from superweight.runtime.protect import control_overrides, protect_overrides
 from superweight.runtime.quantize import gguf_tensors, quantize_gguf
-from superweight.runtime.scoring import SCORING, kl_divergences, text_windows
+from superweight.runtime.scoring import SCORING, kl_divergences, paired_difference, text_windows
 
 OUT = Path(__file__).parent / "results" / "gguf_protect.json"
 SUPER_WEIGHTS = [SuperWeight(11, 507, 1229), SuperWeight(11, 507, 1487)]  # smollm2-135m, verified
@@ -64,12 +64,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=OUT.parent.parent) as tmp:
         made = [v for t in args.types for v in variants(src, t, Path(tmp), args.protect_type, args.threads)]
-        scores = kl_divergences([m["path"] for m in made], src, windows, n_threads=args.threads)
+        scores = kl_divergences([m["path"] for m in made], src, windows, n_threads=args.threads,
+                                per_token=True)
+    by = {(m["ftype"], m["variant"]): s for m, s in zip(made, scores)}
     for m, s in zip(made, scores):
-        rows.append({"type": m["ftype"], "variant": m["variant"], "overridden": m["overridden"],
+        t, v = m["ftype"], m["variant"]
+        paired = {}
+        if v in ("weight", "circuit"):  # a gain counts only where it beats its control
+            paired = {"vs_control": paired_difference(s, by[(t, f"control-{v}")]),
+                      "vs_stock": paired_difference(s, by[(t, "stock")])}
+        rows.append({"type": t, "variant": v, "overridden": m["overridden"],
                      "pin_fallbacks": m["pin_fallbacks"], "fallbacks": m["fallbacks"],
                      "size_bytes": m["size_bytes"], "bits_per_weight": m["bits_per_weight"],
-                     "note": m.get("note"), **s.to_dict()})
+                     "note": m.get("note"), **paired, **{k: x for k, x in s.to_dict().items() if k != "extra"}})
     write_json(OUT, result_header("gguf-protect-experiment", model=str(src), super_weights=[
         sw.coord for sw in SUPER_WEIGHTS], protect_type=args.protect_type, windows=int(windows.shape[0]),
         seqlen=args.seqlen, text="wiki", scoring=SCORING, rows=rows))
@@ -83,6 +90,16 @@ def main() -> None:
         print(f"| {r['type']} | {r['variant']} | {kept} | {r['size_bytes']:,} | {r['bits_per_weight']:.3f} "
               f"| {r['ppl']:.3f} | {r['kld_mean']:.4f} ± {r['kld_stderr']:.4f} | {r['kld_percentiles']['99']:.4f} "
               f"| {100 * r['same_top']:.1f}% |")
+    print("\npaired over the same tokens (per-token KLD difference, mean ± standard error; negative: "
+          "closer to the reference)\n")
+    print("| type | variant | ΔKLD vs its control | ΔKLD vs stock | Δ same top vs control |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        if "vs_control" in r:
+            c, k = r["vs_control"], r["vs_stock"]
+            print(f"| {r['type']} | {r['variant']} | {c['kld_diff']:+.4f} ± {c['kld_diff_stderr']:.4f} "
+                  f"| {k['kld_diff']:+.4f} ± {k['kld_diff_stderr']:.4f} "
+                  f"| {100 * c['same_top_diff']:+.1f} ± {100 * c['same_top_diff_stderr']:.1f} pp |")
     print(f"\nwrote {OUT}")
 
 

@@ -94,7 +94,7 @@ def test_verification_separates_the_super_expert_from_random_experts(model_type,
     assert pruned < 0.5 * base  # the sink goes with the super expert ...
     assert abs(mean - base) + 3 * std < 0.2 * (base - pruned)  # ... and stays with random experts
     assert all(c.experts[0][0] == LAYER and c.experts[0][1] != EXPERT for c in v.random)
-    assert v.to_dict()["variant"].startswith("output zeroed")
+    assert v.to_dict()["variant"].startswith("output zeroed, as Su et al. prune")
     assert_unchanged(lm.model, before)
 
 
@@ -248,3 +248,21 @@ def test_offloaded_experts_give_the_same_profile_result_and_verification(budget_
             assert off.view.down_proj(LAYER, EXPERT).matrix().abs().max() == 0
             raise RuntimeError("interrupted")
     assert _bits(off) == before
+
+
+def test_zero_shot_accuracy_when_asked(tokenizer, tmp_path):
+    import json
+
+    from superweight.report.moe import verification_table
+
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"goal": "To dry wet hands,", "sol1": "rub them with a towel.", "sol2": "put them in the freezer.",
+         "label": 0},
+        {"goal": "To boil water,", "sol1": "put it in the fridge.", "sol2": "heat it on the stove.", "label": 1}]))
+    lm = planted("mixtral", tokenizer)
+    v = verify_super_experts(lm, [(LAYER, EXPERT)], text=TEXT, draws=1, max_tokens=32, tasks=["piqa"], limit=2,
+                             data_files={"piqa": piqa})
+    for c in (v.base, v.pruned, *v.random):
+        assert set(c.acc) == {"piqa"} and 0.0 <= c.acc["piqa"] <= 1.0
+    assert "piqa acc" in [col.name for col in verification_table(v).columns]

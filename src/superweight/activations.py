@@ -84,7 +84,7 @@ def trace(lm: LoadedModel, prompt: str = DEFAULT_PROMPT, config: DetectConfig | 
 
     def scan(pruned: list[tuple], at: tuple[int, int] | None) -> list[ResidualLayer]:
         with prune(lm.view, pruned) if pruned else nullcontext():
-            return residual_scan(lm, ids, config.massive_floor, config.massive_ratio, config.layers, at)
+            return residual_scan(lm, ids, config.criterion, config.layers, at)
 
     return trace_with(scan, detection, prompt, tokens)
 

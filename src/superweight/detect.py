@@ -32,7 +32,7 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import prune
-from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, OriginConfig, ResidualLayer, ResidualProbe,
+from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, OriginConfig, ResidualLayer, ResidualProbe,
                                  massive_activations)
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs, observe_outputs
@@ -69,6 +69,11 @@ class DetectConfig:
     weight_share: float = 0.5  # a few weights make an MLP output when they make this share of it
     min_product_share: float = 0.1  # ... each at least this share
     max_weights: int = 4  # ... and at most this many of them
+
+    @property
+    def criterion(self) -> MassiveCriterion:
+        """What a massive activation is: the one criterion detection and verification share."""
+        return MassiveCriterion(self.massive_floor, self.massive_ratio)
 
     def __post_init__(self) -> None:
         for name in ("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
@@ -361,7 +366,7 @@ def detect_rounds(view, run_pass: PassRunner, prompt: str, tokens: list[str], la
     view of the llama.cpp engine (`superweight.runtime.detect`).
     """
     late_from = config.late_from(view.num_layers)
-    probe = ResidualProbe(view, layers, config.massive_floor, config.massive_ratio)
+    probe = ResidualProbe(view, layers, config.criterion)
     stats = run_pass([], probe)  # round 1: down projections + residual stream
     out_min = output_threshold(stats, config)
     origin_config = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
@@ -493,11 +498,13 @@ class DetectionRun:
 def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
                   model_id: str | None = None, text: str | None = None,
-                  experts: object | None = None) -> DetectionRun:
-    """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
-    compare the early super weights with the catalog entry for `model_id` (default: the model's).
+                  experts: object | None = None, matters_threshold: float | None = None,
+                  expert_draws: int = 3) -> DetectionRun:
+    """Detect; with `verify_threshold`, verify every candidate and massive activation causally and
+    grade it (`verify.VerdictScale(verify_threshold, matters_threshold)`: needed / matters / not
+    needed); compare the early super weights with the catalog entry for `model_id` (default: the model's).
     For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
-    with `verify_threshold`, prune them against random experts (`superweight.moe`).
+    with `verify_threshold`, prune them against `expert_draws` sets of random experts (`superweight.moe`).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -511,7 +518,8 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     verification = None
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
-                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio))
+                              massive=result.massive, criterion=config.criterion,
+                              matters=matters_threshold)
     moe = None
     if lm.view.is_moe:
         from superweight.moe import SuperExpertConfig, super_experts, verify_super_experts
@@ -519,5 +527,5 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
         moe = super_experts(lm, prompts, experts or SuperExpertConfig(
             massive_floor=config.massive_floor, massive_ratio=config.massive_ratio))
         if verify_threshold is not None and moe.super_experts:
-            moe.verification = verify_super_experts(lm, moe.super_experts, text=text)
+            moe.verification = verify_super_experts(lm, moe.super_experts, text=text, draws=expert_draws)
     return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe)

@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from superweight.errors import SuperweightError
-from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO, residual_scan, runs
+from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, residual_scan, runs
 from superweight.model.adapters import DownProj, ModelView, get_path
 from superweight.model.hooks import observe_down_projs
 from superweight.model.offload import Overrides
@@ -50,9 +50,9 @@ from superweight.records import Record, SuperWeight
 from superweight.tensor.stats import dominance, rank_by_magnitude
 
 ROUTED, SHARED, DENSE = "routed", "shared", "dense"
-PRUNE_VARIANT = ("output zeroed: the expert's down projection (and its bias) set to 0; the router "
-                 "still scores and selects it and its routing weight is kept (the other experts' "
-                 "weights are not renormalised)")
+PRUNE_VARIANT = ("output zeroed, as Su et al. prune: the expert's down projection (and its bias) set to 0; "
+                 "the router still scores and selects it and its routing weight is kept (the other "
+                 "experts' weights are not renormalised, no other expert takes its place)")
 
 
 @dataclass
@@ -209,10 +209,14 @@ def _encode(lm, prompt: str) -> torch.Tensor:
 def profile_experts(lm, prompts: str | Sequence[str] | None = None) -> ExpertProfile:
     """One forward pass per prompt (default: detection's prompt), routing as the model does it.
 
-    >>> p = profile_experts(lm)
+    >>> from superweight.model import wrap_model
+    >>> from superweight.testing import plant_super_expert, tiny_model, tiny_tokenizer
+    >>> model = tiny_model("qwen3_moe")
+    >>> _ = plant_super_expert(model, 2, 7, 11, expert=1)  # expert 1 of layer 2, W[7, 11] = 50
+    >>> p = profile_experts(wrap_model(model, tiny_tokenizer()))
     >>> s = max(p.population(), key=lambda s: abs(s.value))
-    >>> (s.layer, s.expert, s.channel)  # the largest expert output: where and on which channel
-    (2, 1, 7)
+    >>> (s.layer, s.expert, s.channel, s.token)  # the largest expert output: where, which channel, token
+    (2, 1, 7, '<s>')
     """
     from superweight.detect import DEFAULT_PROMPT
 
@@ -340,8 +344,8 @@ def _massive_at(lm, profile: ExpertProfile, picked: list[ExpertStat], config: Su
     out = {}
     for i in sorted({s.prompt for s in picked if s.prompt is not None}):
         ids = _encode(lm, profile.prompts[i])
-        found = {(r.position, r.channel): r for r in runs(residual_scan(lm, ids, config.massive_floor,
-                                                                        config.massive_ratio))}
+        found = {(r.position, r.channel): r for r in runs(residual_scan(lm, ids, MassiveCriterion(config.massive_floor,
+                                                                                         config.massive_ratio)))}
         for s in picked:
             if s.prompt == i:
                 out[(s.layer, s.expert, s.kind)] = found.get((s.position, s.channel))
@@ -396,8 +400,8 @@ def super_experts(lm, prompts: str | Sequence[str] | None = None,
                   config: SuperExpertConfig | None = None) -> SuperExpertResult:
     """Profile the experts, apply the rule, explain each super expert.
 
-    >>> result = super_experts(lm)
-    >>> [(s.layer, s.expert, s.channel, s.weights[0].coord) for s in result.super_experts]
+    >>> result = super_experts(load_model("/tmp/demo-moe"))  # doctest: +SKIP
+    >>> [(s.layer, s.expert, s.channel, s.weights[0].coord) for s in result.super_experts]  # doctest: +SKIP
     [(2, 1, 7, (2, 7, 11))]
     """
     config = config or SuperExpertConfig()
@@ -534,11 +538,12 @@ def random_experts(view: ModelView, experts: Sequence[tuple[int, int | None]], s
 
 def verify_super_experts(lm, experts: Sequence, *, text: str | None = None, draws: int = 3,
                          seed: int = 0, max_tokens: int = 256, tasks: Sequence[str] = (),
-                         limit: int | None = None) -> ExpertVerification:
+                         limit: int | None = None, data_files: dict | None = None) -> ExpertVerification:
     """Prune the super experts, then `draws` seeded sets of random experts from the same layers.
+    With `tasks` (lm-eval tasks; `limit` items each, `data_files` local copies), zero-shot accuracy too.
 
-    >>> v = verify_super_experts(lm, result.super_experts)
-    >>> v.pruned.ppl > 10 * v.spread("ppl")[0]
+    >>> v = verify_super_experts(lm, result.super_experts, draws=5)  # doctest: +SKIP
+    >>> v.pruned.sink < 0.5 * v.spread("sink")[0]  # doctest: +SKIP
     True
     """
     from superweight.verify import text_perplexity, verification_text
@@ -561,7 +566,8 @@ def verify_super_experts(lm, experts: Sequence, *, text: str | None = None, draw
             if tasks:
                 from superweight.evaluate.zeroshot import zero_shot
 
-                c.acc = {t: r.acc for t, r in zero_shot(lm, tasks, limit=limit, progress=False).items()}
+                c.acc = {t: r.acc for t, r in zero_shot(lm, tasks, limit=limit, data_files=data_files,
+                                                        progress=False).items()}
         return c
 
     base = measure("unedited", [])

@@ -546,6 +546,9 @@ DEMOS = {
     "demo-column": "Qwen2: one input feature (column 11 of layer 2) feeds four rows (3, 17, 29, 40)",
     "demo-attention": "Llama: the attention output makes a massive activation (layer 1, channel 9)",
     "demo-embedding": "Llama: the embedding of <s> carries a massive activation on channel 9",
+    "demo-moe": "Qwen3-MoE: expert 1 of layer 2 is a super expert (routed for <s>, W[7, 11] = 50 makes a "
+                "massive activation on channel 7; later layers' attention sinks on it)",
+    "demo-moe-shared": "DeepSeek-V3: the shared expert of layer 2 is the super expert (W[7, 11] = 50)",
 }
 
 
@@ -563,6 +566,12 @@ def demo_model(name: str) -> nn.Module:
     elif name == "demo-embedding":
         model = tiny_model("llama")
         plant_embedding_activation(model, BOS_ID, 9)
+    elif name == "demo-moe":
+        model = tiny_model("qwen3_moe")
+        plant_super_expert(model, 2, 7, 11, expert=1)
+    elif name == "demo-moe-shared":
+        model = tiny_model("deepseek_v3")
+        plant_super_expert(model, 2, 7, 11, expert=None)
     else:
         raise SuperweightError(f"unknown demo {name!r}; known: {', '.join(DEMOS)}")
     return model

@@ -90,3 +90,21 @@ def test_bad_expert_coordinates_are_one_line_errors(models, capsys, tmp_path, mo
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--expert-percentile", "0", "percentile must be in (0, 100]"),
+                                                  ("--expert-depth", "1.5", "depth must be in (0, 1]"),
+                                                  ("--expert-draws", "0", "--expert-draws must be at least 1")])
+def test_bad_rule_settings_are_refused_before_the_load(models, capsys, flag, value, message):
+    code, out, err = run(["detect", "/nonexistent/model", flag, value], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_report_page_has_the_heatmap_and_the_super_expert_tables(models, capsys, tmp_path):
+    code, out, err = run(["report", models["moe"], "--out", str(tmp_path / "r"), "--threads", "1"], capsys)
+    assert code == 0, err
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Super experts: output maxima per layer and expert" in html and "data:image/png;base64" in html
+    assert "Super experts" in html and "makes it (first after layer 2" in html
+    assert "Verification: super experts pruned vs random experts" in html

@@ -20,6 +20,7 @@ from superweight.cli import main  # noqa: E402
 from superweight.detect import DetectConfig, detect  # noqa: E402
 from superweight.errors import SuperweightError  # noqa: E402
 from superweight.interventions import AblationLog, ablate_massive, prune  # noqa: E402
+from superweight.massive import MassiveCriterion  # noqa: E402
 from superweight.model.load import wrap_model  # noqa: E402
 from superweight.runtime.detect import (LlamaCppEngine, LlamaCppScorer, _Edits, choose_engine,  # noqa: E402
                                         detect_gguf, verify_gguf)
@@ -117,8 +118,8 @@ def test_ablation_and_perplexity_match_the_torch_engine(tmp_path):
         assert math.isclose(scorer.ppl(), text_perplexity(lm, ids), rel_tol=1e-4)
         assert math.isclose(scorer.ppl([(1, 7, 11, None)]), _pruned_ppl(lm, ids), rel_tol=1e-4)
         log = AblationLog(7, 1)
-        ablated = scorer.ppl(ablate=(7, 1, 100.0, 1000.0), log=log)
-        with ablate_massive(lm.view, 7, 1, floor=100.0, ratio=1000.0) as tlog:
+        ablated = scorer.ppl(ablate=(7, 1, MassiveCriterion(100.0, 1000.0)), log=log)
+        with ablate_massive(lm.view, 7, 1, MassiveCriterion(100.0, 1000.0)) as tlog:
             expected = text_perplexity(lm, ids)
         assert log.replaced == tlog.replaced > 0
         assert math.isclose(ablated, expected, rel_tol=1e-4)

@@ -59,3 +59,15 @@ def test_several_models_against_one_reference(tiny_gguf, windows, tmp_path):
     alone = kl_divergence(q, tiny_gguf, windows, n_threads=1)
     assert both[0].kld_mean == 0.0 and both[0].same_top == 1.0
     assert both[1].kld_mean == alone.kld_mean and both[1].same_top == alone.same_top
+
+
+def test_paired_difference(tiny_gguf, windows, tmp_path):
+    from superweight.runtime.scoring import kl_divergences, paired_difference
+
+    q = quantize_gguf(tiny_gguf, tmp_path / "q4.gguf", "Q4_0", nthread=1)["path"]
+    same, quant = kl_divergences([tiny_gguf, q], tiny_gguf, windows, n_threads=1, per_token=True)
+    d = paired_difference(same, quant)
+    assert d["kld_diff"] == pytest.approx(-quant.kld_mean) and d["tokens"] == quant.tokens
+    assert paired_difference(quant, quant)["kld_diff"] == 0.0
+    with pytest.raises(SuperweightError, match="per-token"):
+        paired_difference(kl_divergence(q, tiny_gguf, windows, n_threads=1), quant)

@@ -34,8 +34,10 @@ def register(sub) -> None:
                        description="Fake-quantize every linear weight of the decoder layers (RTN, RTN "
                                    "with z-score clipping, clipping with the super weights restored, or "
                                    "HQQ), evaluate, sweep block sizes (the paper's Figure 7), run W8A8 "
-                                   "(Table 3), and save a quantized checkpoint. Settings that do not "
-                                   "apply to what is asked are errors, not ignored.")
+                                   "(Table 3), and save a quantized checkpoint; or, with --format gguf, make a "
+                                   "real llama.cpp GGUF with llama.cpp's own quantizer, the super weights' "
+                                   "tensors (or their whole circuit) protected, measured in llama.cpp. "
+                                   "Settings that do not apply to what is asked are errors, not ignored.")
     add_model_args(p)
     p.add_argument("--bits", metavar="N[,N]",
                    help=f"weight bits, 2-8 (a list with --sweep, e.g. 4,3; default {DEFAULT_BITS})")

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
 from superweight.model.offload import read_param
+from superweight.records import SuperWeight
 
 LAYOUTS = ("linear", "conv1d", "experts", "experts_t")
 EXPERT_LAYOUTS = ("experts", "experts_t")
@@ -361,6 +362,7 @@ class ModelView:
         if not isinstance(layers, (nn.ModuleList, list, tuple)):
             raise SuperweightError(f"{adapter.layers!r} is a {type(layers).__name__}, not a list of layers")
         self.layers = list(layers)
+        self._checked: set[tuple] = set()  # coordinates already validated by `check`
         if not self.layers:
             raise SuperweightError("the model has no decoder layers")
         for i in range(len(self.layers)):  # fail early, with the path in the message
@@ -369,6 +371,23 @@ class ModelView:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def check(self, coords: Iterable) -> list[SuperWeight]:
+        """Coordinates (records or (layer, row, col[, expert]) tuples) as `SuperWeight` records, each
+        validated against this model's shapes — once: a key already checked is not checked again.
+        The one validation of coordinates; a one-line error for any out of range."""
+        records = [SuperWeight.of(c) for c in coords]
+        for sw in records:
+            if sw.key in self._checked:
+                continue
+            layer, row, col, expert = sw.key
+            self.check_layer(layer)
+            rows, cols = self.down_proj(layer, expert).shape
+            if not (0 <= row < rows and 0 <= col < cols):
+                raise SuperweightError(f"coordinate ({layer}, {row}, {col}) outside the down projection of "
+                                       f"layer {layer}, which is {rows} x {cols} (row = output, col = input)")
+            self._checked.add(sw.key)
+        return records
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:

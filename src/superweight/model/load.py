@@ -30,7 +30,7 @@ from torch import nn
 from superweight._io import cache_dir, sha256_file
 from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
-from superweight.model.budget import MemoryPlan, format_size, plan_memory, summarize_device_map
+from superweight.model.budget import MemoryPlan, checkpoint_bytes, format_size, plan_memory, summarize_device_map
 from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -142,7 +142,7 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     if max_memory is not None:
         from superweight.model.budget import parse_size
 
-        parse_size(max_memory)  # a bad size fails before anything is read
+        max_memory = parse_size(max_memory)  # bytes from here on; a bad size fails before anything is read
     requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
@@ -171,8 +171,10 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
         config = _config(source, trust_remote_code, kind)
         adapter = adapter_for(config.model_type, layers, down_proj)
         torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
+        files = sorted(path.glob("*.safetensors")) if path else []
         plan = plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
-                           max_memory, trust_remote_code)
+                           max_memory, trust_remote_code,
+                           weights_bytes=checkpoint_bytes(files, torch_dtype) if files else None)
         if plan.source == "auto" and not quiet:
             print(plan.auto_message(), file=sys.stderr)
         model, tok = _from_pretrained(source, torch_dtype, trust_remote_code, kind, plan.device_map)
@@ -180,7 +182,6 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
         model.to(device)
     model.eval()
     view = ModelView(model, adapter)
-    files = sorted(path.glob("*.safetensors")) if path else []
     model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
     return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id, plan)
 

@@ -114,14 +114,10 @@ def keep_map(lm: LoadedModel, targets: list[Target], super_weights: Sequence[Sup
     `circuit`, also every entry of the gate/up rows that make each super weight's input feature."""
     by_module = {id(t.module): t for t in targets}
     out: dict[str, list[tuple[int, int]]] = {}
-    for sw in super_weights:
+    for sw in lm.view.check(super_weights):  # the one validation of coordinates
         proj = lm.view.down_proj(sw.layer, sw.expert)
         if proj.layout == "experts" or proj.param != "weight" or id(proj.module) not in by_module:
             continue  # fused experts are not quantized, so nothing to restore
-        rows, cols = proj.shape
-        if not (0 <= sw.row < rows and 0 <= sw.col < cols):
-            raise SuperweightError(f"super weight {sw.label()} is outside the down projection "
-                                   f"of layer {sw.layer} ({rows} x {cols})")
         out.setdefault(by_module[id(proj.module)].name, []).append((sw.row, sw.col))
         if circuit:
             for feature in lm.view.feature_rows(sw.layer, sw.col, sw.expert):

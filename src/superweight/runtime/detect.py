@@ -371,7 +371,7 @@ class LlamaCppEngine:
 @dataclass
 class _Edits:
     """Edits applied in the callback: weights removed (keys (layer, row, col, expert)) and massive
-    activations ablated ((channel, first_layer, floor, ratio) with their log)."""
+    activations ablated ((channel, first_layer, MassiveCriterion) with their log)."""
 
     pruned: Sequence[tuple] = ()
     ablate: tuple | None = None
@@ -461,9 +461,9 @@ class _Pass:
             return False
         from superweight.interventions import _typical_fill
 
-        channel, _, floor, ratio = self.edits.ablate
+        channel, _, criterion = self.edits.ablate
         t = torch.from_numpy(h)
-        out = _typical_fill(t, channel, floor, ratio, self.edits.log)
+        out = _typical_fill(t, channel, criterion, self.edits.log)
         if out is t:
             return False
         h[...] = out.numpy()
@@ -562,8 +562,7 @@ def trace_gguf(engine: LlamaCppEngine, prompt: str, config=None, detection=None)
     layers = list(range(engine.view.num_layers)) if config.layers is None else list(config.layers)
 
     def scan(pruned, at):
-        probe = ResidualProbe(engine.view, layers, config.massive_floor, config.massive_ratio,
-                              explain=False, watch=at)
+        probe = ResidualProbe(engine.view, layers, config.criterion, explain=False, watch=at)
         engine.run(ids, _Pass(engine, _Edits(pruned=list(pruned)), layers, None, probe))
         return probe.rows
 
@@ -604,13 +603,14 @@ class LlamaCppScorer:
 
 
 def verify_gguf(engine: LlamaCppEngine, super_weights, *, text: str | None = None, threshold: float,
-                massive=(), criterion=None, max_tokens: int | None = None):
+                massive=(), criterion=None, max_tokens: int | None = None, matters: float | None = None):
     """`superweight.verify.verify` with llama.cpp computing the perplexities (same rules, same text)."""
+    from superweight.massive import MassiveCriterion
     from superweight.verify import VERIFY_TOKENS, verify_with
 
     return verify_with(lambda t, n: LlamaCppScorer(engine, t, n), super_weights, text=text,
                        max_tokens=max_tokens or VERIFY_TOKENS, threshold=threshold, massive=massive,
-                       criterion=criterion)
+                       criterion=criterion or MassiveCriterion(), matters=matters)
 
 
 # --- what `superweight detect --engine llama.cpp` runs ------------------------------------------------
@@ -631,7 +631,7 @@ class EngineRun:
 
 def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: float | None = None,
                        model_id: str | None = None, text: str | None = None, n_ctx: int = DEFAULT_CTX,
-                       n_threads: int | None = None):
+                       n_threads: int | None = None, matters_threshold: float | None = None):
     """(engine description, `DetectionRun`, `EngineRun`) of `superweight detect FILE --engine llama.cpp`."""
     from superweight import catalog
     from superweight.detect import DetectConfig, DetectionRun
@@ -644,7 +644,7 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
         if verify_threshold is not None:
             verification = verify_gguf(engine, result.super_weights, text=text, threshold=verify_threshold,
                                        massive=result.massive,
-                                       criterion=(config.massive_floor, config.massive_ratio))
+                                       criterion=config.criterion, matters=matters_threshold)
         model = engine.describe()
     model["model_id"] = model_id
     run = DetectionRun(result, verification, catalog.compare(model_id, result.early))
@@ -788,7 +788,7 @@ def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, pro
     """`superweight.quantize.check.check_models` with the other copy a GGUF run by llama.cpp: the
     same token ids (the original's tokenizer) fed to it, its weights read from the file."""
     from superweight.detect import DEFAULT_PROMPT, encode, find_super_weights
-    from superweight.quantize.check import SURVIVE_RATIO, CheckRow, channel_activations
+    from superweight.quantize.check import channel_activations, check_row
 
     view = original.view
     if view.num_layers != engine.view.num_layers:
@@ -815,10 +815,5 @@ def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, pro
     for sw in sws:
         a = float(view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         b = float(engine.view.down_proj(sw.layer).row(sw.row)[sw.col])
-        key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
-        ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
-        ratio = yb / ya if ya else float("nan")
-        rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
-                             abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
-                             bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0)))
+        rows.append(check_row(sw, a, b, act_a, act_b))
     return rows

@@ -150,7 +150,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
         raise SuperweightError(f"{src.name} is already quantized ({', '.join(quantized)}); requantizing "
                                "loses quality twice — allow it explicitly (allow_requantize)")
     _check_paths(src, dst, force)
-    _check_space(dst, _size_bound(source, key, overrides))
+    _check_space(dst, _size_bound(source, key, overrides + pins))
 
     kv = _manifest_kv(key, overrides, imatrix, imatrix_source, imatrix_chunks, metadata)
     if pins:
@@ -256,7 +256,9 @@ def _size_bound(source: dict[str, dict], ftype: str, overrides) -> int:
 
 
 def _check_space(dst: Path, need: int) -> None:
-    folder = dst.parent if dst.parent.exists() else Path(".")
+    folder = dst.parent
+    while not folder.exists() and folder != folder.parent:  # the folder atomic_write will create
+        folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < need:
         raise SuperweightError(f"not enough free disk space in {folder}: {free / 2**20:.0f} MiB free, "

@@ -175,10 +175,11 @@ def kl_divergence(model, reference, windows: torch.Tensor, *, n_threads: int | N
     return kl_divergences([model], reference, windows, n_threads=n_threads)[0]
 
 
-def kl_divergences(models, reference, windows: torch.Tensor, *, n_threads: int | None = None
-                   ) -> list[KLDivergence]:
+def kl_divergences(models, reference, windows: torch.Tensor, *, n_threads: int | None = None,
+                   per_token: bool = False) -> list[KLDivergence]:
     """`kl_divergence` of several models against one reference, the reference run once per window
-    (each model's and the reference's logits of one window in memory at a time)."""
+    (each model's and the reference's logits of one window in memory at a time). `per_token` keeps
+    each scored token's KLD and same-top flag in `extra` (for paired comparisons, `paired_difference`)."""
     n, seqlen = _check(windows)
     first = seqlen // 2
     opened = []
@@ -201,7 +202,7 @@ def kl_divergences(models, reference, windows: torch.Tensor, *, n_threads: int |
     finally:
         for _, _, close in opened:
             close()
-    return [tally.result(name, ref_name, n, seqlen) for tally, (name, _, _) in zip(acc, rest)]
+    return [tally.result(name, ref_name, n, seqlen, per_token) for tally, (name, _, _) in zip(acc, rest)]
 
 
 @dataclass
@@ -219,7 +220,7 @@ class _Tally:
         self.parts["nq"].append(-q[rows, right])
         self.parts["nb"].append(-b[rows, right])
 
-    def result(self, name: str, ref_name: str, n: int, seqlen: int) -> KLDivergence:
+    def result(self, name: str, ref_name: str, n: int, seqlen: int, per_token: bool = False) -> KLDivergence:
         kld, top, dp, nq, nb = (np.concatenate(self.parts[k]) for k in ("kld", "top", "dp", "nq", "nb"))
         kld = np.maximum(kld, 0.0)  # float rounding can leave -1e-17 where the distributions are equal
         k = kld.size
@@ -233,7 +234,22 @@ class _Tally:
             delta_p_mean=float(dp.mean()), delta_p_rms=float(np.sqrt((dp * dp).mean())),
             ppl=math.exp(nq.mean()), ppl_reference=math.exp(nb.mean()),
             ppl_ratio=math.exp(nq.mean() - nb.mean()), ln_ppl_ratio=float(nq.mean() - nb.mean()),
-            seconds=self.seconds)
+            seconds=self.seconds,
+            extra={"kld": kld.tolist(), "same_top": top.astype(int).tolist()} if per_token else {})
+
+
+def paired_difference(a: KLDivergence, b: KLDivergence) -> dict:
+    """Mean KLD of `a` minus that of `b` over the same scored tokens, with the standard error of the
+    per-token differences (negative: `a` is closer to the reference); also the same-top difference.
+    Both need `per_token=True`."""
+    if not (a.extra.get("kld") and b.extra.get("kld")) or len(a.extra["kld"]) != len(b.extra["kld"]):
+        raise SuperweightError("a paired difference needs per-token KLDs of the same tokens (per_token=True)")
+    d = np.asarray(a.extra["kld"]) - np.asarray(b.extra["kld"])
+    t = np.asarray(a.extra["same_top"]) - np.asarray(b.extra["same_top"])
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0
+    return {"kld_diff": float(d.mean()), "kld_diff_stderr": se, "same_top_diff": float(t.mean()),
+            "same_top_diff_stderr": float(t.std(ddof=1) / math.sqrt(t.size)) if t.size > 1 else 0.0,
+            "tokens": int(d.size)}
 
 
 def score_torch(lm, windows: torch.Tensor) -> GgufPerplexity:
