@@ -1,7 +1,7 @@
 """What a census costs over running `detect` by hand, what a second worker buys, and Ray's overhead.
 
-Run: python benchmarks/bench_census.py [--skip-ray]. Prints a table and writes JSON to
-benchmarks/results/census.json.
+Run: python benchmarks/bench_census.py [--skip-ray | --ray-only]. Prints a table and writes JSON to
+benchmarks/results/census.json (census-ray.json for --ray-only).
 
 The 8 models: the packaged default model (smollm2-135m, 135M parameters, 30 layers) and seven small
 planted models of seven architectures (llama, qwen2, mistral, gpt2, olmo, phi3, gemma2; hidden 256,
@@ -109,6 +109,24 @@ def warm(refs: list[str]) -> None:
     load_model(refs[0], quiet=True).weights_hash()
 
 
+def _ray_only(me: list[str], refs: list[str], tmp: Path, res: dict) -> int:
+    done = subprocess.run([*me, "--phase", "ray", "--out", str(tmp / "ray"), "--refs", *refs],
+                          check=True, capture_output=True, text=True)
+    res.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    res["ray_overhead_per_model_s"] = (res["ray_census_s"] - res["local_2_workers_s"]) / len(res["models"])
+    res["load_after"] = os.getloadavg()[0]
+    _report(res, "census-ray.json")
+    return 0
+
+
+def _report(res: dict, name: str) -> None:
+    from superweight._io import result_header, write_json
+
+    for k, v in res.items():
+        print(f"{k:36s} {v:.3f}" if isinstance(v, float) else f"{k:36s} {v}")
+    write_json(HERE / "results" / name, result_header("bench-census", **res))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--phase", choices=["baseline", "ray"], help=argparse.SUPPRESS)
@@ -116,6 +134,7 @@ def main() -> int:
     parser.add_argument("--refs", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--skip-ray", action="store_true", help="leave out the Ray measurement")
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray measurement (results/census-ray.json)")
     args = parser.parse_args()
     if args.phase == "baseline":
         baseline(args.refs, args.threads)
@@ -132,6 +151,8 @@ def main() -> int:
         me = [py, str(Path(__file__).resolve())]
         cli = [py, "-m", "superweight.cli", "census", *refs]
         res = {"models": ["smollm2-135m", *ARCHS], "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+        if args.ray_only:
+            return _ray_only(me, refs, tmp, res)
         variants = {"detect_x8_one_process": [*me, "--phase", "baseline", "--threads", "2", "--refs", *refs],
                     "census_1_worker": [*cli, "--out", str(tmp / "c1"), "--workers", "1", "--threads", "2"],
                     "census_2_workers": [*cli, "--out", str(tmp / "c2"), "--workers", "2", "--threads", "1"]}
@@ -150,11 +171,7 @@ def main() -> int:
     res["speedup_2_workers"] = res["census_1_worker_s"] / res["census_2_workers_s"]
     if "ray_census_s" in res:
         res["ray_overhead_per_model_s"] = (res["ray_census_s"] - res["local_2_workers_s"]) / len(res["models"])
-    for k, v in res.items():
-        print(f"{k:36s} {v:.3f}" if isinstance(v, float) else f"{k:36s} {v}")
-    from superweight._io import result_header, write_json
-
-    write_json(HERE / "results" / "census.json", result_header("bench-census", **res))
+    _report(res, "census.json")
     return 0
 
 
