@@ -112,7 +112,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
             else:
                 todo.append(info)
         emit("plan", str(len(todo)), None)
-        threads = threads or max(1, (os.cpu_count() or 1) // (1 if ray else workers))
+        threads = threads or (1 if ray else max(1, (os.cpu_count() or 1) // workers))
         base = {"config": settings, "threads": threads, "engine": "ray" if ray else "local"}
         done: list[str] = []
 
@@ -139,7 +139,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
             from superweight.census import cluster
 
             cluster.connect(ray)
-            node = cluster.largest_node_memory() or 0
+            node = cluster.largest_node("memory") or 0
             limit = min(total, node) if total is not None and node else (total or node)
             tasks = []
             for info in todo:
