@@ -81,8 +81,8 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     failed), each in a worker: `workers` local processes sharing `max_memory` (default: what the
     machine has free), or Ray tasks on the cluster at `ray` ("auto": the local `ray start`), each
     retried `retries` times by Ray if its worker dies. `on_event(kind, ref, entry)` hears "plan"
-    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` started
-    earlier (so its workers import torch while the caller checks its input); closed at the end."""
+    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` the caller
+    started earlier (its workers import torch while the caller checks its input) and closes."""
     from superweight.errors import SuperweightError
     from superweight.model.budget import FIT_FRACTION, available_ram, parse_size
 
@@ -97,7 +97,8 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     store = Store(out_dir)
     emit = on_event or (lambda *a: None)
     start = time.perf_counter()
-    if ray is None and pool is None:
+    own = ray is None and pool is None
+    if own:
         from superweight.census.local import LocalPool
 
         pool = LocalPool(workers)  # started first: the workers import torch while we look at the models
@@ -149,7 +150,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
                 tasks.append(({**base, "info": info.to_dict(), "budget_bytes": budget}, request))
             cluster.run_on_ray(tasks, retries, on_start, on_done, crashed)
     finally:
-        if pool is not None:
+        if own:
             pool.close()
     entries = [store.lookup(i.ref, i.fingerprint, settings) for i in infos]
     return CensusRun(Path(out_dir), config, [e for e in entries if e is not None], ran=done,

@@ -72,7 +72,8 @@ def death_message(exitcode: int | None) -> str:
 
 
 class LocalPool:
-    """`workers` spawn processes, started at once (so their imports overlap the driver's own work)."""
+    """`workers` spawn processes, started at once (so their imports overlap the driver's own work),
+    kept for as many `run`s as wanted; `close()` ends them (a context manager does it too)."""
 
     def __init__(self, workers: int):
         self.ctx = mp.get_context("spawn")
@@ -114,8 +115,15 @@ class LocalPool:
                     w.item = None
                     free += reserve
                     on_done(i, entry)
-        finally:
+        except BaseException:  # interrupted (Ctrl-C, an error in a callback): stop the workers, models and all
             self.close()
+            raise
+
+    def __enter__(self) -> "LocalPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         for w in self.workers:
