@@ -25,7 +25,8 @@ def test_census_from_a_file_writes_table_csv_html_and_exits_1_when_one_failed(ti
     assert main(argv) == 1
     cap = capsys.readouterr()
     text = " ".join(cap.out.split())
-    assert "superweight census: 3 models" in text and "/no/such/model: model path '/no/such/model' does not exist" in text
+    assert "superweight census: 3 models" in text
+    assert "/no/such/model: model path '/no/such/model' does not exist" in text
     assert "[3/3]" in cap.err and "left" in cap.err and "1 of 3 model(s) failed" in cap.err
     payload = json.loads((out / "census.json").read_text())
     assert payload == json.loads((tmp_path / "c.json").read_text())

@@ -6,7 +6,9 @@ model still queued fails with it, and it cannot say which model the dead worker 
 worker is a 'spawn' process with its own pipe; the driver waits on the pipes and on the processes'
 sentinels, so a worker that dies is seen at once, the model it held is recorded as failed with how
 the process ended, a fresh worker takes its place, and the other models go on. A worker is reused
-for the next model, so torch is imported once per worker, not once per model.
+for the next model, so torch is imported once per worker, not once per model. Workers are not
+daemonic (lm-eval, under `--ablate quick`, starts processes of its own); one whose driver is gone
+sees its pipe close and exits.
 
 Placement by memory: each model reserves what its weights need (plus a fixed allowance for the
 process); models start while their reservations fit in the budget, so several small models run at
@@ -41,7 +43,7 @@ def _serve(conn) -> None:  # the worker process: run what the driver sends until
 class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="superweight-census-worker")
+        self.proc = ctx.Process(target=_serve, args=(child,), name="superweight-census-worker")
         self.proc.start()
         child.close()
         self.item = None  # what it runs now: (index, task, reserve)

@@ -10,7 +10,7 @@ def register(sub) -> None:
     from superweight.model.load import DTYPES
     from superweight.verify import VERIFY_THRESHOLD
 
-    p = sub.add_parser("census", help="detect (and verify) super weights in many models: local workers or a Ray cluster",
+    p = sub.add_parser("census", help="detect (and verify) super weights in many models: local workers or Ray",
                        description="Run detection on every model given (hub ids, local folders, .gguf files, "
                                    "aliases), each in its own worker process, so that a model that fails is "
                                    "recorded and the others go on. Results go into DIR/results/ as each model "
