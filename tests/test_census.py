@@ -200,3 +200,25 @@ def test_census_of_the_default_model_matches_detect_and_fills_the_catalog(tiny, 
     assert model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and coords == [(11, 507, 1229), (11, 507, 1487)]
     entry = catalog.lookup(model_id)
     assert entry.origin == str(path) and entry.source.startswith("superweight census in ")
+
+
+def test_a_row_carries_the_quick_table_1_and_the_table_says_it():
+    from superweight.census.summary import summarize
+    from superweight.report.census import census_table, csv_text
+
+    sw = {"layer": 2, "row": 7, "col": 11, "expert": None, "late": False, "verdict": None, "ppl_ratio": None}
+    entry = {"ref": "m", "status": "done", "seconds": 1.5, "peak_memory": {"ram": 1 << 20}, "params": 1000,
+             "fingerprint": "sha256:x",
+             "detect": {"model": {"model_type": "llama", "num_layers": 6}, "super_weights": [sw],
+                        "massive_activations": [{"origin": {"kind": "super weight"}, "value": 900.0}],
+                        "super_activations": [{"value": -900.0}], "verification": None,
+                        "catalog": {"verdict": "not catalogued"}},
+             "ablation": {"rows": [{"condition": "Original", "summary": {"average": 0.5, "wiki_ppl": 20.0, "piqa": 0.6}},
+                                   {"condition": "Prune SW", "summary": None}]}}
+    row = summarize(entry)
+    assert row["ablation"] == {"Original": {"average": 0.5, "wiki_ppl": 20.0}, "Prune SW": None}
+    assert row["super_activation"] == 900.0 and row["verified"] is None and row["super_weights"] == [[2, 7, 11]]
+    table = census_table([row])
+    assert table.rows[0][6] == "1 / –" and table.rows[0][7] == "(not verified)"
+    assert "m: Table 1 (quick): Original avg 50.0%, wiki_ppl 20; Prune SW not run" in table.notes
+    assert '"wiki_ppl": 20.0' in csv_text([row]).replace('""', '"')
