@@ -213,8 +213,9 @@ def test_a_row_carries_the_quick_table_1_and_the_table_says_it():
                         "massive_activations": [{"origin": {"kind": "super weight"}, "value": 900.0}],
                         "super_activations": [{"value": -900.0}], "verification": None,
                         "catalog": {"verdict": "not catalogued"}},
-             "ablation": {"rows": [{"condition": "Original", "summary": {"average": 0.5, "wiki_ppl": 20.0, "piqa": 0.6}},
-                                   {"condition": "Prune SW", "summary": None}]}}
+             "ablation": {"rows": [
+                 {"condition": "Original", "summary": {"average": 0.5, "wiki_ppl": 20.0, "piqa": 0.6}},
+                 {"condition": "Prune SW", "summary": None}]}}
     row = summarize(entry)
     assert row["ablation"] == {"Original": {"average": 0.5, "wiki_ppl": 20.0}, "Prune SW": None}
     assert row["super_activation"] == 900.0 and row["verified"] is None and row["super_weights"] == [[2, 7, 11]]
