@@ -223,3 +223,21 @@ def test_a_row_carries_the_quick_table_1_and_the_table_says_it():
     assert table.rows[0][6] == "1 / –" and table.rows[0][7] == "(not verified)"
     assert "m: Table 1 (quick): Original avg 50.0%, wiki_ppl 20; Prune SW not run" in table.notes
     assert '"wiki_ppl": 20.0' in csv_text([row]).replace('""', '"')
+
+
+def test_models_that_fit_run_together_and_one_larger_than_a_share_runs_alone(tiny, tmp_path, pool):
+    from superweight.census import PROCESS_ALLOWANCE
+
+    need = PROCESS_ALLOWANCE + (2 << 20)  # what a tiny model reserves, about
+
+    def events(max_memory: int, out: str) -> list[str]:
+        seen: list[str] = []
+        run_census(tiny[:2], CensusConfig(), tmp_path / out, threads=1, pool=pool, max_memory=max_memory,
+                   on_event=lambda kind, ref, entry: seen.append(kind) if kind in ("start", "done") else None)
+        return seen
+
+    assert events(2 * need + (64 << 20), "together") == ["start", "start", "done", "done"]
+    assert events(2 * need - (64 << 20), "alone") == ["start", "done", "start", "done"]
+    entry = Store(tmp_path / "alone").entries()[0]
+    assert entry["memory_budget_bytes"] == 2 * need - (64 << 20)  # the whole budget, as it ran alone
+    assert entry["detect"]["model"]["memory"]["budget"] is None  # its weights fit: loaded as `detect` loads
