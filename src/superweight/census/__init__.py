@@ -144,7 +144,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
             limit = min(total, node) if total is not None and node else (total or node)
             tasks = []
             for info in todo:
-                reserve, budget = reservation(info, limit, limit)
+                reserve, budget = reservation(info, limit, limit) if limit else (0, None)  # no memory figure
                 request = {"num_cpus": threads, "memory": reserve,
                            "num_gpus": 1 if config.device != "cpu" else 0}
                 tasks.append(({**base, "info": info.to_dict(), "budget_bytes": budget}, request))
