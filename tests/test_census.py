@@ -241,3 +241,19 @@ def test_models_that_fit_run_together_and_one_larger_than_a_share_runs_alone(tin
     entry = Store(tmp_path / "alone").entries()[0]
     assert entry["memory_budget_bytes"] == 2 * need - (64 << 20)  # the whole budget, as it ran alone
     assert entry["detect"]["model"]["memory"]["budget"] is None  # its weights fit: loaded as `detect` loads
+
+
+def test_a_gguf_file_is_hashed_as_a_file_and_gives_what_detect_gives(tmp_path, pool):
+    from superweight._io import sha256_file
+    from superweight.testing import plant_super_weight, tiny_model
+    from superweight.testing_gguf import write_gguf
+
+    model = tiny_model("llama")
+    plant_super_weight(model, 2, 7, 11)
+    path = str(write_gguf(model, tmp_path / "planted.gguf"))
+    info = inspect_model(path)
+    assert info.kind == "gguf" and info.fingerprint == f"sha256:{sha256_file(path)}|cache:float32"
+    assert 0 < info.params <= sum(p.numel() for p in model.state_dict().values())  # tied weights stored once
+    (entry,) = run_census([path], CensusConfig(), tmp_path / "c", threads=1, pool=pool).entries
+    assert entry["status"] == "done" and entry["detect"]["model"]["kind"] == "gguf"
+    assert comparable(entry["detect"]) == comparable(detect_alone(path, tmp_path))
