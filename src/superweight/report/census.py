@@ -56,7 +56,7 @@ def census_table(rows: list[dict], title: str = "Census") -> Table:
                     num(r["max_ppl_ratio"], ".3g") if r["max_ppl_ratio"] is not None else "–",
                     num(r["super_activation"], ".4g") if r["super_activation"] is not None else "–",
                     r["catalog"], f"{r['seconds']:.1f} s", _mem(r["peak_ram_bytes"])])
-        if r["ablation"]:
+        if r.get("ablation"):
             notes.append(f"{r['ref']}: Table 1 (quick): " + "; ".join(
                 f"{cond} " + (", ".join(f"{'avg' if k == 'average' else k} "
                                         f"{v * 100:.1f}%" if k == "average" else f"{k} {v:.4g}"
