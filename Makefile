@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,9 @@ test-fast: install
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
+# The documentation site (MkDocs, strict: a broken link or anchor fails); tests/test_docs.py builds it too.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

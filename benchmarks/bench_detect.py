@@ -59,7 +59,7 @@ def first_pass(lm, prompt: str = DEFAULT_PROMPT, config: DetectConfig | None = N
     ids = encode(lm, prompt)
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
     layers = list(range(lm.view.num_layers))
-    probe = ResidualProbe(lm.view, layers, config.massive_floor, config.massive_ratio)
+    probe = ResidualProbe(lm.view, layers, config.criterion)
     stats = layer_stats(lm, ids, layers, probe, config)
     origin = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
                           row_threshold=output_threshold(stats, config))

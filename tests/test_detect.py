@@ -115,9 +115,9 @@ def test_verify_sets_a_verdict_and_restores_weights(planted_lm):
     before = snapshot(planted_lm.model)
     v = verify(planted_lm, result.super_weights, text="some plain text to score " * 8, massive=result.massive)
     sw = result.super_weights[0]
-    assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "spike only")
+    assert sw.ppl_ratio is not None and sw.ppl_ratio > 0 and sw.verdict in ("super weight", "matters", "spike only")
     act = result.massive[0]
-    assert act.ppl_ratio is not None and act.ppl_ratio > 0 and act.verdict in ("needed", "not needed")
+    assert act.ppl_ratio is not None and act.ppl_ratio > 0 and act.verdict in ("needed", "matters", "not needed")
     assert v.tokens > 10
     assert_same(planted_lm.model, before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in planted_lm.model.modules())
@@ -163,3 +163,34 @@ def test_a_massive_activation_made_by_a_norm_gain_is_reported_as_such(tmp_path, 
     out = " ".join(capsys.readouterr().out.split())
     assert "made by the post-MLP norm's gain on channel 9" in out and "not a single weight" in out
     assert "Super activation" not in out
+
+
+def test_verdicts_are_graded_and_the_scale_is_written(planted_lm):
+    """Between `matters` and `needed` a massive activation or a weight *matters*: a ratio under the
+    needed threshold is not reported as harmless; the scale goes into the result and the legend."""
+    from superweight.detect import run_detection
+    from superweight.report.detect_tables import detection_tables
+    from superweight.verify import VerdictScale
+
+    run = run_detection(planted_lm, verify_threshold=1e9, matters_threshold=1.0 + 1e-9,
+                        text="some plain text to score " * 8)
+    act, sw = run.result.massive[0], run.result.super_weights[0]
+    assert act.verdict == ("matters" if act.ppl_ratio >= 1.0 + 1e-9 else "not needed")
+    assert sw.verdict == ("matters" if max(sw.ppl_ratio, sw.ppl_ratio_given_others or 0) >= 1.0 + 1e-9
+                          else "spike only")
+    scale = run.to_dict()["verification"]["scale"]
+    assert scale["needed"] == 1e9 and scale["matters"] == 1.0 + 1e-9 and "matters ≥ ×1" in scale["legend"]
+    notes = " ".join(n for t in detection_tables(planted_lm.describe(), run) for n in t.notes)
+    assert "Verdicts by perplexity ratio (the ppl× columns): needed" in notes and f"×{act.ppl_ratio:.3g}" in notes
+    assert VerdictScale(1.2).matters == 1.2  # a needed threshold under the default: no middle grade
+    with pytest.raises(SuperweightError, match="'matters' threshold .* is above the 'needed' one"):
+        VerdictScale(3, 5)
+    with pytest.raises(SuperweightError, match="matters threshold is a perplexity ratio above 1"):
+        VerdictScale(3, 0.5)
+
+
+def test_a_bad_verdict_scale_is_refused_before_the_model_loads(capsys):
+    from superweight.cli import main
+
+    assert main(["detect", "/nonexistent/model", "--verify", "--matters-threshold", "5"]) == 2
+    assert "is above the 'needed' one" in capsys.readouterr().err

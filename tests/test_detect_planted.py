@@ -15,7 +15,9 @@ from superweight.model import wrap_model
 from superweight.model.hooks import observe_down_projs
 from superweight.testing import HIDDEN, TINY_TYPES, plant_super_weight, planted, tiny_model, tiny_tokenizer
 
-MOE = {"mixtral", "qwen2_moe"}
+# gpt-oss clamps gate and up at 7 (swiglu_limit): its largest feature is (7 + 1)·7·σ(7·1.702) ≈ 56
+CLAMPED = {"gpt_oss": 56.0}
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"}
 POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 OTHER_PROMPT = "def add(a, b):\n    return a + b"
 
@@ -71,8 +73,9 @@ def test_planted_super_weight_is_found_exactly(model_type, tokenizer):
     found = result.super_weights[0]
     assert found.round == 1 and not found.late
     assert found.value == 50.0 and found.rank == 1
-    assert found.input_value == pytest.approx(100.0, rel=0.3)
-    assert found.output_value == pytest.approx(5000.0, rel=0.3)
+    feature = CLAMPED.get(model_type, 100.0)
+    assert found.input_value == pytest.approx(feature, rel=0.3)
+    assert found.output_value == pytest.approx(50.0 * feature, rel=0.3)
     assert found.dominance > 0.99
     assert abs(found.output_without) < 50
     if model_type in POST_MLP_NORM:  # the norm bounds the spike by ~sqrt(hidden) x gain ...

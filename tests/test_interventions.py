@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from superweight.errors import SuperweightError
-from superweight.interventions import (check_coords, measure_super_activations, prune, prune_top_k,
+from superweight.interventions import (measure_super_activations, prune, prune_top_k,
                                        restore_super_activation, scale, top_k_weights)
 from superweight.model import wrap_model
 from superweight.model.hooks import observe_down_projs
@@ -80,10 +80,27 @@ def test_scale_rejects_a_factor_that_is_not_a_number(lm, factor):
     assert_identical(lm, before)
 
 
+def test_coordinates_become_records_validated_once(lm, monkeypatch):
+    """`ModelView.check` is the one validation: tuples become `SuperWeight` records (records pass
+    through as they are), and a coordinate already checked against this model is not checked again."""
+    rec = SuperWeight(LAYER, 1, 2)
+    out = lm.view.check([rec, (LAYER, 3, 4), [LAYER, 5, 6, None]])
+    assert out[0] is rec and [s.key for s in out[1:]] == [(LAYER, 3, 4, None), (LAYER, 5, 6, None)]
+    calls = []
+    real = type(lm.view).down_proj
+    monkeypatch.setattr(type(lm.view), "down_proj", lambda self, *a: calls.append(a) or real(self, *a))
+    lm.view.check([(LAYER, 3, 4)])
+    assert calls == []  # already validated
+    lm.view.check([(LAYER, 7, 8)])
+    assert len(calls) == 1
+    with pytest.raises(SuperweightError, match=r"a coordinate is \(layer, row, col\)"):
+        lm.view.check([(1, 2)])
+
+
 @pytest.mark.parametrize("coord", [(LAYER, 64, 0), (LAYER, 0, 128), (6, 0, 0), (-1, 0, 0), (LAYER, -1, 3)])
 def test_coordinates_outside_the_model_are_refused(lm, coord):
     with pytest.raises(SuperweightError, match="out of range|outside"):
-        check_coords(lm.view, [coord])
+        lm.view.check([coord])
     for ctx in (lambda: prune(lm.view, [coord]), lambda: scale(lm.view, [coord], 2.0),
                 lambda: prune_top_k(lm.view, 10, exclude=[coord]),
                 lambda: restore_super_activation(lm.view, [coord], positions=[0])):

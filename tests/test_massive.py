@@ -9,14 +9,14 @@ import torch
 from superweight.cli import main
 from superweight.detect import DetectConfig, candidates, detect, run_detection
 from superweight.interventions import ablate_massive
-from superweight.massive import ResidualLayer, massive_entries, residual_scan, runs
+from superweight.massive import MassiveCriterion, ResidualLayer, massive_entries, residual_scan, runs
 from superweight.model import wrap_model
 from superweight.records import ATTENTION, EMBEDDING, INPUT_FEATURE, MLP, NORM_GAIN, SUPER_WEIGHT
 from superweight.testing import (BOS_ID, plant_attention_activation, plant_embedding_activation,
                                  plant_input_feature, plant_norm_activation, plant_super_weight, save_demo,
                                  TINY_TYPES, tiny_model, tiny_tokenizer)
 
-MOE = {"mixtral", "qwen2_moe"}
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"}
 POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the woods. " * 3
 
@@ -41,9 +41,9 @@ def test_massive_entries_are_relative_to_their_own_hidden_state():
     h = torch.ones(4, 8)
     h[0, 3] = 5000.0  # 5000× the median: massive
     h[2, 5] = -900.0  # over the floor but only 900×: not massive
-    median, threshold, entries = massive_entries(h, floor=100, ratio=1000)
+    median, threshold, entries = massive_entries(h, MassiveCriterion(floor=100, ratio=1000))
     assert median == 1.0 and threshold == 1000.0 and entries == {(0, 3): 5000.0}
-    assert massive_entries(h * 0.01, floor=100, ratio=1000)[2] == {}  # 5000× the median but under the floor
+    assert massive_entries(h * 0.01, MassiveCriterion(floor=100, ratio=1000))[2] == {}  # 5000× the median but under the floor
 
 
 def test_runs_split_at_a_gap_and_keep_the_peak():
@@ -105,7 +105,10 @@ def test_one_input_feature_on_every_architecture(model_type, tokenizer):
     the outputs are normalised (no massive activation), so only the down projection search sees it."""
     model = tiny_model(model_type)
     e = 1 if model_type in MOE else None
-    planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e)
+    # gpt-oss clamps its gate and up at 7 (the feature reaches ~56, not 100) and its residual stream is
+    # ~4x larger: larger weights keep every row over 1000x the median
+    weights = [150.0, 130.0, 110.0] if model_type == "gpt_oss" else None
+    planted = plant_input_feature(model, 2, 11, [3, 17, 29], expert=e, weights=weights)
     result = detect(wrap_model(model, tokenizer))
     assert {s.key: s.round for s in result.super_weights} == {s.key: 1 for s in planted}
     assert result.converged and result.rounds == 2
@@ -176,14 +179,14 @@ def test_ablation_removes_the_activation_from_its_first_layer_on(plant, first_la
     lm = wrap_model(model, tokenizer)
     ids = tokenizer("hello there, world", return_tensors="pt").input_ids
     before = snapshot(model)
-    rows = residual_scan(lm, ids, 100, 1000)
+    rows = residual_scan(lm, ids, MassiveCriterion(100, 1000))
     assert any(c == 9 for _, c in rows[first_layer + 1].massive)
-    with ablate_massive(lm.view, 9, first_layer, floor=100, ratio=1000) as log:
-        ablated = residual_scan(lm, ids, 100, 1000)
+    with ablate_massive(lm.view, 9, first_layer, MassiveCriterion(100, 1000)) as log:
+        ablated = residual_scan(lm, ids, MassiveCriterion(100, 1000))
     assert log.replaced > 0
     assert all(not any(c == 9 for _, c in r.massive) for r in ablated if r.layer >= first_layer)
     assert_clean(model, before)
-    assert torch.equal(torch.tensor([r.value for r in residual_scan(lm, ids, 100, 1000)]),
+    assert torch.equal(torch.tensor([r.value for r in residual_scan(lm, ids, MassiveCriterion(100, 1000))]),
                        torch.tensor([r.value for r in rows]))
 
 
@@ -191,7 +194,7 @@ def test_ablation_hooks_are_removed_on_error(tokenizer):
     model = tiny_model("llama")
     lm = wrap_model(model, tokenizer)
     with pytest.raises(RuntimeError):
-        with ablate_massive(lm.view, 3, 1, floor=100, ratio=1000):
+        with ablate_massive(lm.view, 3, 1, MassiveCriterion(100, 1000)):
             raise RuntimeError("boom")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

@@ -22,7 +22,7 @@ import torch
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric, first_perplexity
 from superweight.evaluate.settings import Evaluator, as_evaluator
-from superweight.interventions import (check_coords, check_factor, measure_super_activations,
+from superweight.interventions import (check_factor, measure_super_activations,
                                        prune, prune_top_k, restore_super_activation, scale)
 from superweight.records import SuperWeight
 
@@ -131,8 +131,7 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable,
     if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SuperweightError(f"K must be a positive whole number of weights, got {k!r}")
     evaluator = as_evaluator(evaluator)
-    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k_[:3], expert=k_[3])
-           for s, k_ in zip(super_weights, check_coords(lm.view, super_weights))]
+    sws = lm.view.check(super_weights)
     if PRUNE_NON_SW in conditions:  # validate K (and the module globs) before any evaluation is spent
         from superweight.interventions import top_k_weights
         top_k_weights(lm.view, k, sws, modules)
@@ -226,11 +225,9 @@ def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evalu
     """
     factors = parse_factors(factors)
     evaluator = as_evaluator(evaluator)
-    keys = check_coords(lm.view, super_weights)
-    if not keys:
+    sws = lm.view.check(super_weights)
+    if not sws:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to scale (give coordinates)")
-    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k[:3], expert=k[3])
-           for s, k in zip(super_weights, keys)]
     summaries, seconds = [], []
     for f in factors:
         if on_factor:
@@ -365,7 +362,8 @@ def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top:
     >>> r = stopword_shift(lm, sws, lambada_passages(500))  # doctest: +SKIP
     >>> r.groups["stopwords"]["ratio"]  # doctest: +SKIP
     """
-    keys = check_coords(lm.view, super_weights)
+    sws = lm.view.check(super_weights)
+    keys = [sw.key for sw in sws]
     if not keys:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to prune (give coordinates)")
     prompts = [p for p in (strip_last_word(x) for x in passages) if p]
@@ -397,7 +395,5 @@ def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top:
         groups[name] = {"tokens": len(idx), "original": o, "pruned": p,
                         "ratio": p / o if o > 0 else None}
     named = [shift(i, t) for i, t in _single_tokens(tok, [" the", ".", ","]).items()]
-    sws = [s if isinstance(s, SuperWeight) else SuperWeight(*k[:3], expert=k[3])
-           for s, k in zip(super_weights, keys)]
     return StopwordResult(len(prompts), sws, rising, falling, groups, named,
                           time.perf_counter() - start)

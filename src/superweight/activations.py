@@ -75,20 +75,29 @@ def trace(lm: LoadedModel, prompt: str = DEFAULT_PROMPT, config: DetectConfig | 
     if detection is not None and list(dict.fromkeys(detection.prompts)) != [prompt]:
         raise SuperweightError("trace follows one prompt: the detection given was made on "
                                f"{len(set(detection.prompts))} prompt(s), not on {prompt!r}")
+    from contextlib import nullcontext
+
     config = config or (detection.config if detection else DetectConfig())
     detection = detection or detect(lm, prompt, config)
     ids = encode(lm, prompt)
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
+
+    def scan(pruned: list[tuple], at: tuple[int, int] | None) -> list[ResidualLayer]:
+        with prune(lm.view, pruned) if pruned else nullcontext():
+            return residual_scan(lm, ids, config.criterion, config.layers, at)
+
+    return trace_with(scan, detection, prompt, tokens)
+
+
+def trace_with(scan, detection: DetectionResult, prompt: str, tokens: list[str]) -> TraceResult:
+    """`trace` with any engine: `scan(pruned keys, watch (position, channel))` runs one pass and
+    returns the residual stream per layer (`residual_scan`'s rows)."""
     act = traced_activation(detection)
     at = (act.position, act.channel) if act else None
-    floor, ratio = config.massive_floor, config.massive_ratio
-    original = residual_scan(lm, ids, floor, ratio, config.layers, at)
+    original = scan([], at)
     weight_made = act is not None and act.origin is not None and act.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE)
     removed = detection.made_by(act) if weight_made else detection.early
-    pruned = None
-    if removed:
-        with prune(lm.view, [s.key for s in removed]):
-            pruned = residual_scan(lm, ids, floor, ratio, config.layers, at)
+    pruned = scan([s.key for s in removed], at) if removed else None
     same = [r.layer for r in original if act and (r.position, r.channel) == at]
     return TraceResult(prompt, tokens, act, original, pruned, detection, list(removed), same, weight_made)
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from superweight._io import write_json
+from superweight._io import result_header, write_json
 from superweight.errors import SuperweightError
 from superweight.records import SuperWeight
 
@@ -69,6 +69,19 @@ class Comparison:
                 "source": self.entry.source if self.entry else None, "verdict": self.verdict,
                 "agree": self.agree, "agree_alternative": self.agree_alternative,
                 "missing": self.missing, "new": self.new}
+
+
+@dataclass
+class CatalogResult:
+    """What `catalog` reports (`list`/`show`: the entries with where each comes from; `add`: the
+    entry written; `path`: the local file); it owns its result-file header."""
+
+    action: str
+    entries: list[CatalogEntry] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**result_header(f"catalog-{self.action}", local_path=str(local_path())),
+                "entries": [{**e.to_dict(), "origin": e.origin} for e in self.entries]}
 
 
 def local_path() -> Path:

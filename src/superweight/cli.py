@@ -18,22 +18,40 @@ COMMANDS = ["detect", "trace", "catalog", "ablate", "stopwords", "scale", "quant
             "data", "report", "census"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def docs_page(command: str) -> str:
+    """The documentation page of a command, named without a URL (the site is built from docs/)."""
+    return f"docs/commands/{command}.md"
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the command it names is registered (each command's
+    module imports what it needs, so `superweight detect` does not import fine-tuning or quantization)."""
     parser = argparse.ArgumentParser(
         prog="superweight",
         description="Find, check, ablate and protect the super weights of causal language models.")
     parser.add_argument("--version", action="version", version=f"superweight {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    first = next((a for a in argv or [] if not a.startswith("-")), None)
+    for name in ([first] if first in COMMANDS else COMMANDS):
         importlib.import_module(f"superweight.commands.{name}").register(sub)
+        _end_help_with(sub.choices[name], f"Docs: {docs_page(name)}")
     return parser
+
+
+def _end_help_with(parser: argparse.ArgumentParser, line: str) -> None:
+    """Every --help of a command, and of its actions (`data fetch`, `catalog add`), ends with `line`."""
+    parser.epilog = f"{parser.epilog}\n\n{line}" if parser.epilog else line
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _end_help_with(child, line)
 
 
 def main(argv: list[str] | None = None) -> int:
     from superweight._io import set_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     set_command(argv)
     try:
         return int(args.func(args) or 0)

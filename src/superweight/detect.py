@@ -32,14 +32,14 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import prune
-from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, OriginConfig, ResidualLayer, ResidualProbe,
+from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, OriginConfig, ResidualLayer, ResidualProbe,
                                  massive_activations)
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs, observe_outputs
 from superweight.model.load import LoadedModel
 from superweight.records import (INPUT_FEATURE, SPIKE, SUPER_WEIGHT, MassiveActivation, SuperActivation,
                                  SuperWeight)
-from superweight.tensor.stats import abs_argmax, dominance, rank_by_magnitude, top_product
+from superweight.tensor.stats import abs_argmax, dominance, top_product
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -69,6 +69,11 @@ class DetectConfig:
     weight_share: float = 0.5  # a few weights make an MLP output when they make this share of it
     min_product_share: float = 0.1  # ... each at least this share
     max_weights: int = 4  # ... and at most this many of them
+
+    @property
+    def criterion(self) -> MassiveCriterion:
+        """What a massive activation is: the one criterion detection and verification share."""
+        return MassiveCriterion(self.massive_floor, self.massive_ratio)
 
     def __post_init__(self) -> None:
         for name in ("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
@@ -211,7 +216,7 @@ class _DownMaxima:
 
     def _stat(self, proj: DownProj, x, y, positions, pos: int, row: int, xmax) -> LayerStat:
         x_row = x[pos].float().cpu().clone()  # [intermediate]
-        col = top_product(x_row, proj.matrix()[row].detach().float().cpu())
+        col = top_product(x_row, proj.row(row))
         yv = float(y[pos, row])
         xv, xi, xc = xmax
         return LayerStat(proj.layer, proj.expert, yv, int(positions[pos]), row, xv, int(positions[xi]), xc,
@@ -301,30 +306,29 @@ def candidates(stats: list[LayerStat], config: DetectConfig) -> list[LayerStat]:
             if abs(sp.out_value) >= out_min and abs(sp.x_at_out[sp.col]) >= in_min]
 
 
-def _records(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig, tokens: list[str],
+def _records(view, s: LayerStat, rnd: int, config: DetectConfig, tokens: list[str],
              out_min: float) -> list[SuperWeight]:
     """A candidate layer's super weight candidates: the spike's own (row, col), and every other row
     that the same input feature `col` pushes over the output threshold (one column, several rows)."""
-    proj = lm.view.down_proj(s.layer, s.expert)
-    w = proj.matrix().detach()  # [hidden, intermediate]
+    proj = view.down_proj(s.layer, s.expert)  # W [hidden, intermediate], read a row or a column at a time
     x = s.x_at_out  # [intermediate]
     col = s.col
-    fed = (x[col] * w[:, col].float().cpu()).abs()  # [hidden]: what the input feature adds per row
+    fed = (x[col] * proj.column(col)).abs()  # [hidden]: what the input feature adds per row
     rows = sorted({s.out_channel} | set((fed >= out_min).nonzero().flatten().tolist()))
-    gain = lm.view.norm_gain(s.layer)
+    gain = view.norm_gain(s.layer)
     out = []
     for row in rows:
-        w_row = w[row].float().cpu()
+        w_row = proj.row(row)
         y = s.out_value if row == s.out_channel else float(s.y_row[row]) if s.y_row is not None \
             else float(x @ w_row)
         main = row == s.out_channel
         out.append(SuperWeight(
-            layer=s.layer, row=row, col=col, expert=s.expert, value=float(w[row, col]),
+            layer=s.layer, row=row, col=col, expert=s.expert, value=float(w_row[col]),
             input_value=float(x[col]), output_value=y, position=s.out_pos,
             token=tokens[s.out_pos] if s.out_pos < len(tokens) else None,
             dominance=dominance(x, w_row, col), output_without=y - float(x[col] * w_row[col]),
-            rank=rank_by_magnitude(w, row, col), round=rnd,
-            late=s.layer >= config.late_from(lm.view.num_layers),
+            rank=proj.rank(row, col), round=rnd,
+            late=s.layer >= config.late_from(view.num_layers),
             norm_output=s.norm_out if main else None,
             norm_gain=float(gain[row]) if gain is not None else None,
             norm_gain_median=float(gain.median()) if gain is not None else None))
@@ -334,20 +338,43 @@ def _records(lm: LoadedModel, s: LayerStat, rnd: int, config: DetectConfig, toke
 def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
                   config: DetectConfig | None = None) -> DetectionResult:
     """Detection on one prompt; the model's weights are bit-identical afterwards."""
+    from contextlib import nullcontext
+
     config = config or DetectConfig()
     ids = encode(lm, prompt)
     tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
     layers = _layers(lm, config.layers)
-    late_from = config.late_from(lm.view.num_layers)
-    probe = ResidualProbe(lm.view, layers, config.massive_floor, config.massive_ratio)
-    stats = layer_stats(lm, ids, layers, probe, config)  # round 1: down projections + residual stream
+
+    def run_pass(pruned: list[tuple], probe: ResidualProbe | None) -> list[LayerStat]:
+        with prune(lm.view, pruned) if pruned else nullcontext():
+            return layer_stats(lm, ids, layers, probe, config)
+
+    return detect_rounds(lm.view, run_pass, prompt, tokens, layers, config)
+
+
+PassRunner = Callable[[list[tuple], "ResidualProbe | None"], list[LayerStat]]
+
+
+def detect_rounds(view, run_pass: PassRunner, prompt: str, tokens: list[str], layers: list[int],
+                  config: DetectConfig) -> DetectionResult:
+    """The rounds of detection over one prompt, whatever runs the model (the seam of the engines).
+
+    `run_pass(pruned, probe)` runs one forward pass with the weights `pruned` (keys (layer, row,
+    col, expert)) removed and returns the per-layer `LayerStat`s (`layer_stats`); with a `probe`
+    it also feeds the residual stream to it. `view` answers `num_layers`, `down_proj(layer,
+    expert)` (`.row(r)`, `.column(c)`, `.rank(r, c)`) and `norm_gain(layer)`: a `ModelView`, or the GGUF-backed
+    view of the llama.cpp engine (`superweight.runtime.detect`).
+    """
+    late_from = config.late_from(view.num_layers)
+    probe = ResidualProbe(view, layers, config.criterion)
+    stats = run_pass([], probe)  # round 1: down projections + residual stream
     out_min = output_threshold(stats, config)
     origin_config = OriginConfig(config.weight_share, config.min_product_share, config.max_weights,
                                  row_threshold=out_min)
-    massive = massive_activations(lm.view, probe, origin_config, tokens, late_from)
+    massive = massive_activations(view, probe, origin_config, tokens, late_from)
     found: dict[tuple, SuperWeight] = {}
     for s in candidates(stats, config):
-        found.update((sw.key, sw) for sw in _records(lm, s, 1, config, tokens, out_min))
+        found.update((sw.key, sw) for sw in _records(view, s, 1, config, tokens, out_min))
     for act in massive:  # weights that make a massive activation are candidates, found in round 1
         for sw in act.origin.weights if act.origin else []:
             found.setdefault(sw.key, sw)
@@ -355,17 +382,16 @@ def detect_prompt(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
     for rnd in range(2, config.max_rounds + 1):
         if converged:
             break
-        with prune(lm.view, [sw.key for sw in found.values()]):
-            stats = layer_stats(lm, ids, layers, config=config)
-            rounds.append(stats)
-            out_min = output_threshold(stats, config)
-            new = [sw for s in candidates(stats, config)
-                   for sw in _records(lm, s, rnd, config, tokens, out_min) if sw.key not in found]
+        stats = run_pass([sw.key for sw in found.values()], None)
+        rounds.append(stats)
+        out_min = output_threshold(stats, config)
+        new = [sw for s in candidates(stats, config)
+               for sw in _records(view, s, rnd, config, tokens, out_min) if sw.key not in found]
         converged = not new
         found.update((sw.key, sw) for sw in new)
     sws = sorted(found.values(), key=lambda s: (s.layer, s.row, s.col))
     for sw in sws:  # the value in the unedited model (a later round sees earlier ones zeroed)
-        sw.value = float(lm.view.down_proj(sw.layer, sw.expert).matrix().detach()[sw.row, sw.col])
+        sw.value = float(view.down_proj(sw.layer, sw.expert).row(sw.row)[sw.col])
     _share_records(massive, sws)
     return DetectionResult(sws, massive, rounds, probe.rows, [prompt], config, tokens, converged)
 
@@ -459,17 +485,26 @@ class DetectionRun:
     result: DetectionResult
     verification: object | None  # superweight.verify.Verification
     comparison: object  # superweight.catalog.Comparison
+    experts: object | None = None  # superweight.moe.SuperExpertResult, for a mixture of experts
 
     def to_dict(self) -> dict:
-        return {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
-                "verification": self.verification.to_dict() if self.verification else None}
+        out = {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
+               "verification": self.verification.to_dict() if self.verification else None}
+        if self.experts is not None:
+            out["moe"] = self.experts.to_dict()
+        return out
 
 
 def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
-                  model_id: str | None = None, text: str | None = None) -> DetectionRun:
-    """Detect; with `verify_threshold`, verify every candidate and massive activation causally;
-    compare the early super weights with the catalog entry for `model_id` (default: the model's).
+                  model_id: str | None = None, text: str | None = None,
+                  experts: object | None = None, matters_threshold: float | None = None,
+                  expert_draws: int = 3) -> DetectionRun:
+    """Detect; with `verify_threshold`, verify every candidate and massive activation causally and
+    grade it (`verify.VerdictScale(verify_threshold, matters_threshold)`: needed / matters / not
+    needed); compare the early super weights with the catalog entry for `model_id` (default: the model's).
+    For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
+    with `verify_threshold`, prune them against `expert_draws` sets of random experts (`superweight.moe`).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -483,5 +518,14 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     verification = None
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
-                              massive=result.massive, criterion=(config.massive_floor, config.massive_ratio))
-    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early))
+                              massive=result.massive, criterion=config.criterion,
+                              matters=matters_threshold)
+    moe = None
+    if lm.view.is_moe:
+        from superweight.moe import SuperExpertConfig, super_experts, verify_super_experts
+
+        moe = super_experts(lm, prompts, experts or SuperExpertConfig(
+            massive_floor=config.massive_floor, massive_ratio=config.massive_ratio))
+        if verify_threshold is not None and moe.super_experts:
+            moe.verification = verify_super_experts(lm, moe.super_experts, text=text, draws=expert_draws)
+    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe)

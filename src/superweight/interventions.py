@@ -24,39 +24,13 @@ import torch
 from torch import nn
 
 from superweight.errors import SuperweightError
-from superweight.model.adapters import ModelView
+from superweight.massive import MassiveCriterion
+from superweight.model.adapters import EXPERT_LAYOUTS, ModelView
 from superweight.model.hooks import hooked, observe_down_projs
 from superweight.model.offload import Overrides, read_param
 from superweight.records import SuperWeight
 
 PROBE_TEXT = "The super weight is a single scalar that large language models depend on."
-
-
-def _as_key(c) -> tuple[int, int, int, int | None]:
-    if isinstance(c, SuperWeight):
-        return c.key
-    c = tuple(None if v is None else int(v) for v in c)
-    if None in c[:3]:
-        raise SuperweightError(f"a coordinate needs a layer, a row and a column, got {c}")
-    if len(c) == 3:
-        return (*c, None)
-    if len(c) == 4:
-        return c  # type: ignore[return-value]
-    raise SuperweightError(f"a coordinate is (layer, row, col) or (layer, row, col, expert), got {c}")
-
-
-def check_coords(view: ModelView, coords: Iterable) -> list[tuple[int, int, int, int | None]]:
-    """Validate coordinates against the model's shapes; a one-line error for any out of range."""
-    keys = []
-    for c in coords:
-        layer, row, col, expert = _as_key(c)
-        view.check_layer(layer)
-        rows, cols = view.down_proj(layer, expert).shape
-        if not (0 <= row < rows and 0 <= col < cols):
-            raise SuperweightError(f"coordinate ({layer}, {row}, {col}) outside the down projection of "
-                                   f"layer {layer}, which is {rows} x {cols} (row = output, col = input)")
-        keys.append((layer, row, col, expert))
-    return keys
 
 
 def check_factor(factor) -> float:
@@ -73,7 +47,7 @@ def check_factor(factor) -> float:
 @contextmanager
 def set_weights(view: ModelView, values: dict) -> Iterator[None]:
     """Set down-projection entries `{coord: new_value}` for the block; restore them exactly after."""
-    keys = check_coords(view, values)
+    keys = [sw.key for sw in view.check(values)]
     with Overrides() as edits:
         for key, new in zip(keys, values.values()):
             layer, row, col, expert = key
@@ -86,7 +60,7 @@ def set_weights(view: ModelView, values: dict) -> Iterator[None]:
 def prune(view: ModelView, coords: Iterable) -> Iterator[None]:
     """Zero the given super weights (records or coordinates) for the block."""
     coords = list(coords)
-    with set_weights(view, {_as_key(c): 0.0 for c in coords}):
+    with set_weights(view, {sw.key: 0.0 for sw in view.check(coords)}):
         yield
 
 
@@ -94,7 +68,7 @@ def prune(view: ModelView, coords: Iterable) -> Iterator[None]:
 def scale(view: ModelView, coords: Iterable, factor: float) -> Iterator[None]:
     """Multiply the given super weights by `factor` for the block (Figure 6)."""
     factor = check_factor(factor)
-    keys = check_coords(view, coords)
+    keys = [sw.key for sw in view.check(coords)]
     vals = {k: view.down_proj(k[0], k[3]).matrix()[k[1], k[2]].item() * factor for k in keys}
     with set_weights(view, vals):
         yield
@@ -129,7 +103,7 @@ def _excluded_flat(view: ModelView, keys) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for layer, row, col, expert in keys:
         proj = view.down_proj(layer, expert)
-        if proj.layout == "experts":
+        if proj.layout in EXPERT_LAYOUTS:
             continue  # fused expert parameters are not among the decoder linears
         cols = proj.module.weight.shape[1]  # the stored shape, from metadata
         flat = row * cols + col if proj.layout == "linear" else col * cols + row
@@ -165,7 +139,7 @@ def top_k_weights(view: ModelView, k: int, exclude: Iterable = (),
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise SuperweightError(f"K must be a positive whole number of weights, got {k!r}")
     linears = select_linears(view, modules)
-    excluded = _excluded_flat(view, check_coords(view, exclude))
+    excluded = _excluded_flat(view, [sw.key for sw in view.check(exclude)])
     best_v = torch.empty(0)
     best_m = torch.empty(0, dtype=torch.long)
     best_i = torch.empty(0, dtype=torch.long)
@@ -285,8 +259,8 @@ def restore_super_activation(view: ModelView, super_weights: Iterable, *,
     >>> log.restored > 0, ppl < 30
     (True, True)
     """
-    records = list(super_weights)
-    keys = check_coords(view, records)
+    records = view.check(super_weights)
+    keys = [sw.key for sw in records]
     if any(k[3] is not None for k in keys):
         raise SuperweightError("restoring the super activation is supported for dense down "
                                "projections only, not mixture-of-experts experts")
@@ -350,9 +324,8 @@ def measure_super_activations(lm, super_weights: Iterable, text: str = PROBE_TEX
     input X[t, col] there, and `value` the weight itself. Use it to give catalog or hand-typed
     coordinates the sizes `restore_super_activation` needs.
     """
-    keys = check_coords(lm.view, super_weights)
-    recs = [r if isinstance(r, SuperWeight) else SuperWeight(*k[:3], expert=k[3])
-            for r, k in zip(super_weights, keys)]
+    recs = lm.view.check(super_weights)
+    keys = [r.key for r in recs]
     seen: dict[tuple, tuple] = {}
 
     def callback(proj, x, y, positions):
@@ -387,13 +360,12 @@ class AblationLog:
         return asdict(self)
 
 
-def _typical_fill(h: torch.Tensor, channel: int, floor: float, ratio: float, log: AblationLog) -> torch.Tensor:
+def _typical_fill(h: torch.Tensor, channel: int, criterion: MassiveCriterion, log: AblationLog) -> torch.Tensor:
     """h [..., hidden] with every massive value on `channel` replaced by the channel's median over
     the positions where it is not massive (0 where it is massive at every position)."""
     flat = h.reshape(-1, h.shape[-1])  # [tokens, hidden]
-    threshold = max(floor, ratio * float(flat.abs().float().median()))
     col = flat[:, channel]
-    mask = col.abs() > threshold
+    mask = col.abs() > criterion.threshold(flat)
     log.calls += 1
     if not bool(mask.any()):
         return h
@@ -406,14 +378,14 @@ def _typical_fill(h: torch.Tensor, channel: int, floor: float, ratio: float, log
 
 
 @contextmanager
-def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: float,
-                   ratio: float) -> Iterator[AblationLog]:
+def ablate_massive(view: ModelView, channel: int, first_layer: int,
+                   criterion: MassiveCriterion = MassiveCriterion()) -> Iterator[AblationLog]:
     """Remove a massive activation for the block: from the layer where it first appears on, every
     massive value on `channel` is set to the channel's typical value.
 
     Definition. After layer `first_layer` and after every later layer (`first_layer` = -1: already in
-    the embedding output entering layer 0), an entry h[t, channel] is massive when |h| > max(`floor`,
-    `ratio` × the median |h| of that hidden state) — detection's criterion, applied to the text
+    the embedding output entering layer 0), an entry h[t, channel] is massive by `criterion`
+    (|h| > max(floor, ratio × the median |h| of that hidden state)) — detection's, applied to the text
     being run, so it finds the activation wherever it forms (the first token, a delimiter). Each
     such entry is replaced by the median of h[:, channel] over the positions where the channel is
     not massive: the value the channel has at an ordinary token. Zero would also remove it, but a
@@ -421,7 +393,8 @@ def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: fl
     Forward hooks only: no weight changes, and the hooks are removed on exit (also on error).
 
     >>> from superweight.evaluate import perplexity
-    >>> with ablate_massive(lm.view, 507, 11, floor=100, ratio=1000) as log:
+    >>> from superweight.massive import MassiveCriterion
+    >>> with ablate_massive(lm.view, 507, 11, MassiveCriterion(floor=100, ratio=1000)) as log:
     ...     ppl = perplexity(lm, "wiki", max_tokens=512).ppl
     >>> ppl > 1000
     True
@@ -435,13 +408,13 @@ def ablate_massive(view: ModelView, channel: int, first_layer: int, *, floor: fl
 
     def on_output(module, inputs, output):
         if isinstance(output, torch.Tensor):
-            return _typical_fill(output, channel, floor, ratio, log)
-        return (_typical_fill(output[0], channel, floor, ratio, log), *output[1:])
+            return _typical_fill(output, channel, criterion, log)
+        return (_typical_fill(output[0], channel, criterion, log), *output[1:])
 
     def on_input(module, args, kwargs):
         if args:
-            return (_typical_fill(args[0], channel, floor, ratio, log), *args[1:]), kwargs
-        kwargs = dict(kwargs, hidden_states=_typical_fill(kwargs["hidden_states"], channel, floor, ratio, log))
+            return (_typical_fill(args[0], channel, criterion, log), *args[1:]), kwargs
+        kwargs = dict(kwargs, hidden_states=_typical_fill(kwargs["hidden_states"], channel, criterion, log))
         return args, kwargs
 
     handles = []

@@ -17,7 +17,7 @@ One forward pass, reduced inside the hooks (no whole activation is kept past its
   branch and the MLP branch (their outputs are hooked; `Adapter.branches`), the MLP output before
   any post-MLP norm, and the down projection's input row X[pos, :] (per expert for MoE, with the
   routing weight).
-After the pass the origin is read from those numbers and the weights (`DownProj.matrix()`):
+After the pass the origin is read from those numbers and the weights (`DownProj.row/column/rank`):
 the branch that adds most of the increment; within the MLP, the post-MLP norm when an ordinary
 gain would leave the value below the massive threshold; else the few products X[pos, k]·W[row, k]
 that make it — one row's weights (a super weight candidate), or one huge input feature's column
@@ -38,7 +38,7 @@ from superweight.model.hooks import (observe_down_projs, observe_inputs, observe
                                      observe_routing)
 from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NORM_GAIN,
                                  SUPER_WEIGHT, MassiveActivation, Origin, SuperWeight)
-from superweight.tensor.stats import dominance, rank_by_magnitude
+from superweight.tensor.stats import dominance
 
 MAX_SITES = 256  # massive entries kept per layer (the largest); real models have a handful
 MASSIVE_FLOOR = 100.0  # a massive activation: |h| above this ...
@@ -92,18 +92,41 @@ class DownInput:
     scale: float | None = None  # routing weight (routed experts); None for dense projections
 
 
-def criterion_threshold(median: float, floor: float, ratio: float) -> float:
-    """|h| above this is massive: over the absolute floor and `ratio` times the typical magnitude."""
-    return max(floor, ratio * median)
+@dataclass(frozen=True)
+class MassiveCriterion:
+    """The one definition of a massive activation, used by detection (the residual scan) and by
+    verification (`interventions.ablate_massive`), so the two cannot drift apart: an entry of a
+    hidden state h is massive when |h| > max(`floor`, `ratio` × the median |h| of that hidden state).
+
+    >>> criterion = MassiveCriterion(floor=100, ratio=1000)
+    >>> h = torch.full((4, 8), 0.5); h[0, 3] = 2000.0   # [tokens, hidden]
+    >>> criterion.threshold(h), criterion.mask(h).nonzero().tolist()
+    (500.0, [[0, 3]])
+    """
+
+    floor: float = MASSIVE_FLOOR
+    ratio: float = MASSIVE_RATIO
+
+    def median(self, h: torch.Tensor) -> float:
+        """The typical magnitude: the median |h| over every entry of the hidden state."""
+        return float(h.abs().float().median())
+
+    def threshold(self, h: torch.Tensor, median: float | None = None) -> float:
+        """|h| above this is massive: over the absolute floor and `ratio` times the typical magnitude."""
+        return max(self.floor, self.ratio * (self.median(h) if median is None else median))
+
+    def mask(self, h: torch.Tensor) -> torch.Tensor:
+        """Where h is massive (a bool tensor of h's shape)."""
+        return h.abs().float() > self.threshold(h)
 
 
-def massive_entries(h: torch.Tensor, floor: float, ratio: float,
+def massive_entries(h: torch.Tensor, criterion: MassiveCriterion,
                     limit: int = MAX_SITES) -> tuple[float, float, dict[tuple[int, int], float]]:
     """(median |h|, threshold, {(pos, channel): value}) of a hidden state h [tokens, hidden];
     at most `limit` entries, the largest."""
     a = h.abs().float()
-    median = float(a.median())
-    threshold = criterion_threshold(median, floor, ratio)
+    median = criterion.median(h)
+    threshold = criterion.threshold(h, median)
     mask = a > threshold
     if not bool(mask.any()):
         return median, threshold, {}
@@ -115,8 +138,8 @@ def massive_entries(h: torch.Tensor, floor: float, ratio: float,
     return median, threshold, {(int(p), int(c)): v for (p, c), v in zip(idx.tolist(), values)}
 
 
-def _stat(layer: int, h: torch.Tensor, floor: float, ratio: float) -> ResidualLayer:
-    median, threshold, entries = massive_entries(h, floor, ratio)
+def _stat(layer: int, h: torch.Tensor, criterion: MassiveCriterion) -> ResidualLayer:
+    median, threshold, entries = massive_entries(h, criterion)
     flat = int(h.abs().argmax())
     pos, ch = divmod(flat, h.shape[-1])
     return ResidualLayer(layer, float(h[pos, ch]), ch, pos, median, threshold, entries)
@@ -126,10 +149,10 @@ class ResidualProbe:
     """Scoped hooks for one forward pass: residual statistics per layer and, where an entry first
     becomes massive, the numbers that explain it. Use `with probe.hooks(): model(...)`."""
 
-    def __init__(self, view: ModelView, layers: Sequence[int], floor: float, ratio: float,
+    def __init__(self, view: ModelView, layers: Sequence[int], criterion: MassiveCriterion,
                  explain: bool = True, watch: tuple[int, int] | None = None):
         self.view, self.layers = view, sorted(layers)
-        self.floor, self.ratio, self.explain, self.watch = floor, ratio, explain, watch
+        self.criterion, self.explain, self.watch = criterion, explain, watch
         self.rows: list[ResidualLayer] = []
         self.sites: dict[tuple[int, int, int], Site] = {}
         self.inputs: dict[tuple[int, int], list[DownInput]] = {}
@@ -138,7 +161,7 @@ class ResidualProbe:
         self._cur: dict = {}  # this layer's tensors, dropped when the layer's output is seen
 
     def _row(self, layer: int, h: torch.Tensor) -> ResidualLayer:
-        row = _stat(layer, h, self.floor, self.ratio)
+        row = _stat(layer, h, self.criterion)
         if self.watch is not None:
             p, c = self.watch
             row.at = float(h[p, c]) if p < h.shape[0] and c < h.shape[1] else None
@@ -225,12 +248,12 @@ class ResidualProbe:
         return scope()
 
 
-def residual_scan(lm, input_ids: torch.Tensor, floor: float, ratio: float,
+def residual_scan(lm, input_ids: torch.Tensor, criterion: MassiveCriterion,
                   layers: Sequence[int] | None = None, watch: tuple[int, int] | None = None
                   ) -> list[ResidualLayer]:
     """One forward pass: the residual stream's statistics per layer (embedding output first)."""
     layers = list(range(lm.view.num_layers)) if layers is None else list(layers)
-    probe = ResidualProbe(lm.view, layers, floor, ratio, explain=False, watch=watch)
+    probe = ResidualProbe(lm.view, layers, criterion, explain=False, watch=watch)
     with torch.no_grad(), probe.hooks():
         lm.model(input_ids=input_ids)
     return probe.rows
@@ -321,14 +344,14 @@ def _contributions(site: Site, inputs: Sequence[DownInput], raw: float, top: int
     shared = [d for d in inputs if d.scale is None and d.proj.expert is None and routed]
     scales = {id(d): d.scale if d.scale is not None else 1.0 for d in inputs}
     if shared:  # e.g. Qwen2-MoE's gated shared expert: its gate is what the routed experts leave
-        routed_sum = sum(float(d.x @ d.proj.matrix()[c].detach().float().cpu()) * d.scale for d in routed)
+        routed_sum = sum(float(d.x @ d.proj.row(c)) * d.scale for d in routed)
         for d in shared:
-            y = float(d.x @ d.proj.matrix()[c].detach().float().cpu())
+            y = float(d.x @ d.proj.row(c))
             scales[id(d)] = min(1.0, max(0.0, (raw - routed_sum) / y)) if y else 0.0
     sign = math.copysign(1.0, raw)
     out = []
     for d in inputs:
-        w_row = d.proj.matrix()[c].detach().float().cpu()  # [intermediate]
+        w_row = d.proj.row(c)  # [intermediate]
         s = scales[id(d)]
         products = d.x * w_row * s * sign  # [intermediate], toward the sign of raw
         best = products.topk(min(top, products.numel()))
@@ -346,8 +369,7 @@ def _weights_origin(view: ModelView, site: Site, inputs: Sequence[DownInput], co
         return
     origin.weight_share = share
     _, top, col, scale = taken[0]
-    w = top.proj.matrix().detach()
-    column = (top.x[col] * w[:, col].float().cpu() * scale).abs()  # [hidden]: what the input feeds
+    column = (top.x[col] * top.proj.column(col) * scale).abs()  # [hidden]: what the input feeds
     rows = sorted({site.channel} | set((column >= config.row_threshold).nonzero().flatten().tolist()))
     record = lambda d, r, k, s: _weight_record(d, r, k, s, site, raw, tokens, late_from)  # noqa: E731
     row_weights = [record(d, site.channel, k, s) for _, d, k, s in taken]
@@ -363,16 +385,15 @@ def _weights_origin(view: ModelView, site: Site, inputs: Sequence[DownInput], co
 def _weight_record(d: DownInput, row: int, col: int, scale: float, site: Site, raw: float,
                    tokens: Sequence[str], late_from: int) -> SuperWeight:
     """A super weight candidate with what was measured at the site's position."""
-    w = d.proj.matrix().detach()  # [hidden, intermediate]
-    w_row = w[row].float().cpu()
+    w_row = d.proj.row(row)  # [intermediate]
     x = d.x
     out = raw if row == site.channel else float(x @ w_row) * scale
     p = site.position
     return SuperWeight(
-        layer=site.layer, row=row, col=col, expert=d.proj.expert, value=float(w[row, col]),
+        layer=site.layer, row=row, col=col, expert=d.proj.expert, value=float(w_row[col]),
         input_value=float(x[col]), output_value=out, position=p,
         token=tokens[p] if p < len(tokens) else None, dominance=dominance(x, w_row, col),
-        output_without=out - float(x[col] * w_row[col]) * scale, rank=rank_by_magnitude(w, row, col),
+        output_without=out - float(x[col] * w_row[col]) * scale, rank=d.proj.rank(row, col),
         round=1, late=site.layer >= late_from)
 
 
@@ -401,5 +422,5 @@ def massive_activations(view: ModelView, probe: ResidualProbe, config: OriginCon
 
 
 __all__ = ["ResidualLayer", "ResidualProbe", "Site", "DownInput", "Run", "OriginConfig",
-           "massive_entries", "criterion_threshold", "residual_scan", "runs", "explain",
+           "massive_entries", "MassiveCriterion", "residual_scan", "runs", "explain",
            "massive_activations", "MAX_SITES"]

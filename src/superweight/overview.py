@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from superweight._io import SCHEMA_VERSION, result_header
 from superweight.errors import SuperweightError
-from superweight.verify import VERIFY_THRESHOLD, check_threshold
+from superweight.verify import VERIFY_THRESHOLD, VerdictScale
 
 # result kinds the report can show (the `kind` of a result file's header)
 INCLUDABLE = ("ablate", "stopwords", "scale", "quantize", "eval", "check", "finetune", "census")
@@ -27,11 +27,13 @@ REPORT_BITS = 4
 @dataclass
 class OverviewConfig:
     """What to gather. `verify` False skips the causal check (`verify_threshold`: the perplexity ratio
-    that makes a candidate a super weight); `ablate` / `quantize` run Table 1 and Figure 7 + Table 3
+    that makes a candidate a super weight; `matters_threshold`: the one from which it matters);
+    `ablate` / `quantize` run Table 1 and Figure 7 + Table 3
     with the given evaluator; `include` are result files to show."""
 
     prompts: tuple[str, ...] = ()  # default: detection's prompt; the trace follows the first
     verify_threshold: float = VERIFY_THRESHOLD
+    matters_threshold: float | None = None  # default: verify.MATTERS_THRESHOLD (or verify_threshold if lower)
     verify: bool = True
     ablate: bool = False
     quantize: bool = False
@@ -40,7 +42,8 @@ class OverviewConfig:
     include: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.verify_threshold = check_threshold(self.verify_threshold)
+        scale = VerdictScale(self.verify_threshold, self.matters_threshold)
+        self.verify_threshold, self.matters_threshold = scale.needed, scale.matters
         if not self.blocks or any(not isinstance(b, int) or b < 1 for b in self.blocks):
             raise SuperweightError(f"block sizes must be positive whole numbers, got {list(self.blocks)}")
 
@@ -124,7 +127,8 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     stage = on_stage or (lambda name: None)
     prompts = list(config.prompts) or [DEFAULT_PROMPT]
     detect_config = detect_config or DetectConfig()
-    run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None)
+    run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None,
+                        matters_threshold=config.matters_threshold)
     # the trace follows the first prompt; a detection merged over several prompts is not that prompt's
     traced = trace(lm, prompts[0], detect_config, detection=run.result if len(set(prompts)) == 1 else None)
     results = list(included)

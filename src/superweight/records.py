@@ -24,9 +24,11 @@ MLP = "MLP"  # the MLP branch adds it, spread over many weights (no few of them 
 ORIGINS = (SUPER_WEIGHT, INPUT_FEATURE, NORM_GAIN, ATTENTION, EMBEDDING, MLP)
 EMBEDDING_LAYER = -1  # `first_layer` of a massive activation already in the embedding output
 
-# Verdicts of verification: for a candidate weight, and for a massive activation.
+# Verdicts of verification, graded by the perplexity ratio with it removed (`verify.VerdictScale`):
+# for a candidate weight, and for a massive activation; MATTERS is the middle grade of both.
 SUPER, SPIKE = "super weight", "spike only"
 NEEDED, NOT_NEEDED = "needed", "not needed"
+MATTERS = "matters"
 
 
 def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +85,22 @@ class SuperWeight(Record):
     def label(self) -> str:
         e = f", expert {self.expert}" if self.expert is not None else ""
         return f"({self.layer}, {self.row}, {self.col}{e})"
+
+    @classmethod
+    def of(cls, c) -> "SuperWeight":
+        """A record from a record (itself) or a (layer, row, col[, expert]) tuple — the one place a
+        tuple becomes a record; its range is checked against a model by `ModelView.check`."""
+        if isinstance(c, cls):
+            return c
+        from superweight.errors import SuperweightError
+
+        try:
+            values = tuple(None if v is None else int(v) for v in c)
+        except (TypeError, ValueError):
+            raise SuperweightError(f"a coordinate is (layer, row, col) or (layer, row, col, expert), got {c!r}") from None
+        if len(values) not in (3, 4) or None in values[:3]:
+            raise SuperweightError(f"a coordinate is (layer, row, col) or (layer, row, col, expert), got {c!r}")
+        return cls(*values[:3], expert=values[3] if len(values) == 4 else None)
 
 
 

@@ -63,17 +63,13 @@ def resolve_super_weights(lm, coords: Sequence | str | None = None, catalog_id: 
     with `include_late`). Coordinates are checked against the model's shapes. Detection may find
     none: the selection is then empty, and the caller decides whether that is an error.
     """
-    from superweight.interventions import check_coords
-
     if coords is not None and catalog_id is not None:
         raise SuperweightError("give coordinates or a catalog id, not both")
     if include_late and (coords is not None or catalog_id is not None):
         raise SuperweightError("late-layer spikes come from detection; they cannot be added to "
                                "given or catalogued coordinates")
     if coords is not None:
-        sws = _records(coords)
-        check_coords(lm.view, sws)
-        return Selection(sws, GIVEN)
+        return Selection(lm.view.check(_records(coords)), GIVEN)
     if catalog_id is not None:
         from superweight import catalog
 
@@ -81,8 +77,7 @@ def resolve_super_weights(lm, coords: Sequence | str | None = None, catalog_id: 
         if entry is None:
             raise SuperweightError(f"the catalog has no entry for {catalog_id!r} (model ids match exactly; "
                                    "`superweight catalog` lists them)")
-        sws = entry.records()
-        check_coords(lm.view, sws)
+        sws = lm.view.check(entry.records())
         return Selection(sws, f"{CATALOG} ({entry.source})", catalog_id=catalog_id)
     from superweight.detect import detect
 
@@ -94,15 +89,4 @@ def resolve_super_weights(lm, coords: Sequence | str | None = None, catalog_id: 
 def _records(coords: Sequence | str) -> list[SuperWeight]:
     if isinstance(coords, str):
         return parse_coords(coords)
-    out = []
-    for c in coords:
-        if isinstance(c, SuperWeight):
-            out.append(c)
-        elif isinstance(c, str):
-            out += parse_coords(c)
-        else:
-            values = tuple(c)
-            if len(values) not in (3, 4):
-                raise SuperweightError(f"a coordinate is (layer, row, col[, expert]), got {values}")
-            out.append(SuperWeight(*values[:3], expert=values[3] if len(values) == 4 else None))
-    return out
+    return [sw for c in coords for sw in (parse_coords(c) if isinstance(c, str) else [SuperWeight.of(c)])]

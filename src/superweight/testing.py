@@ -60,6 +60,18 @@ TINY_CONFIGS: dict[str, dict] = {
     "mixtral": {**_DECODER, **_MOE, "num_local_experts": 4},
     "qwen2_moe": {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": INTERMEDIATE,
                   "shared_expert_intermediate_size": INTERMEDIATE, "decoder_sparse_step": 1},
+    "qwen3_moe": {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": INTERMEDIATE,
+                  "decoder_sparse_step": 1, "norm_topk_prob": True},
+    "olmoe": {**_DECODER, **_MOE, "num_experts": 4},
+    # DeepSeek-V3: multi-head latent attention, a first dense layer, one shared expert, sigmoid
+    # routing in one group
+    "deepseek_v3": {**_DECODER, **_MOE, "n_routed_experts": 4, "n_shared_experts": 1,
+                    "moe_intermediate_size": INTERMEDIATE, "first_k_dense_replace": 1, "n_group": 1,
+                    "topk_group": 1, "q_lora_rank": 32, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
+                    "qk_nope_head_dim": 8, "v_head_dim": 16, "num_key_value_heads": HEADS,
+                    "head_dim": 8},
+    "gpt_oss": {**_DECODER, **_MOE, "num_local_experts": 4, "sliding_window": 16, "layer_types": None,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
 }
 TINY_TYPES: tuple[str, ...] = tuple(TINY_CONFIGS)
 
@@ -77,6 +89,8 @@ def tiny_model(model_type: str, *, num_layers: int = 6, seed: int = 0, **overrid
     if model_type not in TINY_CONFIGS:
         raise SuperweightError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_TYPES)}")
     kwargs = {**_IDS, **TINY_CONFIGS[model_type], "num_hidden_layers": num_layers, **overrides}
+    if "layer_types" in kwargs and kwargs["layer_types"] is None:  # gpt-oss: alternate, one per layer
+        kwargs["layer_types"] = [("sliding_attention", "full_attention")[i % 2] for i in range(num_layers)]
     config = AutoConfig.for_model(model_type, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -225,7 +239,8 @@ def _probe_ids(model: nn.Module) -> torch.Tensor:
     return torch.randperm(vocab, generator=g)[:48].unsqueeze(0)
 
 
-def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Tensor) -> torch.Tensor:
+def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Tensor,
+                ids: torch.Tensor | None = None) -> torch.Tensor:
     """The input of the projection holding `feat`, projected on `v`, for every probe token."""
     seen: list[torch.Tensor] = []
 
@@ -234,7 +249,7 @@ def _read_along(model: nn.Module, view: ModelView, feat: FeatureRow, v: torch.Te
         seen.append(x.reshape(-1, x.shape[-1]) @ v)
 
     with hooked([(feat.module, hook)]):
-        model(input_ids=_probe_ids(model))
+        model(input_ids=_probe_ids(model) if ids is None else ids)
     return seen[0]
 
 
@@ -283,14 +298,179 @@ def _project_out(view: ModelView, u: torch.Tensor) -> None:
     """Make every feature-producing row orthogonal to `u`, so that features not planted ignore the
     shared direction (models without a norm before the MLP, like OLMo 2, would otherwise grow
     O(10) features everywhere and hide the planted one from a ratio test)."""
-    a = view.adapter
-    for layer in view.layers:
-        for spec in a.up_projs + a.shared_up_projs:
+    for i, layer in enumerate(view.layers):
+        for spec in view.up_specs(i):
             w = getattr(get_path(layer, spec.path), spec.param)
-            if spec.layout == "conv1d":  # [in, out]
-                w -= u[:, None] * (u @ w)[None, :]
+            if spec.layout in ("conv1d", "experts_t"):  # [..., in, out]
+                w -= u[:, None] * (u @ w)[..., None, :]
             else:  # [..., out, in]
                 w -= (w @ u)[..., None] * u
+
+
+# --- super experts (mixture-of-experts models) -----------------------------------------------------
+
+def plant_super_expert(model: nn.Module, layer: int, row: int, col: int, *, expert: int | None = 1,
+                       weight: float = 50.0, input_scale: float = 100.0, sink: bool = True) -> SuperWeight:
+    """A super expert as Su et al. (2025) describe it: expert `expert` of `layer` (None: the layer's
+    shared expert) is routed for the first token (<s>) and its down projection weight W[row, col]
+    makes a massive activation on channel `row` there (≈ weight × input_scale), which the residual
+    stream carries on. With `sink`, one attention head in every later layer reads that channel in its
+    keys, so the first token becomes an attention sink — made by the super expert: prune it and the
+    sink goes. One super expert per model; returns the planted weight's record.
+
+    The first token gets a direction `b` of its own in the embedding (every token also gets the shared
+    direction `u` that planting uses); the expert's feature rows and its router row read `b`.
+    """
+    view = ModelView(model, adapter_for(model.config.model_type))
+    if not view.is_moe_layer(layer):
+        raise SuperweightError(f"layer {layer} has no experts")
+    proj = view.down_proj(layer, expert)
+    rows, cols = proj.shape
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise SuperweightError(f"({layer}, {row}, {col}) outside the {rows} x {cols} down projection")
+    state: _State = getattr(model, _STATE, None) or _State([])
+    object.__setattr__(model, _STATE, state)
+    with torch.no_grad():
+        if state.direction is None:
+            state.direction = _add_shared_direction(model, view)
+        u = state.direction
+        b = _add_token_direction(model, view, BOS_ID, u, row)
+        proj.matrix()[row, col] = weight
+        feats = view.feature_rows(layer, col, expert)
+        per_row = input_scale ** (1 / len(feats))
+        for f in feats:
+            f.weight.copy_(b)
+            if f.bias is not None:
+                f.bias.zero_()
+        probe = _probe_ids(model)
+        ids = torch.cat([torch.tensor([[BOS_ID]]), probe[probe != BOS_ID][None]], dim=1)
+        s_b = _read_along(model, view, feats[0], b, ids)  # [tokens]: position 0 is <s>
+        s_u = _read_along(model, view, feats[0], u, ids)
+        gate = s_b - 0.5 * s_u  # the gate (and router) read b - u/2: positive at <s> only
+        if not (float(gate[0]) > 0 and bool((gate[1:] < -0.5 * float(gate[0])).all())):
+            raise SuperweightError(f"could not plant at layer {layer}: the first token's direction does "
+                                   f"not stand out ({float(gate[0]):.3g} vs {float(gate[1:].max()):.3g})")
+        for j, f in enumerate(feats):
+            if j == 0 and len(feats) > 1:
+                f.weight.copy_((b - 0.5 * u) * (per_row / float(gate[0])))
+            else:
+                f.weight.mul_(per_row / float(s_b[0]))
+        router = view.router_weight(layer)
+        if router is not None and expert is not None:
+            router[expert].copy_((b - 0.5 * u) * (ROUTER_LOGIT / float(gate[0])))
+        if sink:
+            for later in range(layer + 1, view.num_layers):
+                _plant_sink(view, later, row, state.direction)
+    return SuperWeight(layer, row, col, expert=expert, value=float(weight), input_value=float(input_scale),
+                       output_value=float(weight * input_scale), position=0)
+
+
+def _add_token_direction(model: nn.Module, view: ModelView, token_id: int, u: torch.Tensor,
+                         channel: int) -> torch.Tensor:
+    """Give one token's embedding a direction of its own (orthogonal to `u` and to `channel`, as large
+    as `u`'s share); every feature-producing row is made orthogonal to it. Returns the unit direction."""
+    emb = model.get_input_embeddings().weight  # [vocab, hidden]
+    g = torch.Generator().manual_seed(2468)
+    b = torch.randn(emb.shape[1], generator=g)
+    b = b - b.mean()
+    e = torch.zeros_like(u)
+    e[channel] = 1.0
+    e = e - (e @ u) * u
+    for q in (u, e / e.norm()):
+        b = b - (b @ q) * q
+    b = b / b.norm()
+    emb[token_id] += b * float(emb[token_id] @ u)  # as large as the shared direction it already has
+    _project_out(view, b)
+    return b
+
+
+def _plant_sink(view: ModelView, layer: int, channel: int, u: torch.Tensor) -> None:
+    """Head 0 of `layer` attends to any key whose normalised residual is large on `channel`: its query
+    reads the shared direction `u` (every token's), its key reads `channel` (and, on a second
+    dimension, `u`, so that a norm over the key does not make every token's key alike). The
+    dimensions used are the rotary embedding's slowest pair, or DeepSeek's non-rotary ("nope") ones."""
+    a = get_path(view.layers[layer], view.adapter.attention)
+    c = torch.zeros_like(u)
+    c[channel] = 1.0
+    c -= u * u[channel] / (u @ u)  # the channel, less what every token has of it through u
+    if hasattr(a, "q_proj") and hasattr(a, "k_proj") and a.q_proj is not None:
+        hd = a.head_dim
+        d, d2 = hd // 2 - 1, hd // 2 - 2  # rotate_half pairs (i, i + hd/2): the lowest frequencies
+        q, k = a.q_proj.weight, a.k_proj.weight
+        for h in range(q.shape[0] // hd):  # every query head ...
+            q[h * hd + d] = u
+            q[h * hd + d2] = 0.0
+        for h in range(k.shape[0] // hd):  # ... and every key head
+            k[h * hd + d] = c
+            k[h * hd + d2] = u
+        for m in (a.q_proj, a.k_proj):
+            if m.bias is not None:
+                m.bias.view(-1, hd)[:, [d, d2]] = 0.0
+    elif hasattr(a, "kv_a_proj_with_mqa") and hasattr(a, "q_a_proj"):  # multi-head latent attention
+        a.q_a_proj.weight[0] = u  # q latent dim 0 reads u; each query head's first "nope" dim reads it
+        kv = a.kv_a_proj_with_mqa.weight
+        kv[0] = c  # kv latent dim 0 reads the channel, dim 1 reads u
+        kv[1] = u
+        q_head, k_head = a.qk_head_dim, a.qk_nope_head_dim + a.v_head_dim
+        for h in range(a.num_heads):  # ... and each key head's first "nope" dim reads latent dim 0
+            a.q_b_proj.weight[h * q_head] = 0.0
+            a.q_b_proj.weight[h * q_head, 0] = 4.0
+            a.kv_b_proj.weight[h * k_head] = 0.0
+            a.kv_b_proj.weight[h * k_head, 0] = 4.0
+    else:
+        raise SuperweightError(f"cannot plant an attention sink in {type(a).__name__}")
+
+
+class ExpertMLP(nn.Module):
+    """One unfused expert: act(gate(x))·up(x) → down, as remote-code MoE checkpoints keep them."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act: nn.Module):
+        super().__init__()
+        inter, hidden = gate_up.shape[0] // 2, gate_up.shape[1]
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+        with torch.no_grad():
+            self.gate_proj.weight.copy_(gate_up[:inter])
+            self.up_proj.weight.copy_(gate_up[inter:])
+            self.down_proj.weight.copy_(down)
+        self.act_fn = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertList(nn.ModuleList):
+    """Unfused experts: an nn.ModuleList of `ExpertMLP`, called like transformers' fused experts
+    module (hidden [tokens, hidden], top_k_index, top_k_weights), each expert on its routed tokens."""
+
+    def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        out = torch.zeros_like(hidden)
+        for e in torch.unique(top_k_index).tolist():
+            if e >= len(self):
+                continue
+            k, tokens = torch.where(top_k_index.T == e)  # k-major, as the old per-expert loops went
+            y = self[e](hidden[tokens]) * top_k_weights[tokens, k, None]
+            out.index_add_(0, tokens, y.to(out.dtype))
+        return out
+
+
+def unfuse_experts(model: nn.Module) -> nn.Module:
+    """Replace every fused experts module (3-D gate_up / down parameters) by an `ExpertList` holding
+    the same weights, one small MLP per expert (the layout remote-code checkpoints use). In place;
+    returns the model. Concatenated gate/up, untransposed, unbiased experts only (not gpt-oss)."""
+    view = ModelView(model, adapter_for(model.config.model_type))
+    for i in range(view.num_layers):
+        if not view.is_moe_layer(i) or view.is_unfused(i):
+            continue
+        fused = view.down_module(i)
+        if getattr(fused, "is_transposed", False) or getattr(fused, "has_bias", False):
+            raise SuperweightError(f"cannot unfuse {type(fused).__name__}: transposed or biased experts")
+        experts = ExpertList([ExpertMLP(fused.gate_up_proj[e].detach(), fused.down_proj[e].detach(),
+                                        fused.act_fn) for e in range(fused.gate_up_proj.shape[0])])
+        parent, name = view.adapter.down_proj.rsplit(".", 1)
+        setattr(get_path(view.layers[i], parent), name, experts)
+    return model
 
 
 # --- other makers of massive activations -----------------------------------------------------------
@@ -366,6 +546,9 @@ DEMOS = {
     "demo-column": "Qwen2: one input feature (column 11 of layer 2) feeds four rows (3, 17, 29, 40)",
     "demo-attention": "Llama: the attention output makes a massive activation (layer 1, channel 9)",
     "demo-embedding": "Llama: the embedding of <s> carries a massive activation on channel 9",
+    "demo-moe": "Qwen3-MoE: expert 1 of layer 2 is a super expert (routed for <s>, W[7, 11] = 50 makes a "
+                "massive activation on channel 7; later layers' attention sinks on it)",
+    "demo-moe-shared": "DeepSeek-V3: the shared expert of layer 2 is the super expert (W[7, 11] = 50)",
 }
 
 
@@ -383,6 +566,12 @@ def demo_model(name: str) -> nn.Module:
     elif name == "demo-embedding":
         model = tiny_model("llama")
         plant_embedding_activation(model, BOS_ID, 9)
+    elif name == "demo-moe":
+        model = tiny_model("qwen3_moe")
+        plant_super_expert(model, 2, 7, 11, expert=1)
+    elif name == "demo-moe-shared":
+        model = tiny_model("deepseek_v3")
+        plant_super_expert(model, 2, 7, 11, expert=None)
     else:
         raise SuperweightError(f"unknown demo {name!r}; known: {', '.join(DEMOS)}")
     return model

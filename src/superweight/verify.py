@@ -12,6 +12,11 @@ A massive activation is checked the same way, whatever makes it (a weight, a nor
 attention, the embedding): it is ablated — set to its channel's typical value from the layer where
 it first appears on (`interventions.ablate_massive`) — and it is *needed* when perplexity grows by
 at least `threshold` times.
+
+Verdicts are graded, not binary (`VerdictScale`): a ratio of 2.7 is not "harmless" because it is
+under 3. Between `matters` (1.25) and `needed` (3) a weight or an activation *matters*; below it, it
+is not needed (a weight: spike only). The ratio is always reported beside the word, and the scale is
+written into every result.
 """
 
 from __future__ import annotations
@@ -25,15 +30,54 @@ import torch
 
 from superweight.errors import SuperweightError
 from superweight.interventions import ablate_massive, prune
-from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO
+from superweight.massive import MassiveCriterion
 from superweight.model.load import LoadedModel
-from superweight.records import NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivation, SuperWeight
+from superweight.records import MATTERS, NEEDED, NOT_NEEDED, SPIKE, SUPER, MassiveActivation, SuperWeight
 
 VERIFY_TOKENS = 512  # enough text for a stable perplexity, cheap on a CPU
-VERIFY_THRESHOLD = 3.0  # perplexity ratio that makes a spike a super weight
+VERIFY_THRESHOLD = 3.0  # perplexity ratio that makes a spike a super weight (and an activation needed)
+MATTERS_THRESHOLD = 1.25  # perplexity ratio from which a weight or an activation matters
 VERIFY_CHARS = 6000  # characters of Wikipedia text to take (comfortably more than VERIFY_TOKENS)
 ABLATED_TO = ("the channel's median over the positions where it is not massive (0 where it is massive "
               "at every position), from the layer where it first appears on")
+
+
+@dataclass(frozen=True)
+class VerdictScale:
+    """What a perplexity ratio (with a weight zeroed, or an activation ablated) means.
+
+    >>> scale = VerdictScale(needed=3, matters=1.25)
+    >>> scale.activation(8860), scale.activation(2.7), scale.activation(1.08)
+    ('needed', 'matters', 'not needed')
+    >>> scale.weight(3.15), scale.weight(1.3), scale.weight(1.0)
+    ('super weight', 'matters', 'spike only')
+    >>> scale.legend()
+    'needed (a weight: super weight) ≥ ×3, matters ≥ ×1.25, below ×1.25 not needed (a weight: spike only)'
+    """
+
+    needed: float = VERIFY_THRESHOLD
+    matters: float | None = None  # default: MATTERS_THRESHOLD, or `needed` when that is lower
+
+    def __post_init__(self):
+        needed = check_threshold(self.needed)
+        matters = min(MATTERS_THRESHOLD, needed) if self.matters is None else check_threshold(self.matters, "matters")
+        if matters > needed:
+            raise SuperweightError(f"the 'matters' threshold (×{matters:g}) is above the 'needed' one (×{needed:g})")
+        object.__setattr__(self, "needed", needed)
+        object.__setattr__(self, "matters", matters)
+
+    def activation(self, ratio: float) -> str:
+        return NEEDED if ratio >= self.needed else MATTERS if ratio >= self.matters else NOT_NEEDED
+
+    def weight(self, ratio: float) -> str:
+        return SUPER if ratio >= self.needed else MATTERS if ratio >= self.matters else SPIKE
+
+    def legend(self) -> str:
+        return (f"needed (a weight: super weight) ≥ ×{self.needed:g}, matters ≥ ×{self.matters:g}, "
+                f"below ×{self.matters:g} not needed (a weight: spike only)")
+
+    def to_dict(self) -> dict:
+        return {"needed": self.needed, "matters": self.matters, "legend": self.legend()}
 
 
 @dataclass
@@ -42,12 +86,13 @@ class Verification:
     tokens: int
     ppl: float  # the model as it is
     ppl_all_pruned: float  # all early super weights zeroed together
-    threshold: float
+    threshold: float  # the scale's `needed` ratio
     ablated_to: str = ABLATED_TO  # what an ablated massive activation is replaced with
     not_formed: list[tuple[int, int]] = field(default_factory=list)  # (channel, first layer): no verdict
+    scale: VerdictScale = field(default_factory=VerdictScale)
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {**self.__dict__, "scale": self.scale.to_dict()}
 
 
 def verification_text(min_chars: int = VERIFY_CHARS) -> tuple[str, str]:
@@ -74,53 +119,91 @@ def text_perplexity(lm: LoadedModel, ids: torch.Tensor) -> float:
 def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | None = None,
            max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
            massive: Sequence[MassiveActivation] = (),
-           criterion: tuple[float, float] = (MASSIVE_FLOOR, MASSIVE_RATIO)) -> Verification:
+           criterion: MassiveCriterion = MassiveCriterion(),
+           matters: float | None = None) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
-    each massive activation (`criterion` = detection's (floor, ratio)) and set its `ppl_ratio` and
-    `verdict` ("needed" / "not needed"); one that does not form on the text gets no verdict and is
-    listed in `not_formed`."""
-    threshold = check_threshold(threshold)
+    each massive activation (`criterion`: detection's) and set its `ppl_ratio` and `verdict`
+    ("needed" / "matters" / "not needed", on the `VerdictScale(threshold, matters)`); one that does
+    not form on the text gets no verdict and is listed in `not_formed`."""
+    return verify_with(lambda t, n: _TorchScorer(lm, t, n), super_weights, text=text, max_tokens=max_tokens,
+                       threshold=threshold, massive=massive, criterion=criterion, matters=matters)
+
+
+class _TorchScorer:
+    """One window of the text in the PyTorch model; weights zeroed and activations ablated by
+    `superweight.interventions`."""
+
+    def __init__(self, lm: LoadedModel, text: str, max_tokens: int):
+        limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
+        self.lm = lm
+        self.ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
+        if self.ids.shape[1] < 2:
+            raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.shape[1])
+
+    def ppl(self, pruned: Sequence = (), ablate: tuple | None = None, log=None) -> float:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            if pruned:
+                stack.enter_context(prune(self.lm.view, list(pruned)))
+            if ablate is not None:
+                channel, first, criterion = ablate
+                inner = stack.enter_context(ablate_massive(self.lm.view, channel, first, criterion))
+                value = text_perplexity(self.lm, self.ids)
+                log.replaced += inner.replaced
+                log.calls += inner.calls
+                return value
+            return text_perplexity(self.lm, self.ids)
+
+
+def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str | None = None,
+                max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
+                massive: Sequence[MassiveActivation] = (),
+                criterion: MassiveCriterion = MassiveCriterion(), matters: float | None = None) -> Verification:
+    """`verify` with any engine: `make_scorer(text, max_tokens)` gives an object with `tokens` and
+    `ppl(pruned=records, ablate=(channel, first_layer, MassiveCriterion), log=AblationLog)` (the
+    PyTorch model here; llama.cpp in `superweight.runtime.detect`)."""
+    from superweight.interventions import AblationLog
+
+    scale = VerdictScale(threshold, matters)
     source = "given text"
     if text is None:
         text, source = verification_text()
     if not text.strip():
         raise SuperweightError("the verification text is empty")
-    limit = min(max_tokens, getattr(lm.model.config, "max_position_embeddings", max_tokens) or max_tokens)
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :limit].to(lm.device)
-    if ids.shape[1] < 2:
-        raise SuperweightError("the verification text is too short (fewer than 2 tokens)")
-    base = text_perplexity(lm, ids)
+    scorer = make_scorer(text, max_tokens)
+    base = scorer.ppl()
     early = [sw for sw in super_weights if not sw.late]
-    with prune(lm.view, early):
-        all_pruned = text_perplexity(lm, ids)
+    all_pruned = scorer.ppl(early)
     for sw in super_weights:
-        with prune(lm.view, [sw]):
-            sw.ppl_ratio = text_perplexity(lm, ids) / base
+        sw.ppl_ratio = scorer.ppl([sw]) / base
         if any(sw is o for o in early) and len(early) > 1:  # two weights can make one super activation together
-            with prune(lm.view, [o for o in early if o is not sw]):
-                sw.ppl_ratio_given_others = all_pruned / text_perplexity(lm, ids)
+            sw.ppl_ratio_given_others = all_pruned / scorer.ppl([o for o in early if o is not sw])
         joint = sw.ppl_ratio_given_others or 0.0
-        sw.verdict = SUPER if max(sw.ppl_ratio, joint) >= threshold else SPIKE
-    floor, ratio = criterion
+        sw.verdict = scale.weight(max(sw.ppl_ratio, joint))
     not_formed = []
     for act in massive:
-        with ablate_massive(lm.view, act.channel, act.first_layer, floor=floor, ratio=ratio) as log:
-            ppl = text_perplexity(lm, ids)
+        log = AblationLog(act.channel, act.first_layer)
+        ppl = scorer.ppl(ablate=(act.channel, act.first_layer, criterion), log=log)
         if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
             act.ppl_ratio, act.verdict = None, None
             not_formed.append((act.channel, act.first_layer))
             continue
         act.ppl_ratio = ppl / base
-        act.verdict = NEEDED if act.ppl_ratio >= threshold else NOT_NEEDED
-    return Verification(source, int(ids.shape[1]), base, all_pruned, threshold, not_formed=not_formed)
+        act.verdict = scale.activation(act.ppl_ratio)
+    return Verification(source, scorer.tokens, base, all_pruned, scale.needed, not_formed=not_formed, scale=scale)
 
 
-def check_threshold(threshold) -> float:
+def check_threshold(threshold, what: str = "verification") -> float:
     """A verification threshold: a perplexity ratio above 1 (a finite number)."""
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise SuperweightError(f"the verification threshold {threshold!r} is not a number") from None
+        raise SuperweightError(f"the {what} threshold {threshold!r} is not a number") from None
     if not math.isfinite(value) or value <= 1:
-        raise SuperweightError(f"the verification threshold is a perplexity ratio above 1, got {threshold!r}")
+        raise SuperweightError(f"the {what} threshold is a perplexity ratio above 1, got {threshold!r}")
     return value

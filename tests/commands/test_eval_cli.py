@@ -34,7 +34,9 @@ def test_data_list_on_an_empty_cache(empty_cache, capsys):
     out = capsys.readouterr().out
     assert "arc_challenge" in out and "winogrande" in out and "superweight data fetch" in out
     assert main(["data", "list", "--json", "-"]) == 0  # `-`: the JSON on stdout, no table
-    rows = json.loads(capsys.readouterr().out)
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["kind"] == "data-list" and listed["schema_version"] == 1 and listed["command"]
+    rows = listed["sources"]
     assert {r["name"] for r in rows} >= {"wiki", "c4", "ptb", "lambada"} and not any(r["fetched"] for r in rows)
 
 
@@ -156,7 +158,7 @@ def test_data_fetch_from_scratch(empty_cache, capsys):
     from superweight.finetune import training_documents
 
     with pytest.raises(SuperweightError, match="run `superweight data fetch ptb-train`"):
-        training_documents("ptb-train")  # not fetched: the fetch command, never a silent download
+        training_documents("ptb-train")  # not fetched and offline (conftest): the fetch command
     assert main(["data", "fetch", "ptb,ptb-train,ptb-valid"]) == 0
     assert "ptb-valid" in capsys.readouterr().out
     (doc,) = text_documents("ptb")
@@ -166,6 +168,6 @@ def test_data_fetch_from_scratch(empty_cache, capsys):
             for n in ("ptb-train", "ptb-valid")] == [42068, 3370]
     assert len(training_documents("ptb-train")) == 421  # documents of 100 sentences
     assert main(["data", "list", "--json", "-"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["sources"]}
     assert rows["ptb"]["fetched"] and rows["ptb-train"]["fetched"] and not rows["wiki"]["fetched"]
     assert rows["ptb-train"]["split"] == "train" and rows["ptb-valid"]["sha256"]

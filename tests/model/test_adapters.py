@@ -14,7 +14,8 @@ from superweight.model.hooks import hooked, observe_down_projs
 from superweight.testing import HIDDEN, INTERMEDIATE, TINY_TYPES, tiny_model, tiny_tokenizer
 
 LAYERS = 3
-MOE_EXPERTS = {"mixtral": 4, "qwen2_moe": 4}
+DENSE_FIRST = {"deepseek_v3": 1}  # DeepSeek-V3's first layers are dense (first_k_dense_replace)
+MOE_EXPERTS = {"mixtral": 4, "qwen2_moe": 4, "qwen3_moe": 4, "olmoe": 4, "deepseek_v3": 4, "gpt_oss": 4}
 POST_MLP_NORM = {"gemma2", "gemma3_text", "olmo2"}
 PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -46,9 +47,11 @@ def test_view_finds_every_layer_and_down_projection(zoo, model_type):
     for layer in range(LAYERS):
         projs = view.down_projs(layer)
         routed = [p for p in projs if p.expert is not None]
-        assert [p.expert for p in routed] == list(range(MOE_EXPERTS.get(model_type, 0)))
+        moe = model_type in MOE_EXPERTS and layer >= DENSE_FIRST.get(model_type, 0)
+        assert view.is_moe_layer(layer) == moe
+        assert [p.expert for p in routed] == list(range(MOE_EXPERTS[model_type] if moe else 0))
         dense = [p for p in projs if p.expert is None]
-        assert len(dense) == (1 if model_type not in MOE_EXPERTS or view.adapter.shared_down_proj else 0)
+        assert len(dense) == (1 if not moe or view.adapter.shared_down_proj else 0)
         for p in projs:
             assert p.shape == (HIDDEN, INTERMEDIATE), p.name
             assert p.layer == layer
@@ -72,7 +75,8 @@ def test_matrix_is_a_view_and_edits_change_the_forward(model_type, ids):
     assert not torch.allclose(before, after)
     for p in projs:  # the edit landed in the stored parameter at the right place
         param = getattr(p.module, p.param).detach()
-        stored = param.T if p.layout == "conv1d" else param[p.expert] if p.layout == "experts" else param
+        stored = param.T if p.layout == "conv1d" else param[p.expert] if p.layout == "experts" \
+            else param[p.expert].T if p.layout == "experts_t" else param
         assert torch.equal(stored[3, 5], p.matrix()[3, 5])
 
 
@@ -105,7 +109,7 @@ def test_moe_experts_recomputed_exactly_for_every_routed_expert(zoo, model_type,
     that the routing-weighted sum is what the experts module really returned."""
     model = zoo[model_type]
     view = view_of(model)
-    for layer in range(LAYERS):
+    for layer in range(DENSE_FIRST.get(model_type, 0), LAYERS):
         experts = view.down_module(layer)
         calls = []
 
@@ -123,10 +127,17 @@ def test_moe_experts_recomputed_exactly_for_every_routed_expert(zoo, model_type,
         for e, (x, y, pos) in routed.items():
             tokens = (top_k == e).any(dim=-1).nonzero().flatten()
             assert torch.equal(pos, tokens)
-            gate, up = (hidden[tokens] @ experts.gate_up_proj[e].T).chunk(2, dim=-1)
-            x_manual = nn.functional.silu(gate) * up  # [tokens_e, intermediate]
+            if model_type == "gpt_oss":  # transposed, biased, interleaved, clamped SwiGLU
+                gate_up = hidden[tokens] @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e]
+                gate, up = gate_up[..., ::2].clamp(max=7.0), gate_up[..., 1::2].clamp(-7.0, 7.0)
+                x_manual = (up + 1) * gate * torch.sigmoid(gate * 1.702)
+                y_manual = x_manual @ experts.down_proj[e] + experts.down_proj_bias[e]
+            else:
+                gate, up = (hidden[tokens] @ experts.gate_up_proj[e].T).chunk(2, dim=-1)
+                x_manual = nn.functional.silu(gate) * up  # [tokens_e, intermediate]
+                y_manual = x_manual @ experts.down_proj[e].T
             torch.testing.assert_close(x, x_manual, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(y, x_manual @ experts.down_proj[e].T, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(y, y_manual, rtol=1e-5, atol=1e-6)
             weight = (top_w[tokens] * (top_k[tokens] == e)).sum(dim=-1, keepdim=True)
             total[tokens] += weight * y
         torch.testing.assert_close(total, out, rtol=1e-5, atol=1e-6)
@@ -219,7 +230,7 @@ def test_feature_rows_produce_the_down_projection_input(zoo, model_type, ids):
     them changes that input feature and no other."""
     model = tiny_model(model_type, num_layers=2)
     view = view_of(model)
-    expert = 0 if model_type in MOE_EXPERTS else None
+    expert = 0 if view.is_moe_layer(0) else None  # DeepSeek-V3's layer 0: the dense MLP of a MoE model
     col = 9
     feats = view.feature_rows(0, col, expert)
     assert len(feats) in (1, 2) and all(f.weight.shape == (HIDDEN,) for f in feats)
@@ -244,7 +255,7 @@ def test_feature_rows_produce_the_down_projection_input(zoo, model_type, ids):
 
 def test_router_weight_only_for_moe(zoo):
     for t in TINY_TYPES:
-        w = view_of(zoo[t]).router_weight(0)
+        w = view_of(zoo[t]).router_weight(DENSE_FIRST.get(t, 0))
         if t in MOE_EXPERTS:
             assert w.shape == (MOE_EXPERTS[t], HIDDEN)
         else:

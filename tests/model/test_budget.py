@@ -583,3 +583,21 @@ def test_tightest_budget_keeps_everything_on_disk_and_zero_shot_agrees(model_dir
     a, b = (zero_shot(lm, ["piqa"], limit=2, data_files={"piqa": piqa}, progress=False)["piqa"]
             for lm in (full, tight))
     assert a.metrics == b.metrics and a.items == b.items == 2
+
+
+def test_a_model_that_fits_is_planned_from_its_files_headers(model_dir, full, monkeypatch):
+    """No budget and room in RAM: the plan comes from the safetensors headers alone, without
+    building an empty model; the size is what the empty model says, less its non-persistent buffers."""
+    from transformers import AutoConfig
+
+    from superweight.model import budget
+
+    config = AutoConfig.from_pretrained(model_dir)
+    meta = plan_memory(config, torch.float32)
+    files = sorted(model_dir.glob("*.safetensors"))
+    size = budget.checkpoint_bytes(files, torch.float32)
+    assert 0.99 * meta.weights_bytes <= size <= meta.weights_bytes and full.plan.weights_bytes == size
+    monkeypatch.setattr(budget, "empty_model", lambda *a, **k: pytest.fail("built an empty model"))
+    plan = plan_memory(config, torch.float32, weights_bytes=size)
+    assert plan.device_map is None and plan.source == "none" and plan.weights_bytes == size
+    assert budget.checkpoint_bytes(files, torch.bfloat16) == size // 2

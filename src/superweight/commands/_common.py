@@ -66,10 +66,32 @@ def eprint(*a) -> None:
 
 # --- model -----------------------------------------------------------------------------------------
 
+def without_transformers_hqq() -> None:
+    """Tell transformers that hqq is absent, for this command's process only (never on importing the
+    library). When hqq is installed (the `quant` extra), transformers imports it for an HQQ-quantized
+    KV cache that no command uses, and hqq compiles functions with `torch.compile` while it is
+    imported: ~2.5 s of CPU in every command that loads a model (measured: `import
+    transformers.cache_utils` 4.9 s CPU with hqq, `import torch, hqq.core.quantize` 4.3 s against
+    1.6 s for torch alone). `quantize --method hqq` imports hqq itself and is unaffected."""
+    import importlib.util
+
+    if "transformers.cache_utils" in sys.modules or importlib.util.find_spec("hqq") is None:
+        return
+    import transformers.utils
+    from transformers.utils import import_utils
+
+    def absent(*args, **kwargs) -> bool:
+        return False
+
+    import_utils.is_hqq_available = transformers.utils.is_hqq_available = absent
+
+
 def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = ("model",)) -> None:
     """The model reference(s) and how to load them (the same flags for every command; with two
     references, as for `check`, the flags apply to both)."""
     import inspect
+
+    without_transformers_hqq()  # before anything imports transformers' models
 
     from superweight.model.gguf import CACHE_DTYPES
     from superweight.model.load import DEFAULT_MODEL, DTYPES, load_model

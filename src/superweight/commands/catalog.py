@@ -31,7 +31,7 @@ def run(args) -> int:
     out = console()
     if args.action == "path":
         out.print(str(catalog.local_path()), markup=False)
-        write_json_arg(args.json, {"path": str(catalog.local_path())})
+        write_json_arg(args.json, catalog.CatalogResult("path"))
         return 0
     if args.action == "add" and args.from_census:
         return _add_from_census(args)
@@ -49,7 +49,7 @@ def run(args) -> int:
             raise SuperweightError("the catalog holds dense (layer, row, col) coordinates; drop the expert")
         path = catalog.add(args.model_id, [s.coord for s in sws], args.source)
         out.print(f"Added {len(sws)} coordinate(s) for {args.model_id} to {path}", markup=False)
-        write_json_arg(args.json, {"path": str(path), "entry": catalog.lookup(args.model_id).to_dict()})
+        write_json_arg(args.json, catalog.CatalogResult("add", [catalog.lookup(args.model_id)]))
         return 0
     if args.coords or args.old_coords:
         raise SuperweightError(f"coordinates are only for `catalog add`, not `catalog {args.action}`")
@@ -60,7 +60,7 @@ def run(args) -> int:
             raise SuperweightError(f"{args.model_id!r} is not in the catalog "
                                    "(model ids match exactly; see `superweight catalog`)")
     show_tables(args, catalog_tables(entries))
-    write_json_arg(args.json, {"entries": [{**e.to_dict(), "origin": e.origin} for e in entries]})
+    write_json_arg(args.json, catalog.CatalogResult(args.action, entries))
     return 0
 
 

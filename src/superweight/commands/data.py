@@ -32,7 +32,7 @@ def run_fetch(args) -> int:
     err = console(stderr=True)
     entries = sources.fetch(names, force=args.force, log=lambda m: err.print(m, markup=False))
     show_tables(args, fetch_tables(entries, sources.data_root()))
-    write_json_arg(args.json, {"data_root": str(sources.data_root()), "fetched": entries})
+    write_json_arg(args.json, sources.DataResult("fetch", entries))
     return 0
 
 
@@ -42,5 +42,5 @@ def run_list(args) -> int:
 
     rows = sources.status()
     show_tables(args, data_tables(rows, sources.data_root(), sources.FETCH_COMMAND))
-    write_json_arg(args.json, rows)
+    write_json_arg(args.json, sources.DataResult("list", rows))
     return 0

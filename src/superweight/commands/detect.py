@@ -8,9 +8,19 @@ from superweight.commands._common import add_json_arg, add_model_args, console, 
 from superweight.errors import SuperweightError
 
 
-def register(sub) -> None:
-    from superweight.verify import VERIFY_THRESHOLD
+def add_verdict_args(p) -> None:
+    """The verdict scale (`verify.VerdictScale`), shared by `detect --verify` and `report`."""
+    from superweight.verify import MATTERS_THRESHOLD, VERIFY_THRESHOLD
 
+    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
+                   help="perplexity ratio from which a candidate is a super weight and a massive activation "
+                        f"needed (default {VERIFY_THRESHOLD:g})")
+    p.add_argument("--matters-threshold", type=float, default=None, metavar="X",
+                   help="perplexity ratio from which a candidate or a massive activation matters, below "
+                        f"--verify-threshold (default {MATTERS_THRESHOLD:g}); below it: not needed / spike only")
+
+
+def register(sub) -> None:
     p = sub.add_parser("detect", help="find massive activations, what makes them, and super weights (data-free)",
                        description="Find massive activations in the residual stream and what makes each "
                                    "one (a super weight, one input feature's column, a norm's gain, "
@@ -18,17 +28,31 @@ def register(sub) -> None:
                                    "forward pass per round; --verify checks which the model needs.")
     add_model_args(p)
     add_detect_args(p)
+    add_engine_args(p)
     p.add_argument("--verify", action="store_true",
                    help="zero each candidate and ablate each massive activation; measure perplexity "
                         "on a short real text")
-    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
-                   help="perplexity ratio that makes a spike a super weight and a massive activation "
-                        f"needed (default {VERIFY_THRESHOLD:g})")
+    add_verdict_args(p)
     p.add_argument("--model-id", help="exact hub id to look up in the catalog (default: from the reference)")
     p.add_argument("--save-catalog", action="store_true",
                    help="add the early super weights found to your local catalog")
+    from superweight.moe import SuperExpertConfig
+
+    e = SuperExpertConfig()
+    g = p.add_argument_group("mixture of experts (super experts, Su et al. 2025)")
+    g.add_argument("--expert-percentile", type=float, default=e.percentile, metavar="P",
+                   help=f"a super expert's max |output| is above this percentile of all experts' (default {e.percentile:g}) ...")
+    g.add_argument("--expert-fraction", type=float, default=e.fraction, metavar="F",
+                   help=f"... and above this fraction of the largest (default {e.fraction:g}) ...")
+    g.add_argument("--expert-ratio", type=float, default=e.min_ratio, metavar="X",
+                   help=f"... and this many times the median expert's (ours; default {e.min_ratio:g})")
+    g.add_argument("--expert-depth", type=float, default=e.depth, metavar="F",
+                   help=f"super experts sit in the first F of the layers, outlier experts after (default {e.depth:g})")
+    g.add_argument("--expert-draws", type=int, default=3, metavar="N",
+                   help="with --verify: seeded draws of random experts to prune as the control (default 3)")
     add_json_arg(p)
-    p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figure 3 style) here")
+    p.add_argument("--plot", type=folder, metavar="DIR",
+                   help="write PNG plots (Figure 3 style; for a MoE also the layer x expert heatmap) here")
     p.set_defaults(func=run)
 
 
@@ -62,6 +86,33 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
                         f"(default {d.massive_ratio:g})")
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine and --no-cache, shared by `detect` and `trace`."""
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "llama.cpp"],
+                   help="what runs the model: torch (a .gguf is converted once into a cached copy), "
+                        "llama.cpp (a .gguf or alias run as it is, mmap'd, no conversion; needs "
+                        "llama-cpp-python), or auto (default: llama.cpp for a .gguf file it can run, "
+                        "unless a torch-only option is set; torch otherwise)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="never convert a .gguf into a cached copy (implies the llama.cpp engine)")
+
+
+def engine_from_args(args, ref: str | None = None):
+    """The `EngineChoice` for the command's model (`ref`: another of its models), validated before
+    anything heavy is loaded."""
+    from superweight.runtime.detect import choose_engine
+
+    torch_only = [flag for flag, on in (
+        ("--max-memory", getattr(args, "max_memory", None) is not None),
+        ("--device", getattr(args, "device", "cpu") != "cpu"),
+        ("--dtype", getattr(args, "dtype", "float32") != "float32"),
+        ("--cache-dtype", getattr(args, "cache_dtype", "float32") != "float32"),
+        ("--layers", getattr(args, "layers_path", None) is not None),
+        ("--down-proj", getattr(args, "down_proj_path", None) is not None)) if on]
+    return choose_engine(ref or args.model, args.engine, no_cache=getattr(args, "no_cache", False),
+                         cache_dtype=getattr(args, "cache_dtype", "float32"), torch_only=torch_only)
+
+
 def config_from_args(args):
     from superweight.commands._common import parse_list
     from superweight.detect import DetectConfig
@@ -85,37 +136,89 @@ def prompts_from_args(args) -> list[str]:
 
 
 def run(args) -> int:
-    from superweight import catalog
     from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
-    from superweight.verify import check_threshold
+    from superweight.verify import VerdictScale
+
+    from superweight.moe import SuperExpertConfig
 
     config = config_from_args(args)  # validate before the (slow) load
     prompts = prompts_from_args(args)
-    check_threshold(args.verify_threshold)
+    VerdictScale(args.verify_threshold, args.matters_threshold)  # checked before the load
+    experts = SuperExpertConfig(percentile=args.expert_percentile, fraction=args.expert_fraction,
+                                min_ratio=args.expert_ratio, depth=args.expert_depth,
+                                massive_floor=config.massive_floor, massive_ratio=config.massive_ratio)
+    if args.expert_draws < 1:
+        raise SuperweightError(f"--expert-draws must be at least 1, got {args.expert_draws}")
+    choice = engine_from_args(args)
+    if choice.engine == "llama.cpp":
+        return _run_llamacpp(args, choice, config, prompts)
     out = console()
     lm = load_from_args(args)
     model_id = args.model_id or lm.model_id
     status = "Detecting and verifying…" if args.verify else "Detecting…"
     with console(stderr=True).status(f"{status} ({len(prompts)} prompt(s))"):
         run = run_detection(lm, prompts, config, model_id=model_id,
-                            verify_threshold=args.verify_threshold if args.verify else None)
+                            verify_threshold=args.verify_threshold if args.verify else None,
+                            matters_threshold=args.matters_threshold, experts=experts,
+                            expert_draws=args.expert_draws)
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
+    _save_and_plot(args, result, model_id or lm.ref, lm.ref, "", f"weights sha256 {lm.weights_hash()[:12]}")
+    if args.plot:
+        if run.experts is not None:
+            from superweight.report.moe import plot_expert_heatmap
+
+            marked = [s.key for s in run.experts.super_experts + run.experts.outliers]
+            png = plot_expert_heatmap(run.experts.profile, f"{lm.ref}: max |expert output| per layer and expert",
+                                      args.plot / "expert_maxima.png", marked)
+            console(stderr=True).print(f"Plot: {png}", markup=False)
+    if args.json:
+        payload = result_header("detect", model=lm.describe(), engine=choice.to_dict(), **run.to_dict())
+        write_json_arg(args.json, payload)
+    return 0
+
+
+def _save_and_plot(args, result, catalog_id: str, ref: str, engine: str, digest: str) -> None:
+    """`--save-catalog` and `--plot` (Figure 3), the same for both engines."""
+    from superweight import catalog
+
     if args.save_catalog and result.early:
-        path = catalog.add(model_id or lm.ref, [s.coord for s in result.early],
-                           f"superweight detect{' --verify' if args.verify else ' (not verified: candidates)'} on "
-                           f"{lm.ref} (weights sha256 {lm.weights_hash()[:12]})")
+        path = catalog.add(catalog_id, [s.coord for s in result.early],
+                           f"superweight detect{engine}{' --verify' if args.verify else ' (not verified: candidates)'}"
+                           f" on {ref} ({digest})")
         console(stderr=True).print(f"Added to the local catalog: {path}", markup=False)
     if args.plot:
         from superweight.report.detect_plots import plot_down_proj
 
-        png = plot_down_proj(result.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
+        png = plot_down_proj(result.layer_stats[0], f"{ref}: down_proj spikes per layer",
                              args.plot / "down_proj_maxima.png", sorted({s.layer for s in result.early}))
         console(stderr=True).print(f"Plot: {png}", markup=False)
+
+
+def _run_llamacpp(args, choice, config, prompts) -> int:
+    """`detect` with llama.cpp running the GGUF as it is (`superweight.runtime.detect`)."""
+    from superweight._io import result_header
+    from superweight.report.detect_tables import detection_tables
+    from superweight.report.tables import show
+    from superweight.runtime.detect import run_detection_gguf
+
+    out = console()
+    status = "Detecting and verifying" if args.verify else "Detecting"
+    with console(stderr=True).status(f"{status} in llama.cpp… ({len(prompts)} prompt(s))"):
+        model, run, info = run_detection_gguf(
+            choice.gguf, prompts, config, model_id=args.model_id or choice.model_id, n_threads=args.threads,
+            verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold)
+    model["ref"] = args.model
+    result = run.result
+    if str(args.json) != "-":
+        show(out, detection_tables(model, run))
+    _save_and_plot(args, result, args.model_id or choice.model_id or args.model, args.model, " --engine llama.cpp",
+                   f"file sha256 {model['weights_sha256'][:12]}")
     if args.json:
-        payload = result_header("detect", model=lm.describe(), **run.to_dict())
+        payload = result_header("detect", model=model, engine={**choice.to_dict(), **info.to_dict()},
+                                **run.to_dict())
         write_json_arg(args.json, payload)
     return 0

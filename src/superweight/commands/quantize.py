@@ -15,6 +15,10 @@ WEIGHT_FLAGS = {"method": "--method", "block": "--block", "z": "--z", "granulari
                 "methods": "--methods", "save": "--save"}
 W8A8_FLAGS = {"act_granularity": "--act-granularity", "scheme": "--scheme", "alpha": "--alpha",
               "calib_tokens": "--calib-tokens"}
+GGUF_FLAGS = {"type": "--type", "protect": "--protect", "protect_type": "--protect-type",
+              "tensor_type": "--tensor-type", "imatrix": "--imatrix", "imatrix_tokens": "--imatrix-tokens",
+              "control": "--control", "no_pin": "--no-pin"}
+GGUF_DEFAULT_TOKENS = 4096
 
 
 def register(sub) -> None:
@@ -30,8 +34,10 @@ def register(sub) -> None:
                        description="Fake-quantize every linear weight of the decoder layers (RTN, RTN "
                                    "with z-score clipping, clipping with the super weights restored, or "
                                    "HQQ), evaluate, sweep block sizes (the paper's Figure 7), run W8A8 "
-                                   "(Table 3), and save a quantized checkpoint. Settings that do not "
-                                   "apply to what is asked are errors, not ignored.")
+                                   "(Table 3), and save a quantized checkpoint; or, with --format gguf, make a "
+                                   "real llama.cpp GGUF with llama.cpp's own quantizer, the super weights' "
+                                   "tensors (or their whole circuit) protected, measured in llama.cpp. "
+                                   "Settings that do not apply to what is asked are errors, not ignored.")
     add_model_args(p)
     p.add_argument("--bits", metavar="N[,N]",
                    help=f"weight bits, 2-8 (a list with --sweep, e.g. 4,3; default {DEFAULT_BITS})")
@@ -61,6 +67,29 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, help=f"SmoothQuant migration strength (default {DEFAULT_ALPHA})")
     p.add_argument("--calib-tokens", type=int, metavar="N",
                    help=f"SmoothQuant calibration tokens, from the end of c4 (default {DEFAULT_CALIB_TOKENS})")
+    g = p.add_argument_group("llama.cpp GGUF (--format gguf)")
+    g.add_argument("--format", choices=["safetensors", "gguf"],
+                   help="what --save writes: safetensors (fake-quantized weights, any transformers user "
+                        "loads them) or gguf (a real llama.cpp quantization; needs superweight[gguf])")
+    g.add_argument("--type", help="llama.cpp file type, e.g. Q4_K_M, Q4_0, Q2_K, Q8_0, IQ4_XS (IQ types "
+                                  "need --imatrix; default Q4_K_M)")
+    g.add_argument("--protect", choices=["none", "weight", "circuit"],
+                   help="none: llama.cpp's stock recipe; weight: the super weights' down projections at "
+                        "--protect-type; circuit: also that layer's gate/up, which make the input spike "
+                        "(default none)")
+    g.add_argument("--protect-type", metavar="TYPE", help="tensor type of protected tensors (default Q8_0)")
+    g.add_argument("--tensor-type", action="append", metavar="PATTERN=TYPE",
+                   help="your own override: tensors whose GGUF name matches the regex get TYPE "
+                        "(repeatable; before ours, first match wins), e.g. 'blk\\.3\\.ffn_down=Q6_K'")
+    g.add_argument("--imatrix", metavar="TEXT",
+                   help="compute llama.cpp's importance matrix from this text (wiki, c4, ptb, a file)")
+    g.add_argument("--imatrix-tokens", type=int, metavar="N",
+                   help="tokens of the imatrix text (default 16384)")
+    g.add_argument("--no-pin", action="store_true",
+                   help="let llama.cpp's recipe move other tensors' types around the overrides (by default "
+                        "every tensor no override names keeps its stock type)")
+    g.add_argument("--control", action="store_true",
+                   help="the experiment's control: the same overrides on layers without a super weight")
     add_eval_args(p)
     p.add_argument("--no-eval", action="store_true", help="quantize (and --save) without evaluating")
     add_json_arg(p)
@@ -98,6 +127,9 @@ def plan_from_args(args) -> dict:
 
     coords = coords_from_args(args)
     selecting = coords is not None or args.catalog or args.keep_late
+    if args.format == "gguf":
+        return _gguf_plan(args, coords)
+    _refuse(_given(args, GGUF_FLAGS), "without --format gguf")
     if args.no_eval:
         if args.sweep or args.w8a8:
             raise SuperweightError("--sweep and --w8a8 evaluate; drop --no-eval")
@@ -118,9 +150,9 @@ def plan_from_args(args) -> dict:
         blocks = [_int(b, "block size") for b in parse_list(args.sweep, str, "block size")]
         methods = parse_list(args.methods, str, "method") if args.methods else list(SWEEP_METHODS)
         configs = sweep_configs(bits, blocks, methods, args.z, **common)
-        if selecting and "superweight" not in methods:
+        if selecting and not any(c.protects != "none" for c in configs):
             raise SuperweightError("--coords, --catalog and --keep-late choose super weights to keep, "
-                                   "which only the superweight method does")
+                                   "which only the superweight and circuit methods do")
         return {"mode": "sweep", "bits": bits, "blocks": blocks, "methods": methods, "z": args.z,
                 "configs": configs, "coords": coords, **common}
     _refuse(["--methods"] * bool(args.methods), "without --sweep")
@@ -130,7 +162,7 @@ def plan_from_args(args) -> dict:
     block = _int(args.block, "block size") if args.block is not None else None
     config = weight_config(method, bits=bits[0], block=block, include=include,
                            **({"z": args.z} if args.z is not None else {}), **common)
-    if selecting and method != "superweight":
+    if selecting and config.protects == "none":
         raise SuperweightError(f"--coords, --catalog and --keep-late choose super weights to keep; "
                                f"the {method} method keeps none")
     if args.save:
@@ -140,16 +172,57 @@ def plan_from_args(args) -> dict:
     return {"mode": "single", "config": config, "configs": [config], "coords": coords}
 
 
+def _gguf_plan(args, coords) -> dict:
+    """--format gguf: a llama.cpp quantization written to --save, measured in llama.cpp."""
+    from superweight.quantize.gguf import GGUFQuantConfig
+    from superweight.quantize.gguf import check_output_file
+
+    fake = {**WEIGHT_FLAGS, **W8A8_FLAGS, "w8a8": "--w8a8", "bits": "--bits"}
+    del fake["save"]
+    _refuse(_given(args, fake), "to --format gguf (llama.cpp's type and recipe set the bits and blocks)")
+    if not args.save:
+        raise SuperweightError("--format gguf writes a file: give --save OUT.gguf")
+    if args.tasks and args.tasks.strip().lower() != "none":
+        raise SuperweightError("--format gguf is evaluated in llama.cpp on perplexity texts (--ppl); "
+                               "zero-shot --tasks run in PyTorch: use `superweight eval` on the model")
+    config = GGUFQuantConfig(args.type or "Q4_K_M", protect=args.protect or "none",
+                             protect_type=args.protect_type or "Q8_0",
+                             tensor_types=tuple(_tensor_type(t) for t in args.tensor_type or ()),
+                             imatrix=args.imatrix,
+                             **({"imatrix_tokens": args.imatrix_tokens} if args.imatrix_tokens else {}),
+                             control=args.control, pin_stock=not args.no_pin)
+    check_output_file(args.save, args.force, sources=(args.model,))
+    score = None
+    if not args.no_eval:
+        from superweight.evaluate.settings import EvalSettings
+
+        ppl = parse_list(args.ppl, str, "text") if args.ppl else ["wiki"]
+        settings = EvalSettings(tasks=(), ppl=tuple(ppl), max_tokens=args.max_tokens or GGUF_DEFAULT_TOKENS,
+                                seqlen=args.seqlen or 512, hub=args.hub).checked()
+        score = {"sources": list(settings.ppl), "seqlen": settings.seqlen, "max_tokens": settings.max_tokens,
+                 "hub": settings.hub}
+    return {"mode": "gguf", "config": config, "configs": [config], "coords": coords, "score": score}
+
+
+def _tensor_type(text: str) -> tuple[str, str]:
+    pattern, sep, kind = text.rpartition("=")
+    if not sep or not pattern or not kind:
+        raise SuperweightError(f"--tensor-type takes PATTERN=TYPE, got {text!r}")
+    return pattern, kind
+
+
 # --- running -------------------------------------------------------------------------------------
 
 def run(args) -> int:
     from superweight._io import result_header
 
     plan = plan_from_args(args)
+    if plan["mode"] == "gguf":
+        return _run_gguf(args, plan)
     settings = None if args.no_eval else eval_settings(args)
     lm = load_from_args(args)
     selection = None
-    if any(c.method == "superweight" for c in plan["configs"] if plan["mode"] != "w8a8"):
+    if any(c.protects != "none" for c in plan["configs"]):
         selection = select_super_weights(lm, args, plan["coords"], include_late=args.keep_late)
         if not selection.super_weights:
             raise SuperweightError("detection found no super weight to keep; give --coords L,R,C "
@@ -177,6 +250,31 @@ def run(args) -> int:
     else:
         payload["config"] = plan["config"].to_dict()
     write_json_arg(args.json, payload)
+    return 0
+
+
+def _run_gguf(args, plan) -> int:
+    from superweight._io import result_header
+    from superweight.quantize.gguf import quantize_to_gguf
+    from superweight.report.tables import gguf_tables
+
+    lm = load_from_args(args)
+    config = plan["config"]
+    sws = []
+    if config.protect != "none":
+        selection = select_super_weights(lm, args, plan["coords"], include_late=args.keep_late)
+        sws = selection.super_weights
+        console(stderr=True).print(f"super weights protected ({selection.source}): "
+                                   + (", ".join(s.label() for s in sws) or "none found"), markup=False)
+    err = console(stderr=True)
+    with err.status(f"quantizing with llama.cpp ({config.label()})…"):
+        run = quantize_to_gguf(lm, config, sws, args.save, force=args.force, score=plan["score"],
+                               n_threads=args.threads)
+    for note in run.result.notes + ([run.result.manifest["note"]] if run.result.manifest.get("note") else []):
+        err.print(f"note: {note}", markup=False)
+    err.print(f"wrote {run.result.path}", markup=False)
+    show_tables(args, gguf_tables(run, lm.ref))
+    write_json_arg(args.json, {**result_header("quantize", model=lm.describe()), **run.to_dict()})
     return 0
 
 

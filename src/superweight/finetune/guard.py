@@ -38,7 +38,6 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from superweight.errors import SuperweightError
-from superweight.interventions import check_coords
 from superweight.model.adapters import DownProj
 from superweight.model.hooks import observe_down_projs
 from superweight.model.load import LoadedModel
@@ -191,11 +190,11 @@ class SuperWeightGuard:
                  config: GuardConfig | None = None):
         self.lm = lm
         self.config = config or GuardConfig()
-        self.super_weights = [sw if isinstance(sw, SuperWeight) else SuperWeight(*sw) for sw in super_weights]
+        self.super_weights = lm.view.check(super_weights)
         if self.config.mode != "monitor" and not self.super_weights:
             raise SuperweightError(f"guard {self.config.mode!r} has no super weights to guard: give some "
                                    "(or detect them first), or use guard 'none' to train unguarded")
-        self.keys: list[Key] = check_coords(lm.view, self.super_weights)
+        self.keys: list[Key] = [sw.key for sw in self.super_weights]
         if len(set(self.keys)) != len(self.keys):
             raise SuperweightError("the same super weight is given twice")
         self._slots: dict[Key, list[_Slot]] = {k: [self._view_slot(k)] for k in self.keys}

@@ -250,6 +250,13 @@ def preflight(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str],
     if model_is_offloaded(lm.model):
         raise SuperweightError("cannot fine-tune a model whose layers are offloaded to disk (a memory budget, "
                                "--max-memory or automatic); training needs every weight in memory")
+    fused = [i for i in range(lm.view.num_layers) if lm.view.is_moe_layer(i) and not lm.view.is_unfused(i)]
+    if fused:
+        raise SuperweightError(
+            f"fine-tuning does not cover fused mixture-of-experts experts ({lm.view.adapter.layers}."
+            f"{fused[0]}.{lm.view.adapter.down_proj} and {len(fused) - 1} more layer(s) hold 3-D expert tensors, "
+            "which LoRA, SMT and the super weight guard do not handle); experts kept as nn.Linear modules "
+            "(an nn.ModuleList) are covered")
     if config.method == "lora":
         import importlib.util
 

@@ -118,12 +118,30 @@ def _gpu_memory(device: str) -> dict:
     return {index: gpus[index]} if index in gpus else {}
 
 
+def checkpoint_bytes(files, dtype: torch.dtype) -> int:
+    """The size at `dtype` of the tensors in safetensors `files`, from their headers alone (nothing
+    else is read): what loading them takes, known without building the model."""
+    import json
+    import math
+    import struct
+
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total * torch.empty((), dtype=dtype).element_size()
+
+
 def plan_memory(config, dtype: torch.dtype, device: str = "cpu", max_memory: str | int | None = None,
-                trust_remote_code: bool = False) -> MemoryPlan:
+                trust_remote_code: bool = False, weights_bytes: int | None = None) -> MemoryPlan:
     """Decide where each module goes, before loading; a clear error for an impossible budget.
 
     `device` "cpu", "cuda[:N]" or "auto" (every GPU, as device_map="auto"); `max_memory` the CPU RAM
-    budget for weights ('2GiB'), or None for the automatic choice.
+    budget for weights ('2GiB'), or None for the automatic choice. `weights_bytes`, when the
+    checkpoint's files say it (`checkpoint_bytes`), spares building an empty model for a model that
+    fits on the CPU without a budget: the common case, decided from the files' headers alone.
 
     >>> from transformers import AutoConfig
     >>> plan = plan_memory(AutoConfig.from_pretrained(lm.source), torch.float32, max_memory="256MiB")
@@ -133,6 +151,10 @@ def plan_memory(config, dtype: torch.dtype, device: str = "cpu", max_memory: str
     from accelerate.utils import compute_module_sizes, get_max_layer_size
 
     budget = parse_size(max_memory) if max_memory is not None else None
+    if budget is None and device == "cpu" and weights_bytes is not None:
+        available = available_ram()
+        if weights_bytes <= FIT_FRACTION * available:  # fits: no device map, nothing more to plan
+            return MemoryPlan(dtype, weights_bytes, available=available)
     meta = empty_model(config, dtype, trust_remote_code)
     sizes = compute_module_sizes(meta, dtype=dtype)
     plan = MemoryPlan(dtype, int(sizes[""]), budget, "given" if budget is not None else "none")

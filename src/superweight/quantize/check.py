@@ -96,10 +96,15 @@ def check_models(original: LoadedModel, other: LoadedModel,
     for sw in sws:
         a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
-        key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
-        ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
-        ratio = yb / ya if ya else float("nan")
-        rows.append(CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b,
-                             abs(b - a) / abs(a) if a else float("inf"), ya, yb, ratio,
-                             bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0)))
+        rows.append(check_row(sw, a, b, act_a, act_b))
     return rows
+
+
+def check_row(sw: SuperWeight, a: float, b: float, act_a: dict, act_b: dict) -> CheckRow:
+    """One super weight compared: its values `a` (original) and `b` (other), and the super activation
+    and input spike on each side (`channel_activations`' dicts), whatever engine ran the other."""
+    key, key_in = ("out", sw.layer, sw.row, sw.expert), ("in", sw.layer, sw.col, sw.expert)
+    ya, yb = act_a.get(key, 0.0), act_b.get(key, 0.0)
+    ratio = yb / ya if ya else float("nan")
+    return CheckRow(sw.layer, sw.row, sw.col, sw.expert, a, b, abs(b - a) / abs(a) if a else float("inf"),
+                    ya, yb, ratio, bool(ratio >= SURVIVE_RATIO), act_a.get(key_in, 0.0), act_b.get(key_in, 0.0))

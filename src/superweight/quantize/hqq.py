@@ -39,6 +39,7 @@ class HQQConfig(RTNConfig):
     """HQQ at `bits` with groups of `block` entries of the flattened weight (its `group_size`)."""
 
     method: ClassVar[str] = "hqq"
+    refusal_is_result: ClassVar[bool] = True  # HQQ's divisibility rule refuses some block sizes
     optimize: bool = True  # HQQ's half-quadratic zero-point optimisation (off: plain RTN in HQQ)
 
     def __post_init__(self) -> None:

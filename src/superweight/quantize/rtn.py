@@ -31,6 +31,10 @@ class RTNConfig:
     """
 
     method: ClassVar[str] = "rtn"
+    # what is written back in full precision after quantizing: "none", "weight" (the super weights)
+    # or "circuit" (the super weights and the gate/up rows that make their input spike)
+    protects: ClassVar[str] = "none"
+    refusal_is_result: ClassVar[bool] = False  # a refused shape is a result row, not an error (HQQ)
     bits: int = DEFAULT_BITS
     block: int | None = None
     granularity: str = "block"
@@ -58,6 +62,10 @@ class RTNConfig:
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}
+
+    def row_key(self) -> dict:
+        """What a result row shows of this config."""
+        return {"method": self.method, "bits": self.bits, "block": self.block}
 
     @property
     def z_or_none(self) -> float | None:

@@ -21,8 +21,23 @@ class SuperWeightQuantConfig(RTNClipConfig):
     """RTN-clip that restores the super weights (found by detection unless given) exactly."""
 
     method: ClassVar[str] = "superweight"
+    protects: ClassVar[str] = "weight"
 
     def quantize_matrix(self, w: torch.Tensor, keep: Sequence[tuple[int, int]],
                         stats: dict) -> torch.Tensor:
         return fake_quantize(w, self.bits, self.granularity, self.block, symmetric=self.symmetric,
                              z=self.z, keep=keep, tail=self.tail, stats=stats)
+
+
+@dataclass
+class CircuitQuantConfig(SuperWeightQuantConfig):
+    """Super-weight-aware RTN that also keeps the super weights' *circuit*: the gate/up rows that make
+    the input spike `x[col]` of each super weight `W[row, col]` (row `col` of that layer's gate and up
+    projections, whole rows of `hidden` entries) are written back in full precision too.
+
+    Why: at large blocks the super weight survives but its input spike collapses (2996 → 384 on the
+    default model at block 16384), because the projections that make it are quantized.
+    """
+
+    method: ClassVar[str] = "circuit"
+    protects: ClassVar[str] = "circuit"

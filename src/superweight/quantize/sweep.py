@@ -18,8 +18,7 @@ from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric
 from superweight.evaluate.settings import Evaluator, as_evaluator
 from superweight.model.load import LoadedModel
-from superweight.quantize.w8a8 import W8A8_METHODS, fake_w8a8
-from superweight.quantize.weights import quantized
+from superweight.quantize.w8a8 import W8A8_METHODS
 from superweight.records import SuperWeight
 
 SWEEP_METHODS = ("rtn", "rtn-clip", "superweight")
@@ -130,6 +129,35 @@ def sweep_configs(bits: Sequence[int], blocks: Sequence[int], methods: Sequence[
             for b in bits for s in blocks for m in methods]
 
 
+def evaluate_configs(lm: LoadedModel, evaluate: Callable, configs: Sequence,
+                     super_weights: Sequence[SuperWeight] | None = None,
+                     on_start: Callable[[str], None] | None = None,
+                     on_row: Callable[[Row], None] | None = None) -> list[Row]:
+    """Evaluate the model under each config in turn (any registered method; restored after each)."""
+    from superweight.quantize.api import applied, handler_for
+
+    rows = []
+    for cfg in configs:
+        if on_start:
+            on_start(cfg.label())
+        start = time.perf_counter()
+        try:
+            with applied(lm, cfg, super_weights) as report:
+                metrics = dict(evaluate(lm))
+        except SuperweightError as e:
+            if not cfg.refusal_is_result:
+                raise
+            metrics, report = {"error": str(e)}, None  # e.g. HQQ's divisibility rule
+        kind = handler_for(cfg).kind
+        quant = (report.summary() if report else {}) if kind == WEIGHT else {"config": cfg.to_dict(),
+                                                                             "plan": report.summary()}
+        row = Row(**cfg.row_key(), metrics=metrics, quant=quant, seconds=time.perf_counter() - start, kind=kind)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
 def weight_sweep(lm: LoadedModel, evaluate: Callable, bits: Sequence[int], blocks: Sequence[int],
                  methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
                  tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
@@ -137,24 +165,7 @@ def weight_sweep(lm: LoadedModel, evaluate: Callable, bits: Sequence[int], block
                  on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Evaluate every method × bits × block size; the model is restored after each."""
     configs = sweep_configs(bits, blocks, methods, z, granularity, tail)  # validate all before any work
-    rows = []
-    for cfg in configs:
-        if on_start:
-            on_start(cfg.label())
-        start = time.perf_counter()
-        try:
-            with quantized(lm, cfg, super_weights) as report:
-                metrics = dict(evaluate(lm))
-        except SuperweightError as e:
-            if cfg.method != "hqq":
-                raise
-            metrics, report = {"error": str(e)}, None  # e.g. HQQ's divisibility rule
-        row = Row(cfg.method, cfg.bits, cfg.block, metrics, report.summary() if report else {},
-                  time.perf_counter() - start)
-        rows.append(row)
-        if on_row:
-            on_row(row)
-    return rows
+    return evaluate_configs(lm, evaluate, configs, super_weights, on_start, on_row)
 
 
 def w8a8_configs(methods: Sequence[str] = tuple(W8A8_METHODS), **settings) -> list:
@@ -174,19 +185,7 @@ def w8a8_table(lm: LoadedModel, evaluate: Callable, methods: Sequence[str] = tup
                on_start: Callable[[str], None] | None = None,
                on_row: Callable[[Row], None] | None = None, **settings) -> list[Row]:
     """Evaluate each W8A8 method (naive, superact, smoothquant) with the same bit widths."""
-    rows = []
-    for cfg in w8a8_configs(methods, **settings):
-        if on_start:
-            on_start(cfg.label())
-        start = time.perf_counter()
-        with fake_w8a8(lm, cfg) as plan:
-            metrics = dict(evaluate(lm))
-        row = Row(cfg.method, cfg.w_bits, None, metrics, {"config": cfg.to_dict(), "plan": plan.summary()},
-                  time.perf_counter() - start, kind=W8A8, a_bits=cfg.a_bits)
-        rows.append(row)
-        if on_row:
-            on_row(row)
-    return rows
+    return evaluate_configs(lm, evaluate, w8a8_configs(methods, **settings), None, on_start, on_row)
 
 
 def share_kept(naive: float, smooth: float, ours: float) -> float | None:

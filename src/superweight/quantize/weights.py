@@ -108,28 +108,31 @@ def weight_targets(lm: LoadedModel, include: Sequence[str] = ()) -> list[Target]
     return unique
 
 
-def keep_map(lm: LoadedModel, targets: list[Target],
-             super_weights: Sequence[SuperWeight]) -> dict[str, list[tuple[int, int]]]:
-    """{target name: [(row, col)]} for the super weights that live in a quantized weight."""
-    by_module = {id(t.module): t.name for t in targets}
+def keep_map(lm: LoadedModel, targets: list[Target], super_weights: Sequence[SuperWeight],
+             circuit: bool = False) -> dict[str, list[tuple[int, int]]]:
+    """{target name: [(row, col)]} for the super weights that live in a quantized weight; with
+    `circuit`, also every entry of the gate/up rows that make each super weight's input feature."""
+    by_module = {id(t.module): t for t in targets}
     out: dict[str, list[tuple[int, int]]] = {}
-    for sw in super_weights:
+    for sw in lm.view.check(super_weights):  # the one validation of coordinates
         proj = lm.view.down_proj(sw.layer, sw.expert)
         if proj.layout == "experts" or proj.param != "weight" or id(proj.module) not in by_module:
             continue  # fused experts are not quantized, so nothing to restore
-        rows, cols = proj.shape
-        if not (0 <= sw.row < rows and 0 <= sw.col < cols):
-            raise SuperweightError(f"super weight {sw.label()} is outside the down projection "
-                                   f"of layer {sw.layer} ({rows} x {cols})")
-        out.setdefault(by_module[id(proj.module)], []).append((sw.row, sw.col))
-    return out
+        out.setdefault(by_module[id(proj.module)].name, []).append((sw.row, sw.col))
+        if circuit:
+            for feature in lm.view.feature_rows(sw.layer, sw.col, sw.expert):
+                target = by_module.get(id(feature.module))
+                if target is not None:
+                    r = feature.index
+                    out.setdefault(target.name, []).extend((r, j) for j in range(feature.weight.numel()))
+    return {name: list(dict.fromkeys(keep)) for name, keep in out.items()}
 
 
 def _super_weights(lm: LoadedModel, config: RTNConfig,
                    super_weights: Sequence[SuperWeight] | None) -> list[SuperWeight]:
-    """The super weights to restore: given ones, else detection's (only the 'superweight' method
-    restores any)."""
-    if super_weights is not None or config.method != "superweight":
+    """The super weights to restore: given ones, else detection's (only configs that protect
+    something restore any)."""
+    if super_weights is not None or config.protects == "none":
         return list(super_weights or [])
     from superweight.selection import resolve_super_weights
 
@@ -145,7 +148,7 @@ def _quantize_all(lm: LoadedModel, config: RTNConfig, super_weights: Sequence[Su
     start = time.perf_counter()
     sws = _super_weights(lm, config, super_weights)
     targets = weight_targets(lm, config.include)
-    keeps = keep_map(lm, targets, sws) if config.method == "superweight" else {}
+    keeps = keep_map(lm, targets, sws, circuit=config.protects == "circuit") if config.protects != "none" else {}
     stats_out = []
     for t in targets:
         w = t.matrix().detach()  # [out, in]

@@ -8,8 +8,8 @@ called a *super activation* only when a verified super weight makes it.
 
 from __future__ import annotations
 
-from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MLP, NEEDED, NORM_GAIN,
-                                 NOT_NEEDED, SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
+from superweight.records import (ATTENTION, EMBEDDING, EMBEDDING_LAYER, INPUT_FEATURE, MATTERS, MLP, NEEDED,
+                                 NORM_GAIN, NOT_NEEDED, SPIKE, SUPER, SUPER_WEIGHT, MassiveActivation)
 from superweight.report.tables import Column, Table, show
 
 _LEFT = ("token@pos", "made by", "verdict", "(layer, row, col)")
@@ -45,18 +45,19 @@ def verified_super_activation(act: MassiveActivation, result) -> bool:
 
 
 def _weights_phrase(weights) -> str:
-    """Weights named by what verification said of them: super weights, spike-only, or candidates."""
-    many = len(weights) > 1
-    verdicts = {w.verdict for w in weights}
-    if verdicts == {SUPER}:
-        return f"super weight{'s' if many else ''} {_labels(weights)}"
-    if verdicts == {SPIKE}:
-        return f"weight{'s' if many else ''} {_labels(weights)}, whose removal does not hurt (spike only)"
-    if None in verdicts:
-        return f"super weight candidate{'s' if many else ''} {_labels(weights)}"
-    ok = [w for w in weights if w.verdict == SUPER]
-    return f"super weight{'s' if len(ok) > 1 else ''} {_labels(ok)} with spike-only " \
-           f"{_labels([w for w in weights if w.verdict != SUPER])}"
+    """Weights named by what verification said of them: super weights, weights that matter,
+    spike-only weights, or candidates (not verified)."""
+    if any(w.verdict is None for w in weights):
+        return f"super weight candidate{'s' if len(weights) > 1 else ''} {_labels(weights)}"
+    phrases = []
+    for verdict, one, many in ((SUPER, "super weight {}", "super weights {}"),
+                               (MATTERS, "weight {} that matters", "weights {} that matter"),
+                               (SPIKE, "weight {}, whose removal does not hurt (spike only)",
+                                "weights {}, whose removal does not hurt (spike only)")):
+        these = [w for w in weights if w.verdict == verdict]
+        if these:
+            phrases.append((many if len(these) > 1 else one).format(_labels(these)))
+    return ", with ".join(phrases)
 
 
 def made_by(act: MassiveActivation, result, short: bool = False) -> str:
@@ -157,10 +158,13 @@ def _sentence(acts: list[MassiveActivation], result) -> str:
     verdicts.discard(None)  # not formed on the verification text: said in its own line
     if verdicts == {NEEDED}:
         line += f"; the model needs {it} (perplexity {ratios} with {each} ablated)"
+    elif verdicts == {MATTERS}:
+        line += f"; {it} matter{'' if len(acts) > 1 else 's'} to the model (perplexity {ratios} with {each} ablated)"
     elif verdicts == {NOT_NEEDED}:
         line += f"; the model does not need {it} (perplexity {ratios} with {each} ablated)"
-    elif verdicts >= {NEEDED, NOT_NEEDED}:
-        line += f"; the model needs some of them (perplexity {ratios} with each ablated)"
+    elif verdicts:
+        said = ", ".join(f"{x.verdict} ×{x.ppl_ratio:.3g}" for x in acts if x.verdict)
+        line += f"; the model needs some of them more than others ({said}, each ablated)"
     elif a.origin and a.origin.kind in (SUPER_WEIGHT, INPUT_FEATURE) and not result.verified:
         line += " (not verified: --verify zeroes them and ablates the activation)"
     return line + "."
@@ -222,7 +226,8 @@ def detection_tables(model: dict, run) -> list[Table]:
     verified = verification is not None
     state = "converged" if result.converged else "stopped at the round limit"
     tables.append(Table("", [], notes=[
-        f"{model['ref']} ({model['model_type']}, {model['num_layers']} layers, {model['dtype']}) · "
+        f"{model['ref']} ({model['model_type']}, {model['num_layers']} layers, {model['dtype']}"
+        f"{', in ' + model['engine'] if model.get('engine') else ''}) · "
         f"{n} prompt(s) · {result.rounds} round(s), {state}", headline(result)]))
     early_acts = [a for a in result.massive if not a.late]
     late_acts = [a for a in result.massive if a.late]
@@ -266,6 +271,9 @@ def detection_tables(model: dict, run) -> list[Table]:
         if result.massive:
             line += "; a massive activation is ablated by setting it to " + verification.ablated_to
         say(line + ".")
+        scale = getattr(verification, "scale", None)
+        if scale is not None:
+            say(f"Verdicts by perplexity ratio (the ppl× columns): {scale.legend()}.")
         for channel, first in getattr(verification, "not_formed", []):
             say(f"The massive activation on channel {channel} (first after layer {_layer(first)}) does not form "
                 "on the verification text: no verdict for it.")
@@ -275,6 +283,10 @@ def detection_tables(model: dict, run) -> list[Table]:
         say(f"  catalogued but not found: {comparison.missing}")
     if comparison.entry and comparison.new:
         say(f"  found but not catalogued: {comparison.new}")
+    if getattr(run, "experts", None) is not None:  # a mixture of experts: its super experts
+        from superweight.report.moe import moe_tables
+
+        tables += moe_tables(run.experts)
     return tables
 
 
@@ -298,8 +310,9 @@ def headline(result) -> str:
     if not early:
         parts.append("no super weight candidate")
     elif result.verified:
+        matter = sum(s.verdict == MATTERS for s in early)
         parts.append(f"{sum(s.verdict == SUPER for s in early)} verified super weight(s) "
-                     f"of {len(early)} candidate(s)")
+                     + (f"and {matter} that matter(s) " if matter else "") + f"of {len(early)} candidate(s)")
     else:
         parts.append(f"{len(early)} super weight candidate(s) (not verified)")
     late_acts = sum(a.late for a in result.massive)

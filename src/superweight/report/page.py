@@ -74,7 +74,12 @@ def detection_sections(overview, how: str) -> list[Section]:
                            f"Figure 4: the residual stream's largest |value| after each layer, as loaded{second}."))
     blocks += trace_tables(t)
     trace = Section("Figure 4: the massive activation through the residual stream", blocks, how)
-    return [found, figures, trace, catalog_section(run.comparison, how)]
+    out = [found, figures, trace, catalog_section(run.comparison, how)]
+    if getattr(run, "experts", None) is not None:  # a mixture of experts: the super experts' heatmap
+        from superweight.report.moe import expert_heatmap_section
+
+        out.insert(2, expert_heatmap_section(run.experts, ref, how, _png))
+    return out
 
 
 def catalog_section(comparison, how: str) -> Section:

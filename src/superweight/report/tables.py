@@ -404,3 +404,54 @@ def fetch_tables(entries, root) -> list[Table]:
               notes=[f"Data in {root}"])
     t.rows = [[e["name"], e["file"], e["sha256"][:16] + "…", e["package"]] for e in entries]
     return [t]
+
+
+GGUF_SCORE_COLUMNS = (("ppl", "ppl", ".4g"), ("ppl_reference", "ppl (F32)", ".4g"), ("ppl_ratio", "ppl ratio", ".4f"),
+                      ("kld_mean", "mean KLD", ".4g"), ("kld_p99", "KLD p99", ".4g"),
+                      ("same_top", "same top", ".2%"))
+
+
+def gguf_score_cells(score: dict) -> list[str]:
+    """One scored row's figures (perplexity, its ratio to the F32 file, KL divergence, same top token)."""
+    values = {**score, "kld_p99": score.get("kld_percentiles", {}).get("99")}
+    return [num(values.get(key), fmt) if fmt != ".2%" or values.get(key) is None else f"{values[key]:.2%}"
+            for key, _, fmt in GGUF_SCORE_COLUMNS]
+
+
+def gguf_tables(run, ref: str) -> list[Table]:
+    """A llama.cpp quantization: what was written and protected, and its scores against the F32 file."""
+    r = run.result
+    s = r.summary()
+    what = Table(f"{r.config['type']} GGUF of {ref} (llama.cpp)",
+                 [Column("file"), Column("MiB", "right"), Column("bits/weight", "right"), Column("tensor types"),
+                  Column("protected")])
+    types = ", ".join(f"{n} {t}" for t, n in sorted(s["tensor_types"].items(), key=lambda kv: -kv[1]))
+    what.rows.append([r.path, num(s["mib"], ".2f"), num(s["bits_per_weight"], ".3f"), types,
+                      ", ".join(s["protected"]) or "none"])
+    what.notes = [f"{name}: asked {f['asked']}, llama.cpp wrote {f['got']}" for name, f in s["fallbacks"].items()]
+    tables = [what]
+    if run.scores:
+        t = Table(f"{r.config['type']} against the unquantized (F32) file, both in llama.cpp",
+                  [Column("text")] + [Column(h, "right") for _, h, _ in GGUF_SCORE_COLUMNS])
+        for score in run.scores:
+            t.rows.append([score.source] + gguf_score_cells(score.kld))
+        t.notes = ["scored as llama-perplexity scores: our evaluator's windows, each its own context, "
+                   "the second half of each window counted"]
+        tables.append(t)
+    return tables
+
+
+def llamacpp_eval_tables(result) -> list[Table]:
+    """`eval --runtime llama.cpp`: per text, perplexity (and against a reference, the KL divergence)."""
+    title = f"{result.model} in llama.cpp" + (f" against {result.reference}" if result.reference else "")
+    if result.reference:
+        t = Table(title, [Column("text")] + [Column(h.replace("F32", "reference"), "right")
+                                              for _, h, _ in GGUF_SCORE_COLUMNS] + [Column("tokens", "right")])
+        for text, r in result.texts.items():
+            t.rows.append([text] + gguf_score_cells(r) + [num(r["tokens"], "d")])
+    else:
+        t = Table(title, [Column("text"), Column("ppl", "right"), Column("±", "right"), Column("tokens", "right")])
+        for text, r in result.texts.items():
+            t.rows.append([text, num(r["ppl"], ".4f"), num(r["ppl_stderr"], ".4f"), num(r["tokens"], "d")])
+    t.notes = [f"{result.scoring} (windows of {result.seqlen} tokens)"]
+    return [t]

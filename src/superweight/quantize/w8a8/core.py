@@ -36,6 +36,8 @@ class W8A8Config:
     """Naive W8A8: RTN weights per output channel, RTN inputs per tensor (or per token)."""
 
     method: ClassVar[str] = "naive"
+    protects: ClassVar[str] = "none"  # no super weights written back (superact protects activations)
+    refusal_is_result: ClassVar[bool] = False
     w_bits: int = DEFAULT_BITS
     a_bits: int = DEFAULT_BITS
     act_granularity: str = "tensor"
@@ -50,6 +52,10 @@ class W8A8Config:
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}
+
+    def row_key(self) -> dict:
+        """What a result row shows of this config."""
+        return {"method": self.method, "bits": self.w_bits, "block": None, "a_bits": self.a_bits}
 
     def build_plan(self, lm: LoadedModel) -> "Plan":
         return Plan({name: LinearPlan() for name, _ in lm.view.decoder_linears()})

@@ -1,0 +1,273 @@
+"""Real quantization: a llama.cpp GGUF made by llama.cpp's own quantizer, the super weights protected.
+
+The fake methods show what quantization does to the super weights; this one produces the file
+people deploy. The model is written once as an unquantized F32 GGUF (`superweight.model.gguf_write`,
+tensor by tensor), then llama.cpp's quantizer (`superweight.runtime.quantize`) makes the asked type
+with per-tensor overrides:
+
+| protect   | what gets `protect_type` (Q8_0 by default)                                          |
+|-----------|-------------------------------------------------------------------------------------|
+| `none`    | nothing: llama.cpp's stock recipe for the type (its own `ffn_down` rules included)  |
+| `weight`  | the down projection holding each super weight (`blk.L.ffn_down.weight`)             |
+| `circuit` | that, and the gate/up projections of the same layer that make its input spike      |
+
+`control=True` puts the same overrides on layers *without* a super weight (same shapes, so the
+same file size): the experiment's control — a gain counts only where it beats its control.
+With overrides, every other tensor is pinned at the type the stock recipe gives it (`pin_stock`), so
+a protected file differs from the stock one on exactly the protected tensors.
+`imatrix` computes llama.cpp's importance matrix from a text with our hooks
+(`superweight.runtime.imatrix`), so the stock recipe with an imatrix is a baseline too.
+
+>>> GGUFQuantConfig("Q4_K_M", protect="circuit").label()
+'Q4_K_M circuit@Q8_0'
+>>> GGUFQuantConfig("Q4_K_M", protect="weight", control=True, imatrix="wiki").label()
+'Q4_K_M weight@Q8_0 control +imatrix(wiki)'
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+from superweight.errors import SuperweightError
+from superweight.model.load import LoadedModel
+from superweight.records import SuperWeight
+
+PROTECT_MODES = ("none", "weight", "circuit")
+DEFAULT_TYPE = "Q4_K_M"
+DEFAULT_PROTECT_TYPE = "Q8_0"
+DEFAULT_IMATRIX_TOKENS = 16384  # llama-imatrix's usual calibration: ~100 chunks of 512 on big models
+IMATRIX_SEQLEN = 512
+
+
+@dataclass
+class GGUFQuantConfig:
+    """One llama.cpp quantization: the file type, what to protect and at which type, user
+    overrides (`tensor_types`: `(regex, type)`, before ours, first match wins), the imatrix text."""
+
+    method: ClassVar[str] = "gguf"
+    refusal_is_result: ClassVar[bool] = False
+    type: str = DEFAULT_TYPE
+    protect: str = "none"
+    protect_type: str = DEFAULT_PROTECT_TYPE
+    tensor_types: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    imatrix: str | None = None  # a registered text ('wiki', 'c4', ...) or a file
+    imatrix_tokens: int = DEFAULT_IMATRIX_TOKENS
+    control: bool = False
+    # keep every tensor no override names at the type llama.cpp's stock recipe gives it: llama.cpp
+    # counts only non-overridden tensors for its "more bits every few layers" rules, so without a pin
+    # one override shifts the types of later layers (runtime/quantize.py)
+    pin_stock: bool = True
+
+    def __post_init__(self) -> None:
+        from superweight.runtime.quantize import ftype_value, tensor_type_value
+
+        self.type = self.type.upper()
+        ftype_value(self.type)  # one line for an unknown type (and for a missing binding)
+        if self.protect not in PROTECT_MODES:
+            raise SuperweightError(f"protect must be one of {', '.join(PROTECT_MODES)}, got {self.protect!r}")
+        self.protect_type = self.protect_type.upper()
+        tensor_type_value(self.protect_type)
+        self.tensor_types = tuple((str(p), str(t).upper()) for p, t in self.tensor_types)
+        for _, kind in self.tensor_types:
+            tensor_type_value(kind)
+        if self.control and self.protect == "none":
+            raise SuperweightError("a control moves the protection to other layers: it needs protect weight or circuit")
+        if self.imatrix_tokens < IMATRIX_SEQLEN:
+            raise SuperweightError(f"imatrix tokens must be at least {IMATRIX_SEQLEN}, got {self.imatrix_tokens}")
+
+    @property
+    def protects(self) -> str:
+        return self.protect
+
+    def label(self) -> str:
+        out = self.type
+        if self.protect != "none":
+            out += f" {self.protect}@{self.protect_type}" + (" control" if self.control else "")
+        if self.tensor_types:
+            out += f" +{len(self.tensor_types)} override(s)"
+        if self.imatrix:
+            out += f" +imatrix({self.imatrix})"
+        return out
+
+    def row_key(self) -> dict:
+        return {"method": self.label(), "bits": None, "block": None}
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **asdict(self)}
+
+
+@dataclass
+class GGUFQuantResult:
+    """What was written: the config, the super weights protected, the overrides given to llama.cpp
+    and what llama.cpp's file says of itself (types per tensor, size, bits per weight)."""
+
+    config: dict
+    path: str
+    super_weights: list[SuperWeight]
+    overrides: list[tuple[str, str]]
+    manifest: dict
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {"path": self.path, "type": self.config["type"], "bytes": m["size_bytes"],
+                "mib": round(m["size_bytes"] / 2**20, 2), "bits_per_weight": m["bits_per_weight"],
+                "tensor_types": m["types"], "protected": sorted(m.get("overridden", {})),
+                "fallbacks": m.get("fallbacks", {})}
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "path": self.path,
+                "super_weights": [s.to_dict() for s in self.super_weights],
+                "overrides": [list(o) for o in self.overrides], "notes": self.notes,
+                "summary": self.summary(), "manifest": self.manifest}
+
+
+def check_output_file(out: str | Path, force: bool, sources: Sequence[str] = ()) -> Path:
+    """Refuse, before any work, an output that exists (without `force`), is a folder, is one of the
+    `sources` (model references), or whose folder does not exist."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise SuperweightError(f"{out} is a folder; --save takes the GGUF file to write")
+    if not out.parent.is_dir():
+        raise SuperweightError(f"the folder {out.parent} does not exist")
+    for ref in sources:
+        if ref and Path(ref).expanduser().exists() and Path(ref).expanduser().resolve() == out.resolve():
+            raise SuperweightError(f"{out} is the input model; write the quantized file elsewhere")
+    if out.exists() and not force:
+        raise SuperweightError(f"{out} exists; give --force to replace it")
+    if out.suffix.lower() != ".gguf":
+        raise SuperweightError(f"{out} does not end in .gguf")
+    return out
+
+
+def source_gguf(lm: LoadedModel) -> Path | None:
+    """The GGUF file a model was loaded from (the alias or a `.gguf` reference), if any."""
+    from superweight.model.gguf_write import source_gguf_file
+
+    return source_gguf_file(lm)
+
+
+def write_f32(lm: LoadedModel, path: str | Path, force: bool = False):
+    """The unquantized GGUF the quantizer reads: the source GGUF dequantized when the model came from
+    one (its own metadata and names), else the loaded model converted. Returns the writer's result."""
+    from superweight.model.gguf_write import write_gguf
+
+    src = source_gguf(lm)
+    return write_gguf(src if src is not None else lm, path, dtype="F32", force=force)
+
+
+def plan_overrides(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight], tensors: dict,
+                   n_layers: int, stock_types: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The overrides for llama.cpp: the user's first, then the protection (or its control, on a
+    layer whose stock types match when `stock_types` are known, so the sizes match)."""
+    from superweight.runtime.protect import control_overrides, protect_overrides
+
+    overrides = list(config.tensor_types)
+    if config.protect == "none" or not super_weights:
+        return overrides
+    if config.control:
+        return overrides + control_overrides(super_weights, config.protect, n_layers=n_layers,
+                                             protect_type=config.protect_type, tensors=tensors,
+                                             stock_types=stock_types)
+    return overrides + protect_overrides(super_weights, config.protect, protect_type=config.protect_type,
+                                         names=list(tensors))
+
+
+def importance_matrix(lm: LoadedModel, config: GGUFQuantConfig, hub: bool = False) -> dict | None:
+    """llama.cpp's importance matrix of `lm` from the config's text, or None when none is asked."""
+    if not config.imatrix:
+        return None
+    from superweight.runtime.imatrix import compute_imatrix
+    from superweight.runtime.scoring import text_windows
+
+    windows = text_windows(lm, config.imatrix, seqlen=IMATRIX_SEQLEN, max_tokens=config.imatrix_tokens, hub=hub)
+    return compute_imatrix(lm, windows)
+
+
+@dataclass
+class GGUFScore:
+    """The quantized file measured in llama.cpp against the unquantized one, on the same windows."""
+
+    source: str  # the text
+    kld: dict  # superweight.runtime.scoring.KLDivergence.to_dict(): ppl, ratio, KLD stats, same top
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, **self.kld}
+
+
+def score_gguf(lm: LoadedModel, path: str | Path, reference: str | Path, sources: Sequence[str] = ("wiki",),
+               *, seqlen: int = 512, max_tokens: int | None = 4096, n_threads: int | None = None,
+               hub: bool = False) -> list[GGUFScore]:
+    """Perplexity and KL divergence of GGUF `path` against GGUF `reference`, both run by llama.cpp, on
+    our evaluator's windows of each text (tokenized by `lm`'s tokenizer; scored as llama-perplexity
+    scores: the second half of each window)."""
+    from superweight.runtime.scoring import kl_divergence, text_windows
+
+    out = []
+    for source in sources:
+        windows = text_windows(lm, source, seqlen=seqlen, max_tokens=max_tokens, hub=hub)
+        out.append(GGUFScore(source, kl_divergence(str(path), str(reference), windows, n_threads=n_threads).to_dict()))
+    return out
+
+
+@dataclass
+class GGUFRun:
+    """One quantization and, when asked, its scores in llama.cpp."""
+
+    result: GGUFQuantResult
+    scores: list[GGUFScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**self.result.to_dict(), "scores": [s.to_dict() for s in self.scores]}
+
+
+def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Sequence[SuperWeight],
+                     out: str | Path, *, force: bool = False, f32: str | Path | None = None,
+                     imatrix: dict | None = None, n_threads: int | None = None,
+                     score: dict | None = None, stock_types: dict[str, str] | None = None) -> GGUFRun:
+    """Write `lm` as a llama.cpp GGUF of `config.type` at `out`, protected as the config says; with
+    `score` (keyword arguments of `score_gguf`: sources, seqlen, max_tokens) measure it in llama.cpp
+    against the unquantized file.
+
+    `f32` reuses an unquantized GGUF of the same model already written (`write_f32`), and `imatrix`
+    one already computed (`importance_matrix`) — an experiment writes and computes them once; by
+    default both are made here (the F32 file in a temporary folder beside `out`, removed after).
+    With overrides and `config.pin_stock`, the stock file's types pin every other tensor:
+    `stock_types` gives them (same type and imatrix), else a stock quantization is made first.
+    Nothing is written at `out` unless the whole quantization succeeds.
+    """
+    from superweight.runtime.quantize import gguf_tensors, quantize_gguf
+
+    out = Path(out).expanduser()
+    notes: list[str] = []
+    if config.protect != "none" and not super_weights:
+        notes.append(f"no super weight to protect in {lm.ref}: protect {config.protect} protects nothing")
+    if imatrix is None:
+        imatrix = importance_matrix(lm, config)
+    parent = out.parent if out.parent.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix=".superweight-f32-", dir=parent) as tmp:
+        if f32 is None:
+            written = write_f32(lm, Path(tmp) / "model-f32.gguf")
+            if written.note():
+                notes.append(written.note())
+            f32 = written.path
+        tensors = gguf_tensors(f32)
+        pin = config.pin_stock and bool(config.tensor_types or (config.protect != "none" and super_weights))
+        if pin and stock_types is None:
+            stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
+            stock_types = stock["tensors"]
+        overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers, stock_types)
+        metadata = {"config": config.label(), "source_model": lm.ref,
+                    "super_weights": ";".join(",".join(map(str, s.coord)) for s in super_weights)}
+        pins = stock_types if pin and overrides else None
+        manifest = quantize_gguf(f32, out, config.type, overrides=overrides, imatrix=imatrix,
+                                 imatrix_source=config.imatrix, nthread=n_threads, force=force,
+                                 metadata=metadata, pin_types=pins,
+                                 pinned_from=f"stock {config.type}" if pins else None)
+        run = GGUFRun(GGUFQuantResult(config.to_dict(), str(out), list(super_weights), overrides, manifest, notes))
+        if score is not None:
+            run.scores = score_gguf(lm, out, f32, n_threads=n_threads, **score)
+    return run
