@@ -256,4 +256,4 @@ def test_a_gguf_file_is_hashed_as_a_file_and_gives_what_detect_gives(tmp_path, p
     assert 0 < info.params <= sum(p.numel() for p in model.state_dict().values())  # tied weights stored once
     (entry,) = run_census([path], CensusConfig(), tmp_path / "c", threads=1, pool=pool).entries
     assert entry["status"] == "done" and entry["detect"]["model"]["kind"] == "gguf"
-    assert comparable(entry["detect"]) == comparable(detect_alone(path, tmp_path))
+    assert comparable(entry["detect"]) == comparable(detect_alone(path, tmp_path, "--engine", "torch"))
