@@ -1,7 +1,8 @@
 """What a census costs over running `detect` by hand, what a second worker buys, and Ray's overhead.
 
-Run: python benchmarks/bench_census.py [--skip-ray]. Prints a table and writes JSON to
-benchmarks/results/census.json.
+Run: python benchmarks/bench_census.py [--skip-ray | --ray-only | --verify]. Prints a table and writes
+JSON to benchmarks/results/census.json (census-ray.json for --ray-only, census-verify.json for
+--verify: every variant runs `detect --verify`, the usual census).
 
 The 8 models: the packaged default model (smollm2-135m, 135M parameters, 30 layers) and seven small
 planted models of seven architectures (llama, qwen2, mistral, gpt2, olmo, phi3, gemma2; hidden 256,
@@ -54,17 +55,18 @@ def make_models(root: Path) -> list[str]:
     return refs
 
 
-def baseline(refs: list[str], threads: int) -> None:
-    """`detect` on every model in this one process (the phase run in a fresh interpreter)."""
+def baseline(refs: list[str], threads: int, verify: bool = False) -> None:
+    """`detect` (`--verify`) on every model in this one process (the phase run in a fresh interpreter)."""
     import torch
 
     from superweight.detect import run_detection
     from superweight.model import load_model
+    from superweight.verify import VERIFY_THRESHOLD
 
     torch.set_num_threads(threads)
     for ref in refs:
         lm = load_model(ref, quiet=True)
-        run_detection(lm)
+        run_detection(lm, verify_threshold=VERIFY_THRESHOLD if verify else None)
 
 
 def ray_phase(refs: list[str], out: Path) -> dict:
@@ -109,6 +111,24 @@ def warm(refs: list[str]) -> None:
     load_model(refs[0], quiet=True).weights_hash()
 
 
+def _ray_only(me: list[str], refs: list[str], tmp: Path, res: dict) -> int:
+    done = subprocess.run([*me, "--phase", "ray", "--out", str(tmp / "ray"), "--refs", *refs],
+                          check=True, capture_output=True, text=True)
+    res.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    res["ray_overhead_per_model_s"] = (res["ray_census_s"] - res["local_2_workers_s"]) / len(res["models"])
+    res["load_after"] = os.getloadavg()[0]
+    _report(res, "census-ray.json")
+    return 0
+
+
+def _report(res: dict, name: str) -> None:
+    from superweight._io import result_header, write_json
+
+    for k, v in res.items():
+        print(f"{k:36s} {v:.3f}" if isinstance(v, float) else f"{k:36s} {v}")
+    write_json(HERE / "results" / name, result_header("bench-census", **res))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--phase", choices=["baseline", "ray"], help=argparse.SUPPRESS)
@@ -116,9 +136,12 @@ def main() -> int:
     parser.add_argument("--refs", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--skip-ray", action="store_true", help="leave out the Ray measurement")
+    parser.add_argument("--verify", action="store_true",
+                        help="detect --verify in every variant (results/census-verify.json); no Ray")
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray measurement (results/census-ray.json)")
     args = parser.parse_args()
     if args.phase == "baseline":
-        baseline(args.refs, args.threads)
+        baseline(args.refs, args.threads, args.verify)
         return 0
     if args.phase == "ray":
         print(json.dumps(ray_phase(args.refs, Path(args.out))))
@@ -131,17 +154,21 @@ def main() -> int:
         warm(refs)
         me = [py, str(Path(__file__).resolve())]
         cli = [py, "-m", "superweight.cli", "census", *refs]
-        res = {"models": ["smollm2-135m", *ARCHS], "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
-        variants = {"detect_x8_one_process": [*me, "--phase", "baseline", "--threads", "2", "--refs", *refs],
-                    "census_1_worker": [*cli, "--out", str(tmp / "c1"), "--workers", "1", "--threads", "2"],
-                    "census_2_workers": [*cli, "--out", str(tmp / "c2"), "--workers", "2", "--threads", "1"]}
+        res = {"models": ["smollm2-135m", *ARCHS], "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
+               "verify": args.verify}
+        if args.ray_only:
+            return _ray_only(me, refs, tmp, res)
+        v = ["--verify"] if args.verify else []
+        variants = {"detect_x8_one_process": [*me, "--phase", "baseline", "--threads", "2", *v, "--refs", *refs],
+                    "census_1_worker": [*cli, *v, "--out", str(tmp / "c1"), "--workers", "1", "--threads", "2"],
+                    "census_2_workers": [*cli, *v, "--out", str(tmp / "c2"), "--workers", "2", "--threads", "1"]}
         for name, cmd in variants.items():
             res[f"{name}_s"], res[f"{name}_cpu_s"] = timed(cmd)
-        res["census_rerun_all_done_s"] = timed([*cli, "--out", str(tmp / "c1"), "--workers", "1"])[0]
+        res["census_rerun_all_done_s"] = timed([*cli, *v, "--out", str(tmp / "c1"), "--workers", "1"])[0]
         res["load_after"] = os.getloadavg()[0]
         rows = json.loads((tmp / "c1" / "census.json").read_text())["rows"]
         res["census_failed"] = [r["ref"] for r in rows if r["status"] != "done"]
-        if not args.skip_ray:
+        if not (args.skip_ray or args.verify):
             done = subprocess.run([*me, "--phase", "ray", "--out", str(tmp / "ray"), "--refs", *refs],
                                   check=True, capture_output=True, text=True)
             res.update(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -150,11 +177,7 @@ def main() -> int:
     res["speedup_2_workers"] = res["census_1_worker_s"] / res["census_2_workers_s"]
     if "ray_census_s" in res:
         res["ray_overhead_per_model_s"] = (res["ray_census_s"] - res["local_2_workers_s"]) / len(res["models"])
-    for k, v in res.items():
-        print(f"{k:36s} {v:.3f}" if isinstance(v, float) else f"{k:36s} {v}")
-    from superweight._io import result_header, write_json
-
-    write_json(HERE / "results" / "census.json", result_header("bench-census", **res))
+    _report(res, "census-verify.json" if args.verify else "census.json")
     return 0
 
 

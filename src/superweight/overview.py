@@ -19,7 +19,7 @@ from superweight.errors import SuperweightError
 from superweight.verify import VERIFY_THRESHOLD, VerdictScale
 
 # result kinds the report can show (the `kind` of a result file's header)
-INCLUDABLE = ("ablate", "stopwords", "scale", "quantize", "eval", "check", "finetune")
+INCLUDABLE = ("ablate", "stopwords", "scale", "quantize", "eval", "check", "finetune", "census")
 REPORT_BLOCKS = (128, 16384)  # Figure 7 in the report: a usual group size and a large block
 REPORT_BITS = 4
 

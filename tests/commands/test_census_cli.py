@@ -25,7 +25,8 @@ def test_census_from_a_file_writes_table_csv_html_and_exits_1_when_one_failed(ti
     assert main(argv) == 1
     cap = capsys.readouterr()
     text = " ".join(cap.out.split())
-    assert "superweight census: 3 models" in text and "/no/such/model: model path '/no/such/model' does not exist" in text
+    assert "superweight census: 3 models" in text
+    assert "/no/such/model: model path '/no/such/model' does not exist" in text
     assert "[3/3]" in cap.err and "left" in cap.err and "1 of 3 model(s) failed" in cap.err
     payload = json.loads((out / "census.json").read_text())
     assert payload == json.loads((tmp_path / "c.json").read_text())
@@ -85,3 +86,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_the_census_is_a_section_of_a_models_report(tiny, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["census", *tiny[:2], "--out", str(out), "--threads", "1"]) == 0
+    report = tmp_path / "report"
+    assert main(["report", tiny[0], "--no-verify", "--threads", "1", "--out", str(report),
+                 "--include", str(out / "census.json")]) == 0
+    page = (report / "index.html").read_text()
+    assert "Census of 2 models" in page and "Where the super weights are" not in page  # a figure, not text
+    assert page.count(tiny[1]) >= 1 and f"From {out / 'census.json'}" in page

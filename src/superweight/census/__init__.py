@@ -81,8 +81,8 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     failed), each in a worker: `workers` local processes sharing `max_memory` (default: what the
     machine has free), or Ray tasks on the cluster at `ray` ("auto": the local `ray start`), each
     retried `retries` times by Ray if its worker dies. `on_event(kind, ref, entry)` hears "plan"
-    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` started
-    earlier (so its workers import torch while the caller checks its input); closed at the end."""
+    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` the caller
+    started earlier (its workers import torch while the caller checks its input) and closes."""
     from superweight.errors import SuperweightError
     from superweight.model.budget import FIT_FRACTION, available_ram, parse_size
 
@@ -97,7 +97,8 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     store = Store(out_dir)
     emit = on_event or (lambda *a: None)
     start = time.perf_counter()
-    if ray is None and pool is None:
+    own = ray is None and pool is None
+    if own:
         from superweight.census.local import LocalPool
 
         pool = LocalPool(workers)  # started first: the workers import torch while we look at the models
@@ -112,7 +113,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
             else:
                 todo.append(info)
         emit("plan", str(len(todo)), None)
-        threads = threads or max(1, (os.cpu_count() or 1) // (1 if ray else workers))
+        threads = threads or (1 if ray else max(1, (os.cpu_count() or 1) // workers))
         base = {"config": settings, "threads": threads, "engine": "ray" if ray else "local"}
         done: list[str] = []
 
@@ -139,17 +140,17 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
             from superweight.census import cluster
 
             cluster.connect(ray)
-            node = cluster.largest_node_memory() or 0
+            node = cluster.largest_node("memory") or 0
             limit = min(total, node) if total is not None and node else (total or node)
             tasks = []
             for info in todo:
-                reserve, budget = reservation(info, limit, limit)
+                reserve, budget = reservation(info, limit, limit) if limit else (0, None)  # no memory figure
                 request = {"num_cpus": threads, "memory": reserve,
                            "num_gpus": 1 if config.device != "cpu" else 0}
                 tasks.append(({**base, "info": info.to_dict(), "budget_bytes": budget}, request))
             cluster.run_on_ray(tasks, retries, on_start, on_done, crashed)
     finally:
-        if pool is not None:
+        if own:
             pool.close()
     entries = [store.lookup(i.ref, i.fingerprint, settings) for i in infos]
     return CensusRun(Path(out_dir), config, [e for e in entries if e is not None], ran=done,

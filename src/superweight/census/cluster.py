@@ -44,10 +44,11 @@ def connect(address: str) -> dict:
     return ray.cluster_resources()
 
 
-def largest_node_memory() -> int | None:
-    """The largest `memory` resource of one alive node (a task cannot span nodes)."""
+def largest_node(resource: str = "memory") -> int | None:
+    """The largest amount of `resource` ("memory", "CPU", "GPU") on one alive node (a task cannot
+    span nodes, so a request above it could never be placed)."""
     ray = import_ray()
-    sizes = [int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n.get("Alive")]
+    sizes = [int(n["Resources"].get(resource, 0)) for n in ray.nodes() if n.get("Alive")]
     return max(sizes) if sizes else None
 
 
@@ -64,9 +65,11 @@ def run_on_ray(tasks: list[tuple[dict, dict]], retries: int, on_start: Callable[
     ray = import_ray()
     from superweight.census.work import one_line
 
-    resources = ray.cluster_resources()
-    if any(r.get("num_gpus") for _, r in tasks) and not resources.get("GPU"):
+    if any(r.get("num_gpus") for _, r in tasks) and not largest_node("GPU"):
         raise SuperweightError("the census asks for a GPU per model (--device cuda) but the Ray cluster has none")
+    cpus = largest_node("CPU") or 0
+    if any(r.get("num_cpus", 0) > cpus for _, r in tasks):
+        raise SuperweightError(f"--threads asks for more CPUs per model than any node of the Ray cluster has ({cpus})")
     remote = ray.remote(_run_model_task)
     pending: dict = {}
     for i, (task, request) in enumerate(tasks):

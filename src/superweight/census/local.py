@@ -6,7 +6,9 @@ model still queued fails with it, and it cannot say which model the dead worker 
 worker is a 'spawn' process with its own pipe; the driver waits on the pipes and on the processes'
 sentinels, so a worker that dies is seen at once, the model it held is recorded as failed with how
 the process ended, a fresh worker takes its place, and the other models go on. A worker is reused
-for the next model, so torch is imported once per worker, not once per model.
+for the next model, so torch is imported once per worker, not once per model. Workers are not
+daemonic (lm-eval, under `--ablate quick`, starts processes of its own); one whose driver is gone
+sees its pipe close and exits.
 
 Placement by memory: each model reserves what its weights need (plus a fixed allowance for the
 process); models start while their reservations fit in the budget, so several small models run at
@@ -41,7 +43,7 @@ def _serve(conn) -> None:  # the worker process: run what the driver sends until
 class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="superweight-census-worker")
+        self.proc = ctx.Process(target=_serve, args=(child,), name="superweight-census-worker")
         self.proc.start()
         child.close()
         self.item = None  # what it runs now: (index, task, reserve)
@@ -72,7 +74,8 @@ def death_message(exitcode: int | None) -> str:
 
 
 class LocalPool:
-    """`workers` spawn processes, started at once (so their imports overlap the driver's own work)."""
+    """`workers` spawn processes, started at once (so their imports overlap the driver's own work),
+    kept for as many `run`s as wanted; `close()` ends them (a context manager does it too)."""
 
     def __init__(self, workers: int):
         self.ctx = mp.get_context("spawn")
@@ -114,8 +117,15 @@ class LocalPool:
                     w.item = None
                     free += reserve
                     on_done(i, entry)
-        finally:
+        except BaseException:  # interrupted (Ctrl-C, an error in a callback): stop the workers, models and all
             self.close()
+            raise
+
+    def __enter__(self) -> "LocalPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         for w in self.workers:

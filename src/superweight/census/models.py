@@ -66,7 +66,7 @@ def inspect_model(ref: str, dtype: str = "float32", cache_dtype: str = "float32"
         if not path.is_file():
             return ModelInfo(ref, "unresolved", None)
         params = _gguf_params(path)
-        return ModelInfo(ref, "gguf", f"sha256:{files_sha256([path])}|cache:{cache_dtype}", params,
+        return ModelInfo(ref, "gguf", f"sha256:{file_sha256(path)}|cache:{cache_dtype}", params,
                          _bytes(params, dtype))
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
@@ -167,21 +167,33 @@ def files_sha256(files: list[Path]) -> str:
     size or mtime changed)."""
     import hashlib
 
+    h = hashlib.sha256()
+    for digest in _cached_digests(files):
+        h.update(digest.encode())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """One file's own sha256, through the same cache."""
+    return _cached_digests([path])[0]
+
+
+def _cached_digests(files: list[Path]) -> list[str]:
     index_path = cache_dir() / "hashes.json"
     try:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    h, changed = hashlib.sha256(), False
+    out, changed = [], False
     for f in files:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in index:
             index[key], changed = sha256_file(f), True
-        h.update(index[key].encode())
+        out.append(index[key])
     if changed:
         write_json(index_path, index)
-    return h.hexdigest()
+    return out
 
 
 def peak_rss_reset() -> None:

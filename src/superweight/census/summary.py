@@ -3,7 +3,8 @@
 The row is derived, never measured again: architecture and size from the loaded model, massive
 activations and what makes them, super weight candidates and how many verification kept, the
 strongest perplexity ratio a single zeroed weight caused, the catalog's verdict, time and peak
-memory. Plain values only, so the same row becomes the terminal table, JSON, CSV and the plots.
+memory, and with `--ablate quick` each Table 1 condition's average accuracy and perplexities. Plain
+values only, so the same row becomes the terminal table, JSON, CSV and the plots.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ SUPER = "super weight"  # the verdict `superweight.verify` gives a candidate the
 # CSV / JSON column order
 FIELDS = ("ref", "status", "architecture", "params", "layers", "massive", "origins", "candidates",
           "verified", "super_weights", "max_ppl_ratio", "super_activation", "catalog", "seconds",
-          "peak_ram_bytes", "fingerprint", "error")
+          "peak_ram_bytes", "ablation", "fingerprint", "error")
 
 
 def summarize(entry: dict) -> dict:
@@ -43,8 +44,16 @@ def summarize(entry: dict) -> dict:
                               for s in kept],
                max_ppl_ratio=max(ratios) if ratios else None,
                super_activation=max((abs(a["value"]) for a in d["super_activations"]), default=None),
-               catalog=d["catalog"]["verdict"])
+               catalog=d["catalog"]["verdict"], ablation=_ablation(entry.get("ablation")))
     return row
+
+
+def _ablation(payload: dict | None) -> dict | None:
+    """`--ablate quick`: each condition's average accuracy and perplexities (None where it could not run)."""
+    if not payload:
+        return None
+    return {r["condition"]: {k: v for k, v in r["summary"].items() if k == "average" or k.endswith("_ppl")}
+            if r["summary"] else None for r in payload["rows"]}
 
 
 def depth_points(rows: list[dict]) -> list[tuple[str, float, int]]:

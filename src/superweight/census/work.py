@@ -5,8 +5,9 @@ settings, its memory budget), one plain entry out, whatever happens — an error
 that model's one-line `error`, so a refused, broken or too-large model never stops the census. The
 detection part is `superweight.detect.run_detection` with exactly the arguments `superweight detect`
 gives it, and the result is the payload `detect --json` writes, so a census row and a `detect` run
-of the same model with the same settings are the same figures. The same function runs in a local
-worker process and in a Ray task.
+of the same model with the same settings are the same figures (the census runs the PyTorch engine:
+a `.gguf` file's row equals `detect FILE --engine torch`). The same function runs in a local worker
+process and in a Ray task.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
                     max_memory=budget if needs and budget is not None else None)
     run = run_detection(lm, list(config.prompts), config.detect_config(), model_id=lm.model_id,
                         verify_threshold=config.verify_threshold)
-    out = {"detect": result_header("detect", model=lm.describe(), engine=_engine(info.ref), **run.to_dict()),
+    engine = _engine(info.ref, config).to_dict()
+    out = {"detect": result_header("detect", model=lm.describe(), engine=engine, **run.to_dict()),
            "params": sum(p.numel() for p in lm.model.parameters()), "ablation": None}
     if info.kind == "hub" and info.fingerprint is None:
         commit = hub_commit(info.ref)
@@ -147,6 +149,20 @@ def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
     return out
 
 
+def _engine(ref: str, config: CensusConfig):
+    """The engine record `detect` writes: the census runs PyTorch, so it is `detect`'s own choice when
+    that is PyTorch (e.g. "not a .gguf file"), else the choice `detect --engine torch` records."""
+    from superweight.runtime.detect import choose_engine
+
+    torch_only = [flag for flag, on in (("--device", config.device != "cpu"), ("--dtype", config.dtype != "float32"),
+                                        ("--cache-dtype", config.cache_dtype != "float32"),
+                                        ("--layers", config.layers is not None),
+                                        ("--down-proj", config.down_proj is not None)) if on]
+    if ref.lower().endswith(".gguf") and not torch_only:  # `detect` would pick llama.cpp if it can
+        return choose_engine(ref, "torch")
+    return choose_engine(ref, "auto", cache_dtype=config.cache_dtype, torch_only=torch_only)
+
+
 def _peak_memory(device: str) -> dict:
     out = {"ram": peak_rss()}
     if device != "cpu":
@@ -158,17 +174,3 @@ def _peak_memory(device: str) -> dict:
         except Exception:  # noqa: BLE001 — a missing figure, not a failure
             pass
     return out
-
-
-def _engine(ref: str) -> dict:
-    """The engine record `superweight detect` writes: the census runs every model in PyTorch."""
-    from superweight.errors import SuperweightError
-    from superweight.runtime.detect import EngineChoice, choose_engine
-
-    try:
-        choice = choose_engine(ref)
-    except SuperweightError:  # the auto rule could not even look at it: the torch run says why
-        choice = EngineChoice("torch", "the census runs the torch engine")
-    if choice.engine != "torch":
-        choice = EngineChoice("torch", "the census runs the torch engine")
-    return choice.to_dict()

@@ -10,7 +10,7 @@ def register(sub) -> None:
     from superweight.model.load import DTYPES
     from superweight.verify import VERIFY_THRESHOLD
 
-    p = sub.add_parser("census", help="detect (and verify) super weights in many models: local workers or a Ray cluster",
+    p = sub.add_parser("census", help="detect (and verify) super weights in many models: local workers or Ray",
                        description="Run detection on every model given (hub ids, local folders, .gguf files, "
                                    "aliases), each in its own worker process, so that a model that fails is "
                                    "recorded and the others go on. Results go into DIR/results/ as each model "
@@ -34,13 +34,15 @@ def register(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     p.add_argument("--layers", dest="layers_path", metavar="PATH", help="override: decoder layer list path")
     p.add_argument("--down-proj", dest="down_proj_path", metavar="PATH", help="override: down projection path")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="local worker processes (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="local worker processes (default 1; on Ray, the cluster's resources decide)")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="RAM for all local workers together (default: 80%% of the free RAM); each model reserves "
                         "its weights' size, one larger than a worker's share runs alone with all of it; on Ray, "
                         "the most one task may request")
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="torch CPU threads per worker (default: the cores divided by the workers)")
+                   help="torch CPU threads per worker (default: the cores divided by the workers; on Ray: 1, "
+                        "and the CPUs each task requests)")
     p.add_argument("--retry-failed", action="store_true", help="run again the models recorded as failed")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run as Ray tasks on the cluster at ADDRESS ('auto': the one `ray start --head` made)")

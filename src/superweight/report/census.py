@@ -56,6 +56,12 @@ def census_table(rows: list[dict], title: str = "Census") -> Table:
                     num(r["max_ppl_ratio"], ".3g") if r["max_ppl_ratio"] is not None else "–",
                     num(r["super_activation"], ".4g") if r["super_activation"] is not None else "–",
                     r["catalog"], f"{r['seconds']:.1f} s", _mem(r["peak_ram_bytes"])])
+        if r.get("ablation"):
+            notes.append(f"{r['ref']}: Table 1 (quick): " + "; ".join(
+                f"{cond} " + (", ".join(f"{'avg' if k == 'average' else k} "
+                                        f"{v * 100:.1f}%" if k == "average" else f"{k} {v:.4g}"
+                                        for k, v in figs.items()) if figs else "not run")
+                for cond, figs in r["ablation"].items()))
     notes.insert(0, "SW found / verified: early super weight candidates / those verification kept (– : not "
                     "verified); max ppl×: the largest perplexity ratio one zeroed candidate caused; |SA|: the "
                     "largest super activation")
@@ -70,7 +76,8 @@ def csv_text(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: json.dumps(v) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
+        w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
+                    for k, v in r.items()})
     return buf.getvalue()
 
 

@@ -218,8 +218,14 @@ def _finetune(p: dict):
     return f"Fine-tuning ({config.get('method')}, guard {config.get('guard')})", blocks
 
 
+def _census(p: dict):
+    from superweight.report.census import census_section
+
+    return f"Census of {len(p['rows'])} models", census_section(p).blocks
+
+
 _BUILDERS = {"ablate": _ablate, "stopwords": _stopwords, "scale": _scale, "quantize": _quantize, "eval": _eval,
-             "check": _check, "finetune": _finetune}
+             "check": _check, "finetune": _finetune, "census": _census}
 
 
 def report_page(overview, command: str | None = None) -> Page:
