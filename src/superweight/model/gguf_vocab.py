@@ -76,11 +76,7 @@ def bpe_metadata(tokenizer) -> list[tuple[str, object, object, object]]:
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):
             entries.append((f"tokenizer.ggml.{key}_token_id", value, T.UINT32, None))
-    entries.append(("tokenizer.ggml.add_bos_token", bool(_adds_bos(tokenizer)), T.BOOL, None))
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        entries.append(("tokenizer.chat_template", template, T.STRING, None))
-    return entries
+    return entries + _bos_and_template(tokenizer)
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -168,11 +164,7 @@ def spm_metadata(model_file: Path, tokenizer, vocab_size: int) -> list[tuple[str
         value = value if isinstance(value, int) else own[key]
         if value >= 0:
             entries.append((f"tokenizer.ggml.{key}_token_id", value, T.UINT32, None))
-    entries.append(("tokenizer.ggml.add_bos_token", bool(_adds_bos(tokenizer)), T.BOOL, None))
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        entries.append(("tokenizer.chat_template", template, T.STRING, None))
-    return entries
+    return entries + _bos_and_template(tokenizer)
 
 
 def _load_spm(model_file: Path):
@@ -189,3 +181,14 @@ def _load_spm(model_file: Path):
         return proto, sentencepiece.SentencePieceProcessor(model_proto=data)
     except Exception as e:  # a damaged file: protobuf and sentencepiece raise their own types
         raise SuperweightError(f"{str(model_file)!r} is not a readable SentencePiece model: {e}") from None
+
+
+def _bos_and_template(tokenizer) -> list:
+    """Whether the tokenizer adds BOS, and its chat template when it has one (both vocabularies)."""
+    from gguf import GGUFValueType as T
+
+    out = [("tokenizer.ggml.add_bos_token", bool(_adds_bos(tokenizer)), T.BOOL, None)]
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        out.append(("tokenizer.chat_template", template, T.STRING, None))
+    return out
