@@ -54,6 +54,7 @@ def compute_imatrix(lm, windows: torch.Tensor, *, arch: str | None = None, batch
     >>> im["blk.11.ffn_down.weight"].shape  # doctest: +SKIP
     (1536,)
     """
+    from superweight.model.adapters import linear_shape
     from superweight.model.hooks import hooked
     from superweight.model.offload import input_device
 
@@ -86,7 +87,7 @@ def compute_imatrix(lm, windows: torch.Tensor, *, arch: str | None = None, batch
         lm.model.train(was_training)
     out = {}
     for path, name in names.items():
-        n_in = modules[path].weight.shape[0 if type(modules[path]).__name__ == "Conv1D" else 1]
+        n_in = linear_shape(modules[path])[1]  # W[out, in], GPT-2's Conv1D read transposed
         out[name] = ((sums[name] / counts[name]).float().cpu().numpy() if counts.get(name)
                      else np.ones(n_in, dtype=np.float32))  # never saw a token: 1s, as llama-quantize
     return out
