@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 from superweight.errors import SuperweightError
@@ -74,8 +73,7 @@ def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, referen
     for text in texts:
         if on_text:
             on_text(text)
-        windows = text_windows(SimpleNamespace(tokenizer=tokenizer), text, seqlen=seqlen, max_tokens=max_tokens,
-                               hub=hub)
+        windows = text_windows(None, text, seqlen=seqlen, max_tokens=max_tokens, hub=hub, tokenizer=tokenizer)
         if ref is None:
             out.texts[text] = gguf_perplexity(str(path), windows, n_threads=n_threads).to_dict()
         else:

@@ -258,14 +258,14 @@ def score_torch(lm, windows: torch.Tensor) -> GgufPerplexity:
 
 
 def text_windows(lm, source="wiki", *, seqlen: int = 512, max_tokens: int | None = None,
-                 hub: bool = False) -> torch.Tensor:
+                 hub: bool = False, tokenizer=None) -> torch.Tensor:
     """Our evaluator's windows `[n, seqlen]` of a text (a registered name, a file, or a list of
-    documents), tokenized by `lm`'s tokenizer and cut by `superweight.evaluate.perplexity`; an empty
-    text is refused."""
+    documents), tokenized by `lm`'s tokenizer (or `tokenizer`, e.g. one read from a GGUF, with
+    `lm=None`) and cut by `superweight.evaluate.perplexity`; an empty text is refused."""
     from superweight.evaluate import sources
     from superweight.evaluate.perplexity import tokenize, windows
 
     docs = list(source) if isinstance(source, (list, tuple)) else sources.documents(source, hub=hub)
     if not any(isinstance(d, str) and d.strip() for d in docs):
         raise SuperweightError("the text is empty")
-    return windows(tokenize(lm.tokenizer, docs, max_tokens), seqlen)
+    return windows(tokenize(tokenizer if tokenizer is not None else lm.tokenizer, docs, max_tokens), seqlen)
