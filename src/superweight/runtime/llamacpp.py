@@ -8,8 +8,12 @@ imported module, with llama.cpp's logging silenced (it writes to stderr from C o
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from superweight.errors import SuperweightError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 INSTALL_HINT = ("llama.cpp features need llama-cpp-python: pip install 'superweight[gguf]' "
                 "(builds llama.cpp from source; CMAKE_ARGS=-DGGML_NATIVE=OFF gives a portable build)")
@@ -112,8 +116,6 @@ class LlamaCppModel:
     # --- text --------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids as llama.cpp's tokenizer makes them (BOS as the model's metadata says)."""
-        import ctypes
-
         data = text.encode()
         bos = self._lib.llama_vocab_get_add_bos(self._vocab) if add_bos is None else add_bos
         size = len(data) + 8

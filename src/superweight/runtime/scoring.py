@@ -17,7 +17,6 @@ the base's); the perplexity of both and their ratio. One window's logits are in 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
