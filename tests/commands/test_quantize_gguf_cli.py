@@ -90,6 +90,7 @@ def test_control_moves_the_same_overrides_to_a_layer_without_a_super_weight(tiny
     (other,) = layers
     assert moved == {f"blk.{other}.ffn_{x}.weight" for x in ("down", "gate", "up")}
     assert all(k[n] == "Q8_0" for n in moved)
+    assert {n for n in c if c[n] != s[n]} == {f"blk.{LAYER}.ffn_{x}.weight" for x in ("down", "gate", "up")}
     assert _ffn(s, other) == _ffn(s, LAYER)  # the control layer's stock types are the super weight layer's
     assert control.stat().st_size == circuit.stat().st_size
 
