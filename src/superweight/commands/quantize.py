@@ -255,7 +255,7 @@ def run(args) -> int:
 
 def _run_gguf(args, plan) -> int:
     from superweight._io import result_header
-    from superweight.quantize.gguf import quantize_to_gguf
+    from superweight.quantize.api import export
     from superweight.report.tables import gguf_tables
 
     lm = load_from_args(args)
@@ -268,8 +268,7 @@ def _run_gguf(args, plan) -> int:
                                    + (", ".join(s.label() for s in sws) or "none found"), markup=False)
     err = console(stderr=True)
     with err.status(f"quantizing with llama.cpp ({config.label()})…"):
-        run = quantize_to_gguf(lm, config, sws, args.save, force=args.force, score=plan["score"],
-                               n_threads=args.threads)
+        run = export(lm, config, sws, args.save, force=args.force, score=plan["score"], n_threads=args.threads)
     for note in run.result.notes + ([run.result.manifest["note"]] if run.result.manifest.get("note") else []):
         err.print(f"note: {note}", markup=False)
     err.print(f"wrote {run.result.path}", markup=False)
@@ -303,11 +302,15 @@ def _run_single(lm, args, config, sws, settings):
 
     err = console(stderr=True)
     if settings is None:
-        with err.status(f"quantizing ({config.label()})…"), quantized(lm, config, sws) as report:
+        from superweight.quantize.api import export
+
+        with err.status(f"quantizing ({config.label()})…"):
             if args.save:
-                out = save_checkpoint(lm, args.save, quantization_manifest(lm, config, report), force=args.force)
-                err.print(f"saved the quantized model to {out}")
-        return None, report
+                report = export(lm, config, sws, args.save, force=args.force)
+                err.print(f"saved the quantized model to {args.save}")
+                return None, report
+            with quantized(lm, config, sws) as report:
+                return None, report
     with _progress(lm, {"configs": [config]}, settings) as progress:
         evaluator = settings.evaluator(progress.on_event)
         progress.stage("as loaded")
