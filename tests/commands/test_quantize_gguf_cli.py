@@ -29,13 +29,19 @@ def own_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
+def tiny(tmp_path_factory):
     from superweight.testing import plant_super_weight, tiny_model
-    from superweight.testing_gguf import write_gguf
 
     model = tiny_model("llama", **TINY)
     plant_super_weight(model, LAYER, ROW, COL, weight=20.0, input_scale=30.0)
-    return write_gguf(model, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", qtype="F32")
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny, tmp_path_factory):
+    from superweight.testing_gguf import write_gguf
+
+    return write_gguf(tiny, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", qtype="F32")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +134,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tiny_gguf, tmp_path, capsy
         argv.remove("--no-eval")
     assert main(argv + extra) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err  # (a first run also converts)
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file left
 
 
@@ -157,3 +164,45 @@ def test_eval_llamacpp_bad_input(tiny_gguf, tmp_path, capsys):
     assert "zero-shot --tasks run in PyTorch" in capsys.readouterr().err
     assert main(["eval", str(tiny_gguf), "--reference", str(tiny_gguf), "--tasks", "none", "--ppl", "wiki"]) == 2
     assert "add --runtime llama.cpp" in capsys.readouterr().err
+
+
+def test_without_the_pin_llamacpp_shifts_later_layers(tiny_gguf, tmp_path):
+    """--no-pin leaves llama.cpp's counter alone: protecting layer 1 moves layer 2's ffn_down."""
+    pinned, free, stock = tmp_path / "pinned.gguf", tmp_path / "free.gguf", tmp_path / "stock.gguf"
+    assert _quantize(tiny_gguf, stock) == 0
+    assert _quantize(tiny_gguf, pinned, "--protect", "weight") == 0
+    assert _quantize(tiny_gguf, free, "--protect", "weight", "--no-pin") == 0
+    s, p, f = _types(stock), _types(pinned), _types(free)
+    assert p["blk.2.ffn_down.weight"] == s["blk.2.ffn_down.weight"]
+    assert {n for n in f if f[n] != s[n]} - {n for n in p if p[n] != s[n]}  # something else moved
+
+
+def test_an_importance_matrix_is_computed_and_recorded(tiny_gguf, text, tmp_path):
+    out = tmp_path / "im.gguf"
+    assert _quantize(tiny_gguf, out, "--imatrix", str(text), "--imatrix-tokens", "512",
+                     "--json", str(tmp_path / "r.json")) == 0
+    manifest = json.loads((tmp_path / "r.json").read_text())["manifest"]
+    assert manifest["imatrix"] and str(text) in json.dumps(manifest)
+
+
+def test_eval_against_a_pytorch_reference(tiny, tiny_gguf, text, tmp_path):
+    """--reference that is not a .gguf runs in PyTorch: the same weights give a near-zero KLD."""
+    from superweight.testing import save_model
+
+    folder = tmp_path / "ref"
+    save_model(tiny, folder)
+    assert main(["eval", str(tiny_gguf), "--runtime", "llama.cpp", "--ppl", str(text), "--seqlen", "64",
+                 "--max-tokens", "512", "--reference", str(folder), "--json", str(tmp_path / "e.json")]) == 0
+    r = json.loads((tmp_path / "e.json").read_text())["texts"][str(text)]
+    assert r["kld_mean"] < 1e-3 and r["same_top"] > 0.95
+
+
+def test_no_super_weight_protects_nothing_and_says_so(tiny_gguf, tmp_path):
+    from superweight.model import load_model
+    from superweight.quantize.api import export
+    from superweight.quantize.gguf import GGUFQuantConfig
+
+    lm = load_model(str(tiny_gguf), quiet=True)
+    run = export(lm, GGUFQuantConfig("Q4_K_M", protect="circuit"), [], tmp_path / "none.gguf")
+    assert run.result.overrides == [] and run.result.summary()["protected"] == []
+    assert any("protects nothing" in n for n in run.result.notes)
