@@ -158,7 +158,7 @@ def test_empty_imatrix_text_and_existing_or_input_outputs(tiny_gguf, tmp_path, c
 
 
 def test_eval_llamacpp_bad_input(tiny_gguf, tmp_path, capsys):
-    assert main(["eval", str(tmp_path), "--runtime", "llama.cpp"]) == 2
+    assert main(["eval", str(tmp_path), "--runtime", "llama.cpp"]) == 2  # a folder: not a GGUF (an alias is)
     assert "is not one" in capsys.readouterr().err
     assert main(["eval", str(tiny_gguf), "--runtime", "llama.cpp", "--tasks", "piqa"]) == 2
     assert "zero-shot --tasks run in PyTorch" in capsys.readouterr().err

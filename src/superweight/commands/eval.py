@@ -48,25 +48,27 @@ def _run_llamacpp(args) -> int:
     from superweight._io import result_header
     from superweight.evaluate.llamacpp import DEFAULT_MAX_TOKENS, DEFAULT_SEQLEN, evaluate_gguf
     from superweight.evaluate.settings import EvalSettings
-    from superweight.model import load_model
     from superweight.report.tables import llamacpp_eval_tables
 
     if args.tasks and args.tasks.strip().lower() != "none":
         raise SuperweightError("zero-shot --tasks run in PyTorch (lm-eval drives the model); llama.cpp "
                                "evaluates perplexity (--ppl) and KL divergence (--reference)")
-    if not str(args.model).lower().endswith(".gguf"):
+    from superweight.runtime.detect import gguf_of
+
+    path, _ = gguf_of(str(args.model))  # a .gguf path, or the built-in alias's file
+    if path is None:
         raise SuperweightError(f"--runtime llama.cpp runs a .gguf file; {args.model!r} is not one")
     texts = parse_list(args.ppl, str, "text") if args.ppl else ["wiki"]
     settings = EvalSettings(tasks=(), ppl=tuple(texts), max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
                             seqlen=args.seqlen or DEFAULT_SEQLEN, hub=args.hub).checked()
     reference = args.reference
     if reference and not reference.lower().endswith(".gguf"):
-        reference = load_model(reference, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        reference = load_from_args(args, reference)  # the model flags (dtype, budget, ...) apply to it
     elif reference and not Path(reference).expanduser().is_file():
         raise SuperweightError(f"no GGUF file at {reference}")
     err = console(stderr=True)
     with err.status("llama.cpp: scoring…") as status:
-        result = evaluate_gguf(args.model, settings.ppl, reference=reference, seqlen=settings.seqlen,
+        result = evaluate_gguf(path, settings.ppl, reference=reference, seqlen=settings.seqlen,
                                max_tokens=settings.max_tokens, hub=settings.hub, n_threads=args.threads,
                                on_text=lambda t: status.update(f"llama.cpp: scoring {t}…"))
     show_tables(args, llamacpp_eval_tables(result))

@@ -674,7 +674,9 @@ class EngineChoice:
         return {"engine": self.engine, "reason": self.reason, "gguf": str(self.gguf) if self.gguf else None}
 
 
-def _gguf_of(ref: str) -> tuple[Path | None, str | None]:
+def gguf_of(ref: str) -> tuple[Path | None, str | None]:
+    """(the GGUF file a reference names — a built-in alias's or a `.gguf` path — and the alias's hub
+    id), or (None, None) for any other reference."""
     from superweight.model.load import ALIASES, alias_gguf
 
     if ref in ALIASES:
@@ -709,7 +711,7 @@ def choose_engine(ref: str, requested: str = "auto", *, no_cache: bool = False, 
         return EngineChoice("torch", "asked (--engine torch)")
     is_file = ref.lower().endswith(".gguf")
     if requested == ENGINE or (requested == "auto" and no_cache):
-        path, model_id = _gguf_of(ref)
+        path, model_id = gguf_of(ref)
         if path is None:
             raise SuperweightError(f"the llama.cpp engine runs a .gguf file or a built-in alias; {ref!r} is neither")
         if torch_only:
