@@ -49,6 +49,26 @@ def output_path_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def check_output_file(path: str | os.PathLike, force: bool, inputs: tuple = ()) -> Path:
+    """Refuse, before any work, a file output that cannot be written (`output_path_problem`), that
+    is one of the `inputs` (paths; references that are not files are skipped), or that exists
+    without `force`. Returns the expanded path."""
+    from superweight.errors import SuperweightError
+
+    path = Path(path).expanduser()
+    problem = output_path_problem(path)
+    if problem:
+        raise SuperweightError(problem)
+    for item in inputs:
+        source = Path(item).expanduser() if item else None
+        if source is not None and source.is_file() and (
+                source.resolve() == path.resolve() or (path.exists() and os.path.samefile(path, source))):
+            raise SuperweightError(f"the output {str(path)!r} is the input; choose another file")
+    if path.exists() and not force:
+        raise SuperweightError(f"{str(path)!r} exists; choose another file or replace it (--force)")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` and rename the result onto `path`; nothing is left on failure."""
     from superweight.errors import SuperweightError

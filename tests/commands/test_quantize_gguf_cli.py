@@ -148,9 +148,9 @@ def test_empty_imatrix_text_and_existing_or_input_outputs(tiny_gguf, tmp_path, c
     assert "empty" in capsys.readouterr().err and not out.exists()
     out.write_bytes(b"keep me")
     assert main(base + ["--save", str(out)]) == 2
-    assert "exists; give --force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert "exists; choose another file or replace it (--force)" in capsys.readouterr().err and out.read_bytes() == b"keep me"
     assert main(base + ["--save", str(tiny_gguf), "--force"]) == 2
-    assert "is the input model" in capsys.readouterr().err
+    assert "is the input" in capsys.readouterr().err
     assert main(base + ["--save", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert main(["quantize", str(tiny_gguf), "--format", "gguf", "--no-eval"]) == 2

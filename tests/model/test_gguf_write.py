@@ -226,7 +226,7 @@ def tiny_lm():
 def test_existing_output_needs_force(tmp_path, tiny_lm):
     out = tmp_path / "m.gguf"
     out.write_bytes(b"keep me")
-    with pytest.raises(SuperweightError, match="exists; choose a new file or pass force") as info:
+    with pytest.raises(SuperweightError, match="exists; choose another file or replace it") as info:
         write_gguf(tiny_lm, out)
     assert "\n" not in str(info.value) and out.read_bytes() == b"keep me"
     write_gguf(tiny_lm, out, force=True)

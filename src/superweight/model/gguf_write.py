@@ -47,6 +47,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from superweight._io import check_output_file
 from superweight.errors import SuperweightError
 
 DTYPES = ("F32", "F16", "BF16")
@@ -115,10 +116,10 @@ def write_gguf(source, path: str | os.PathLike, *, dtype: str = "F32", force: bo
         if src.is_dir():
             raise SuperweightError(f"{str(src)!r} is a folder, not a GGUF file; load the model "
                                    "(superweight.model.load_model) and write the loaded model")
-        _check_output(path, force, src)
+        check_output_file(path, force, (src,))
         plan = _gguf_source(src, dtype)
     else:
-        _check_output(path, force, source_gguf_file(source))
+        check_output_file(path, force, (source_gguf_file(source),))
         plan = _hf_source(source, dtype)
     _write(plan, path)
     result = plan.result
@@ -653,18 +654,6 @@ def source_gguf_file(lm) -> Path | None:
 
 # --- writing -----------------------------------------------------------------------------------
 
-def _check_output(path: Path, force: bool, source: Path | None) -> None:
-    from superweight._io import output_path_problem
-
-    problem = output_path_problem(path)
-    if problem:
-        raise SuperweightError(problem)
-    if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
-        raise SuperweightError(f"the output {str(path)!r} is the input; choose another file")
-    if path.exists() and not force:
-        raise SuperweightError(f"{str(path)!r} exists; choose a new file or pass force (--force) to replace it")
-
-
 def gguf_writer(path: str | os.PathLike, arch: str):
     """A `gguf.GGUFWriter` that also writes an empty array, as the format allows (type, count 0):
     gguf-py refuses one, but llama.cpp needs some keys present even when empty (the merges of a
@@ -683,8 +672,6 @@ def gguf_writer(path: str | os.PathLike, arch: str):
 
 def _write(plan: _Plan, path: Path) -> None:
     """Tensor infos first, then each tensor's data, into a temporary file renamed onto `path`."""
-    import gguf
-
     from superweight._io import atomic_write
 
     need = plan.nbytes() + SPARE_BYTES

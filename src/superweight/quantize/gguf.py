@@ -126,18 +126,11 @@ class GGUFQuantResult:
 
 
 def check_output_file(out: str | Path, force: bool, sources: Sequence[str] = ()) -> Path:
-    """Refuse, before any work, an output that exists (without `force`), is a folder, is one of the
-    `sources` (model references), or whose folder does not exist."""
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise SuperweightError(f"{out} is a folder; --save takes the GGUF file to write")
-    if not out.parent.is_dir():
-        raise SuperweightError(f"the folder {out.parent} does not exist")
-    for ref in sources:
-        if ref and Path(ref).expanduser().exists() and Path(ref).expanduser().resolve() == out.resolve():
-            raise SuperweightError(f"{out} is the input model; write the quantized file elsewhere")
-    if out.exists() and not force:
-        raise SuperweightError(f"{out} exists; give --force to replace it")
+    """The `--save` file, checked before the model loads (see `superweight._io.check_output_file`),
+    and named like a GGUF."""
+    from superweight._io import check_output_file as check
+
+    out = check(out, force, tuple(sources))
     if out.suffix.lower() != ".gguf":
         raise SuperweightError(f"{out} does not end in .gguf")
     return out

@@ -34,6 +34,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from superweight._io import check_output_file
 from superweight.errors import SuperweightError
 
 # llama_ftype names a user may pick (the binding's LLAMA_FTYPE_MOSTLY_<name>; F32 is ALL_F32)
@@ -149,7 +150,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, ftype: str, *,
     if quantized and not allow_requantize:
         raise SuperweightError(f"{src.name} is already quantized ({', '.join(quantized)}); requantizing "
                                "loses quality twice — allow it explicitly (allow_requantize)")
-    _check_paths(src, dst, force)
+    check_output_file(dst, force, (src,))
     _check_space(dst, _size_bound(source, key, overrides + pins))
 
     kv = _manifest_kv(key, overrides, imatrix, imatrix_source, imatrix_chunks, metadata)
@@ -227,18 +228,6 @@ def _check_imatrix(imatrix: dict, source: dict[str, dict]) -> None:
         if len(values) != want:
             raise SuperweightError(f"the importance matrix of {name} has {len(values)} values; "
                                    f"the tensor needs {want}")
-
-
-def _check_paths(src: Path, dst: Path, force: bool) -> None:
-    from superweight._io import output_path_problem
-
-    if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
-        raise SuperweightError(f"the output {dst} is the input; choose another path")
-    problem = output_path_problem(dst)
-    if problem:
-        raise SuperweightError(problem)
-    if dst.exists() and not force:
-        raise SuperweightError(f"{dst} exists; choose another path or overwrite it (force)")
 
 
 def _size_bound(source: dict[str, dict], ftype: str, overrides) -> int:
