@@ -107,7 +107,9 @@ def test_quantize_then_score_in_llamacpp(tiny_gguf, text, tmp_path, capsys):
                  "--protect", "weight", "--save", str(out), "--ppl", str(text), "--seqlen", "64",
                  "--max-tokens", "512", "--json", str(tmp_path / "q.json")]) == 0
     scores = json.loads((tmp_path / "q.json").read_text())["scores"]
-    assert scores[0]["kld_mean"] >= 0 and 0 < scores[0]["same_top"] <= 1 and scores[0]["ppl_ratio"] > 0
+    r = scores["texts"][str(text)]
+    assert scores["runtime"] == "llama.cpp" and scores["reference"].endswith("model-f32.gguf")
+    assert r["kld_mean"] >= 0 and 0 < r["same_top"] <= 1 and r["ppl_ratio"] > 0
     assert "mean KLD" in capsys.readouterr().out
 
 

@@ -53,9 +53,10 @@ def gguf_tokenizer(path: str | Path):
 
 def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, reference=None,
                   seqlen: int = DEFAULT_SEQLEN, max_tokens: int | None = DEFAULT_MAX_TOKENS, hub: bool = False,
-                  n_threads: int | None = None, on_text=None) -> LlamaCppEval:
+                  n_threads: int | None = None, on_text=None, tokenizer=None) -> LlamaCppEval:
     """Perplexity of GGUF `path` in llama.cpp on each text; with `reference` (a GGUF path or a
-    `LoadedModel`) also the KL divergence from it, on the same windows.
+    `LoadedModel`) also the KL divergence from it, on the same windows. The text is tokenized by
+    `tokenizer`, else the reference model's, else the one the GGUF carries.
 
     >>> r = evaluate_gguf("model-Q4_K_M.gguf", ["wiki"], reference="model-f32.gguf")  # doctest: +SKIP
     >>> r.texts["wiki"]["kld_mean"], r.texts["wiki"]["same_top"]  # doctest: +SKIP
@@ -65,7 +66,8 @@ def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, referen
     path = Path(path).expanduser()
     if not path.is_file() or path.suffix.lower() != ".gguf":
         raise SuperweightError(f"--runtime llama.cpp evaluates a .gguf file; {path} is not one")
-    tokenizer = reference.tokenizer if hasattr(reference, "tokenizer") else gguf_tokenizer(path)
+    if tokenizer is None:
+        tokenizer = reference.tokenizer if hasattr(reference, "tokenizer") else gguf_tokenizer(path)
     ref = str(Path(reference).expanduser()) if isinstance(reference, (str, Path)) else reference
     start = time.perf_counter()
     out = LlamaCppEval(str(path), None if reference is None else getattr(reference, "ref", str(reference)),

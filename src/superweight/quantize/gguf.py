@@ -180,30 +180,15 @@ def importance_matrix(lm: LoadedModel, config: GGUFQuantConfig, hub: bool = Fals
     return compute_imatrix(lm, windows)
 
 
-@dataclass
-class GGUFScore:
-    """The quantized file measured in llama.cpp against the unquantized one, on the same windows."""
-
-    source: str  # the text
-    kld: dict  # superweight.runtime.scoring.KLDivergence.to_dict(): ppl, ratio, KLD stats, same top
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, **self.kld}
-
-
 def score_gguf(lm: LoadedModel, path: str | Path, reference: str | Path, sources: Sequence[str] = ("wiki",),
                *, seqlen: int = 512, max_tokens: int | None = 4096, n_threads: int | None = None,
-               hub: bool = False) -> list[GGUFScore]:
+               hub: bool = False):
     """Perplexity and KL divergence of GGUF `path` against GGUF `reference`, both run by llama.cpp, on
-    our evaluator's windows of each text (tokenized by `lm`'s tokenizer; scored as llama-perplexity
-    scores: the second half of each window)."""
-    from superweight.runtime.scoring import kl_divergence, text_windows
+    our evaluator's windows of each text tokenized by `lm`'s tokenizer (`evaluate_gguf`)."""
+    from superweight.evaluate.llamacpp import evaluate_gguf
 
-    out = []
-    for source in sources:
-        windows = text_windows(lm, source, seqlen=seqlen, max_tokens=max_tokens, hub=hub)
-        out.append(GGUFScore(source, kl_divergence(str(path), str(reference), windows, n_threads=n_threads).to_dict()))
-    return out
+    return evaluate_gguf(path, sources, reference=reference, seqlen=seqlen, max_tokens=max_tokens, hub=hub,
+                         n_threads=n_threads, tokenizer=lm.tokenizer)
 
 
 @dataclass
@@ -211,10 +196,10 @@ class GGUFRun:
     """One quantization and, when asked, its scores in llama.cpp."""
 
     result: GGUFQuantResult
-    scores: list[GGUFScore] = field(default_factory=list)
+    scores: object | None = None  # superweight.evaluate.llamacpp.LlamaCppEval
 
     def to_dict(self) -> dict:
-        return {**self.result.to_dict(), "scores": [s.to_dict() for s in self.scores]}
+        return {**self.result.to_dict(), "scores": self.scores.to_dict() if self.scores else None}
 
 
 def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Sequence[SuperWeight],

@@ -431,13 +431,7 @@ def gguf_tables(run, ref: str) -> list[Table]:
     what.notes = [f"{name}: asked {f['asked']}, llama.cpp wrote {f['got']}" for name, f in s["fallbacks"].items()]
     tables = [what]
     if run.scores:
-        t = Table(f"{r.config['type']} against the unquantized (F32) file, both in llama.cpp",
-                  [Column("text")] + [Column(h, "right") for _, h, _ in GGUF_SCORE_COLUMNS])
-        for score in run.scores:
-            t.rows.append([score.source] + gguf_score_cells(score.kld))
-        t.notes = ["scored as llama-perplexity scores: our evaluator's windows, each its own context, "
-                   "the second half of each window counted"]
-        tables.append(t)
+        tables += llamacpp_eval_tables(run.scores)
     return tables
 
 
