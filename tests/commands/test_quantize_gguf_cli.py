@@ -208,3 +208,11 @@ def test_no_super_weight_protects_nothing_and_says_so(tiny_gguf, tmp_path):
     run = export(lm, GGUFQuantConfig("Q4_K_M", protect="circuit"), [], tmp_path / "none.gguf")
     assert run.result.overrides == [] and run.result.summary()["protected"] == []
     assert any("protects nothing" in n for n in run.result.notes)
+
+
+def test_a_gguf_models_patterns_are_checked_before_it_loads(tiny_gguf, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "fresh-cache"))
+    assert _quantize(tiny_gguf, tmp_path / "out.gguf", "--tensor-type", r"blk\.99\.ffn_down=Q8_0") == 2
+    err = capsys.readouterr().err
+    assert "matches no tensor of tiny-f32.gguf" in err and "Converting" not in err
+    assert not (tmp_path / "fresh-cache").exists() and not (tmp_path / "out.gguf").exists()

@@ -192,6 +192,7 @@ def _gguf_plan(args, coords) -> dict:
                              **({"imatrix_tokens": args.imatrix_tokens} if args.imatrix_tokens else {}),
                              control=args.control, pin_stock=not args.no_pin)
     check_output_file(args.save, args.force, sources=(args.model,))
+    _check_patterns(config, args.model)
     score = None
     if not args.no_eval:
         from superweight.evaluate.settings import EvalSettings
@@ -202,6 +203,21 @@ def _gguf_plan(args, coords) -> dict:
         score = {"sources": list(settings.ppl), "seqlen": settings.seqlen, "max_tokens": settings.max_tokens,
                  "hub": settings.hub}
     return {"mode": "gguf", "config": config, "configs": [config], "coords": coords, "score": score}
+
+
+def _check_patterns(config, model: str) -> None:
+    """A GGUF model's tensor names are known before it loads: a pattern that matches none of them is
+    refused now (for other models, once the GGUF is written, still before llama.cpp runs)."""
+    from superweight.runtime.detect import gguf_of
+    from superweight.runtime.quantize import gguf_tensors, matching
+
+    path, _ = gguf_of(str(model))
+    if path is None or not config.tensor_types or not path.is_file():
+        return
+    names = list(gguf_tensors(path))
+    for pattern, _ in config.tensor_types:
+        if not matching(pattern, names):
+            raise SuperweightError(f"tensor pattern {pattern!r} matches no tensor of {path.name}")
 
 
 def _tensor_type(text: str) -> tuple[str, str]:
