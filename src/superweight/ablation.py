@@ -5,7 +5,9 @@ next-token probabilities move when it is pruned) and Figure 6 (scaling it up or 
 Everything here is an intervention from `superweight.interventions` wrapped around an evaluation;
 the evaluation is an `lm -> {"arc_easy": acc, ..., "average": x, "wiki_ppl": y}` callable — usually
 `EvalSettings(...).evaluator()`, which also says what each figure is (`Metric`), so tests can pass a
-cheap one. Results are plain dataclasses with `to_dict()`; `superweight.report` presents them.
+cheap one. The super weights are a `Selection` (or records, "given coordinates"), so a result says
+where they came from. Results are plain dataclasses whose `to_dict()` is the whole result file (header,
+model, evaluation settings, figures); `superweight.report` presents them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric, first_perplexity
 from superweight.evaluate.settings import Evaluator, as_evaluator
 from superweight.interventions import (check_factor, measure_super_activations,
                                        prune, prune_top_k, restore_super_activation, scale)
 from superweight.records import SuperWeight
+from superweight.selection import Selection, as_selection
 
 ORIGINAL, PRUNE_SW, PRUNE_NON_SW, RESTORE_SA = ("Original", "Prune SW", "Prune Non-SW",
                                                 "Prune SW + restore SA")
@@ -65,6 +69,9 @@ class AblationResult:
     k: int
     config: dict = field(default_factory=dict)
     metrics: list[Metric] = field(default_factory=list)  # what the evaluator's figures are
+    model: dict | None = None  # `LoadedModel.describe()`
+    super_weight_source: str | None = None  # `Selection.source`
+    evaluation: dict | None = None  # the evaluator's settings (`EvalSettings.to_dict()`)
 
     def row(self, condition: str) -> Row:
         return next(r for r in self.rows if r.condition == condition)
@@ -74,7 +81,8 @@ class AblationResult:
         return _columns([r.summary for r in self.rows], self.metrics)
 
     def to_dict(self) -> dict:
-        return {"rows": [r.to_dict() for r in self.rows], "k": self.k,
+        return {**_header("ablate", self), "quick": _quick(self.evaluation),
+                "rows": [r.to_dict() for r in self.rows], "k": self.k,
                 "super_weights": [s.to_dict() for s in self.super_weights], "config": self.config,
                 "metrics": [m.to_dict() for m in self.columns()]}
 
@@ -82,11 +90,27 @@ class AblationResult:
     def from_dict(cls, d: dict) -> "AblationResult":
         """A result read back from its JSON (`to_dict()`), e.g. to draw it again."""
         return cls([Row.from_dict(r) for r in d["rows"]], _records(d), d["k"], d.get("config", {}),
-                   [Metric.from_dict(m) for m in d.get("metrics", [])])
+                   [Metric.from_dict(m) for m in d.get("metrics", [])], **_made_by(d))
 
 
 def _records(d: dict) -> list[SuperWeight]:
     return [SuperWeight.from_dict(s) for s in d.get("super_weights", [])]
+
+
+def _header(kind: str, result) -> dict:
+    """The result file's header: versions, command, and what made `result` (model, super weights'
+    source, evaluation settings)."""
+    return result_header(kind, model=result.model, super_weight_source=result.super_weight_source,
+                         evaluation=result.evaluation)
+
+
+def _quick(evaluation: dict | None) -> bool:
+    return bool((evaluation or {}).get("quick"))
+
+
+def _made_by(d: dict) -> dict:
+    return {"model": d.get("model"), "super_weight_source": d.get("super_weight_source"),
+            "evaluation": d.get("evaluation")}
 
 
 def _columns(summaries: Iterable[dict | None], known: Sequence[Metric]) -> list[Metric]:
@@ -109,7 +133,7 @@ def with_activation_sizes(lm, super_weights: Sequence[SuperWeight]) -> list[Supe
     return sws
 
 
-def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable, *, k: int = DEFAULT_K,
+def ablation_table(lm, super_weights: Selection | Sequence, evaluator: Evaluator | Callable, *, k: int = DEFAULT_K,
                    modules: Sequence[str] | None = None,
                    conditions: Sequence[str] = CONDITIONS,
                    on_row: Callable[[str, Row | None], None] | None = None) -> AblationResult:
@@ -124,6 +148,8 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable,
     >>> settings = EvalSettings.from_options(quick=True)  # doctest: +SKIP
     >>> result = ablation_table(lm, resolve_super_weights(lm), settings.evaluator())  # doctest: +SKIP
     >>> result.row("Prune SW").summary["average"]  # doctest: +SKIP
+
+    `super_weights`: a `Selection` (its source is recorded) or records ("given coordinates").
     """
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
@@ -131,7 +157,8 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable,
     if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SuperweightError(f"K must be a positive whole number of weights, got {k!r}")
     evaluator = as_evaluator(evaluator)
-    sws = lm.view.check(super_weights)
+    selection = as_selection(super_weights)
+    sws = lm.view.check(selection.super_weights)
     if PRUNE_NON_SW in conditions:  # validate K (and the module globs) before any evaluation is spent
         from superweight.interventions import top_k_weights
         top_k_weights(lm.view, k, sws, modules)
@@ -148,7 +175,8 @@ def ablation_table(lm, super_weights: Sequence, evaluator: Evaluator | Callable,
         rows.append(row)
         if on_row:
             on_row(condition, row)
-    return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None}, evaluator.metrics)
+    return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None}, evaluator.metrics,
+                          lm.describe(), selection.source, evaluator.settings)
 
 
 def _run_row(lm, condition: str, sws, evaluator: Evaluator, k: int, modules) -> Row:
@@ -178,6 +206,9 @@ class ScaleResult:
     best_by: str  # the metric that picks the best factor
     seconds: list[float] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)  # what the evaluator's figures are
+    model: dict | None = None  # `LoadedModel.describe()`
+    super_weight_source: str | None = None  # `Selection.source`
+    evaluation: dict | None = None  # the evaluator's settings (`EvalSettings.to_dict()`)
 
     @property
     def best(self) -> float:
@@ -197,7 +228,8 @@ class ScaleResult:
         return _columns(self.summaries, self.metrics)
 
     def to_dict(self) -> dict:
-        return {"factors": self.factors, "summaries": self.summaries, "best_factor": self.best,
+        return {**_header("scale", self), "quick": _quick(self.evaluation),
+                "factors": self.factors, "summaries": self.summaries, "best_factor": self.best,
                 "best_by": self.best_by, "seconds": self.seconds,
                 "super_weights": [s.to_dict() for s in self.super_weights],
                 "metrics": [m.to_dict() for m in self.columns()]}
@@ -205,7 +237,7 @@ class ScaleResult:
     @classmethod
     def from_dict(cls, d: dict) -> "ScaleResult":
         return cls(list(d["factors"]), list(d["summaries"]), _records(d), d["best_by"], list(d.get("seconds", [])),
-                   [Metric.from_dict(m) for m in d.get("metrics", [])])
+                   [Metric.from_dict(m) for m in d.get("metrics", [])], **_made_by(d))
 
 
 def parse_factors(factors: Iterable) -> list[float]:
@@ -215,17 +247,20 @@ def parse_factors(factors: Iterable) -> list[float]:
     return list(dict.fromkeys(out))
 
 
-def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evaluator | Callable,
+def scale_sweep(lm, super_weights: Selection | Sequence, factors: Iterable, evaluator: Evaluator | Callable,
                 on_factor: Callable[[float, dict | None], None] | None = None) -> ScaleResult:
     """Evaluate the model with its super weights multiplied by each factor (1 = as it is). The best
     factor is the highest average accuracy, else the lowest perplexity, else the highest accuracy.
 
     >>> r = scale_sweep(lm, sws, [0, 1, 2], EvalSettings.from_options(quick=True).evaluator())  # doctest: +SKIP
     >>> r.best  # doctest: +SKIP
+
+    `super_weights`: a `Selection` (its source is recorded) or records ("given coordinates").
     """
     factors = parse_factors(factors)
     evaluator = as_evaluator(evaluator)
-    sws = lm.view.check(super_weights)
+    selection = as_selection(super_weights)
+    sws = lm.view.check(selection.super_weights)
     if not sws:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to scale (give coordinates)")
     summaries, seconds = [], []
@@ -243,7 +278,8 @@ def scale_sweep(lm, super_weights: Sequence, factors: Iterable, evaluator: Evalu
             or next((m for m in cols if m.is_accuracy), None))
     if best is None:
         raise SuperweightError("the evaluation returned neither an accuracy nor a perplexity")
-    return ScaleResult(factors, summaries, sws, best.name, seconds, evaluator.metrics)
+    return ScaleResult(factors, summaries, sws, best.name, seconds, evaluator.metrics, lm.describe(),
+                       selection.source, evaluator.settings)
 
 
 # --- Figure 5: stopwords -------------------------------------------------------------------------
@@ -293,9 +329,14 @@ class StopwordResult:
     groups: dict[str, dict]  # "stopwords" / "punctuation" → {"original", "pruned", "ratio", "tokens"}
     named: list[TokenShift]  # the paper's examples: "the", ".", ","
     seconds: float = 0.0
+    model: dict | None = None  # `LoadedModel.describe()`
+    super_weight_source: str | None = None  # `Selection.source`
+    data: str | None = None  # what the passages are, e.g. "lambada"
 
     def to_dict(self) -> dict:
-        return {"passages": self.passages, "super_weights": [s.to_dict() for s in self.super_weights],
+        return {**result_header("stopwords", model=self.model, super_weight_source=self.super_weight_source,
+                                data=self.data),
+                "passages": self.passages, "super_weights": [s.to_dict() for s in self.super_weights],
                 "rising": [t.to_dict() for t in self.rising], "falling": [t.to_dict() for t in self.falling],
                 "groups": self.groups, "named": [t.to_dict() for t in self.named],
                 "seconds": self.seconds}
@@ -304,7 +345,8 @@ class StopwordResult:
     def from_dict(cls, d: dict) -> "StopwordResult":
         shifts = {k: [TokenShift.from_dict(t) for t in d.get(k, [])] for k in ("rising", "falling", "named")}
         return cls(d["passages"], _records(d), shifts["rising"], shifts["falling"], d.get("groups", {}),
-                   shifts["named"], d.get("seconds", 0.0))
+                   shifts["named"], d.get("seconds", 0.0), d.get("model"), d.get("super_weight_source"),
+                   d.get("data"))
 
 
 def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8,
@@ -350,19 +392,21 @@ def _single_tokens(tok, texts: Iterable[str]) -> dict[int, str]:
     return out
 
 
-def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top: int = DEFAULT_TOP,
-                   batch_size: int = 8,
+def stopword_shift(lm, super_weights: Selection | Sequence, passages: Sequence[str], *, top: int = DEFAULT_TOP,
+                   batch_size: int = 8, data: str | None = None,
                    on_step: Callable[[str, int, int], None] | None = None) -> StopwordResult:
     """Figure 5: the average next-token distribution over `passages` (last word removed), with the
     model as it is and with its super weights pruned; tokens rising and falling most; and the total
     probability of standard English stopwords (" the", " of", … as single tokens after a space) and
     of punctuation, before and after. `on_step(what, prompts_done, prompts)` reports each batch
-    ("original", then "pruned").
+    ("original", then "pruned"). `super_weights`: a `Selection` (its source is recorded) or records;
+    `data` names the passages for the record (e.g. "lambada").
 
     >>> r = stopword_shift(lm, sws, lambada_passages(500))  # doctest: +SKIP
     >>> r.groups["stopwords"]["ratio"]  # doctest: +SKIP
     """
-    sws = lm.view.check(super_weights)
+    selection = as_selection(super_weights)
+    sws = lm.view.check(selection.super_weights)
     keys = [sw.key for sw in sws]
     if not keys:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to prune (give coordinates)")
@@ -396,4 +440,4 @@ def stopword_shift(lm, super_weights: Sequence, passages: Sequence[str], *, top:
                         "ratio": p / o if o > 0 else None}
     named = [shift(i, t) for i, t in _single_tokens(tok, [" the", ".", ","]).items()]
     return StopwordResult(len(prompts), sws, rising, falling, groups, named,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, lm.describe(), selection.source, data)

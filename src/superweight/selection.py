@@ -32,6 +32,19 @@ class Selection:
     catalog_id: str | None = None
 
 
+def as_selection(super_weights: "Selection | Iterable | None", source: str = GIVEN) -> Selection:
+    """What a feature records about the super weights it was handed: a `Selection` as it is (its
+    `source` goes into the result file), or records given directly, whose source is `source`
+    ("given coordinates" unless the caller says where they came from). None: an empty selection.
+
+    >>> as_selection([SuperWeight(2, 3, 4)]).source
+    'given coordinates'
+    """
+    if isinstance(super_weights, Selection):
+        return super_weights
+    return Selection(list(super_weights or []), source)
+
+
 def parse_coords(texts: str | Iterable[str]) -> list[SuperWeight]:
     """Coordinates from text: each `L,R,C` or `L,R,C,E`, parentheses allowed, `;` between several;
     a list of such texts (a repeated flag) is read in order. Duplicates are dropped."""

@@ -29,7 +29,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
     from superweight.ablation import CONDITIONS, NO_SUPER_WEIGHT, ablation_table
     from superweight.report.ablation_plots import plot_ablation
     from superweight.report.progress import RunProgress
@@ -49,9 +48,7 @@ def run(args) -> int:
         def on_row(condition, row):
             if row is None:
                 progress.stage(condition)
-        result = ablation_table(lm, selection.super_weights, settings.evaluator(progress.on_event), k=args.k,
+        result = ablation_table(lm, selection, settings.evaluator(progress.on_event), k=args.k,
                                 modules=modules, on_row=on_row)
-    payload = result_header("ablate", model=lm.describe(), super_weight_source=selection.source,
-                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
-    present(ablation_tables(result, title), payload, args, "ablation", lambda p: plot_ablation(result, title, p))
+    present(ablation_tables(result, title), result.to_dict(), args, "ablation", lambda p: plot_ablation(result, title, p))
     return 0

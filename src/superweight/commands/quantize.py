@@ -230,8 +230,6 @@ def _tensor_type(text: str) -> tuple[str, str]:
 # --- running -------------------------------------------------------------------------------------
 
 def run(args) -> int:
-    from superweight._io import result_header
-
     plan = plan_from_args(args)
     if plan["mode"] == "gguf":
         return _run_gguf(args, plan)
@@ -245,51 +243,41 @@ def run(args) -> int:
                                    "or use --method rtn-clip")
         console(stderr=True).print(f"super weights kept ({selection.source}): "
                                    + ", ".join(s.label() for s in selection.super_weights), markup=False)
-    sws = selection.super_weights if selection else []
-    payload = result_header("quantize", model=lm.describe(),
-                            evaluation=settings.to_dict() if settings else None,
-                            super_weight_source=selection.source if selection else None,
-                            super_weights=[s.to_dict() for s in sws])
     if plan["mode"] == "single":
-        result, report = _run_single(lm, args, plan["config"], sws, settings)
-        payload["report"] = report.to_dict()
+        result = _run_single(lm, args, plan["config"], selection, settings)
     else:
-        result = _run_table(lm, plan, sws, settings)
-    if result is not None:
-        payload.update(result.to_dict())
+        result = _run_table(lm, plan, selection, settings)
+    if result.rows:
         _show(args, result, lm, plan)
         if args.plot and plan["mode"] == "sweep":
             from superweight.report.quantize_plots import plot_sweep_metrics
 
             for path in plot_sweep_metrics(result, args.plot, lm.ref):
                 console(stderr=True).print(f"Wrote {path}")
-    else:
-        payload["config"] = plan["config"].to_dict()
-    write_json_arg(args.json, payload)
+    write_json_arg(args.json, result.to_dict())
     return 0
 
 
 def _run_gguf(args, plan) -> int:
-    from superweight._io import result_header
     from superweight.quantize.api import export
     from superweight.report.tables import gguf_tables
 
     lm = load_from_args(args)
     config = plan["config"]
-    sws = []
+    selection = None
     if config.protect != "none":
         selection = select_super_weights(lm, args, plan["coords"], include_late=args.keep_late)
-        sws = selection.super_weights
         console(stderr=True).print(f"super weights protected ({selection.source}): "
-                                   + (", ".join(s.label() for s in sws) or "none found"), markup=False)
+                                   + (", ".join(s.label() for s in selection.super_weights) or "none found"),
+                                   markup=False)
     err = console(stderr=True)
     with err.status(f"quantizing with llama.cpp ({config.label()})…"):
-        run = export(lm, config, sws, args.save, force=args.force, score=plan["score"], n_threads=args.threads)
+        run = export(lm, config, selection, args.save, force=args.force, score=plan["score"], n_threads=args.threads)
     for note in run.result.notes + ([run.result.manifest["note"]] if run.result.manifest.get("note") else []):
         err.print(f"note: {note}", markup=False)
     err.print(f"wrote {run.result.path}", markup=False)
     show_tables(args, gguf_tables(run, lm.ref))
-    write_json_arg(args.json, {**result_header("quantize", model=lm.describe()), **run.to_dict()})
+    write_json_arg(args.json, run.to_dict())
     return 0
 
 
@@ -299,7 +287,7 @@ def _progress(lm, plan, settings):
     return RunProgress(f"{lm.ref}: quantization", len(plan["configs"]) + 1, settings.ppl + settings.tasks)
 
 
-def _run_table(lm, plan, sws, settings):
+def _run_table(lm, plan, selection, settings):
     from superweight.quantize.sweep import run_sweep, run_w8a8
 
     with _progress(lm, plan, settings) as progress:
@@ -307,16 +295,17 @@ def _run_table(lm, plan, sws, settings):
         if plan["mode"] == "w8a8":
             return run_w8a8(lm, evaluator, on_start=progress.stage, **plan["w8a8"])
         return run_sweep(lm, evaluator, plan["bits"], plan["blocks"], plan["methods"], plan["z"],
-                         plan["granularity"], plan["tail"], sws, on_start=progress.stage)
+                         plan["granularity"], plan["tail"], selection, on_start=progress.stage)
 
 
-def _run_single(lm, args, config, sws, settings):
+def _run_single(lm, args, config, selection, settings):
     """One config: the model as loaded and quantized (evaluated unless --no-eval), saved if asked."""
     from superweight.quantize.export import quantization_manifest, save_checkpoint
     from superweight.quantize.sweep import QuantResult, Row, baseline
     from superweight.quantize.weights import quantized
 
     err = console(stderr=True)
+    sws = selection.super_weights if selection else []
     if settings is None:
         from superweight.quantize.api import export
 
@@ -324,9 +313,10 @@ def _run_single(lm, args, config, sws, settings):
             if args.save:
                 report = export(lm, config, sws, args.save, force=args.force)
                 err.print(f"saved the quantized model to {args.save}")
-                return None, report
-            with quantized(lm, config, sws) as report:
-                return None, report
+            else:
+                with quantized(lm, config, sws) as report:
+                    pass
+        return QuantResult.of(lm, [], None, config.to_dict(), selection, report)
     with _progress(lm, {"configs": [config]}, settings) as progress:
         evaluator = settings.evaluator(progress.on_event)
         progress.stage("as loaded")
@@ -340,7 +330,7 @@ def _run_single(lm, args, config, sws, settings):
                 manifest = quantization_manifest(lm, config, report, rows[-1].metrics)
                 out = save_checkpoint(lm, args.save, manifest, force=args.force)
                 progress.log(f"saved the quantized model to {out}")
-    return QuantResult(rows, evaluator.metrics, {"config": config.to_dict()}), report
+    return QuantResult.of(lm, rows, evaluator, {"config": config.to_dict()}, selection, report)
 
 
 def _show(args, result, lm, plan) -> None:

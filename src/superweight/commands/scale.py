@@ -25,7 +25,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
     from superweight.ablation import parse_factors, scale_sweep
     from superweight.report.ablation_plots import plot_scale
     from superweight.report.progress import RunProgress
@@ -39,9 +38,7 @@ def run(args) -> int:
         def on_factor(f, summary):
             if summary is None:
                 progress.stage(f"× {f:g}")
-        result = scale_sweep(lm, selection.super_weights, factors, settings.evaluator(progress.on_event),
+        result = scale_sweep(lm, selection, factors, settings.evaluator(progress.on_event),
                              on_factor=on_factor)
-    payload = result_header("scale", model=lm.describe(), super_weight_source=selection.source,
-                            evaluation=settings.to_dict(), quick=args.quick, **result.to_dict())
-    present(scale_tables(result, title), payload, args, "scale", lambda p: plot_scale(result, title, p))
+    present(scale_tables(result, title), result.to_dict(), args, "scale", lambda p: plot_scale(result, title, p))
     return 0

@@ -31,7 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
     from superweight.ablation import stopword_shift
     from superweight.evaluate import lambada_passages
     from superweight.report.ablation_plots import plot_stopwords
@@ -49,10 +48,8 @@ def run(args) -> int:
             progress.done(f"batch {-(-done // args.batch_size)}", f"{done}/{total} passages")
             if what == "original" and done == total:
                 progress.stage("pruned")
-        result = stopword_shift(lm, selection.super_weights, passages, top=args.top,
-                                batch_size=args.batch_size, on_step=on_step)
-    payload = result_header("stopwords", model=lm.describe(), super_weight_source=selection.source,
-                            data="lambada", **result.to_dict())
+        result = stopword_shift(lm, selection, passages, top=args.top, batch_size=args.batch_size,
+                                data="lambada", on_step=on_step)
     title = f"{lm.ref}: next-token probabilities with the super weights pruned (Figure 5)"
-    present(stopword_tables(result), payload, args, "stopwords", lambda p: plot_stopwords(result, title, p))
+    present(stopword_tables(result), result.to_dict(), args, "stopwords", lambda p: plot_stopwords(result, title, p))
     return 0

@@ -41,6 +41,7 @@ class EvalSettings:
     seqlen: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     hub: bool = False
+    quick: bool = field(default=False, compare=False)  # made from the quick preset (recorded, not used)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(dict.fromkeys(self.tasks)))
@@ -71,7 +72,7 @@ class EvalSettings:
                    limit=limit if limit is not None else base.get("limit"),
                    max_tokens=max_tokens if max_tokens is not None else base.get("max_tokens"),
                    seqlen=seqlen, batch_size=batch_size if batch_size is not None else DEFAULT_BATCH_SIZE,
-                   hub=hub)
+                   hub=hub, quick=quick)
 
     def checked(self) -> "EvalSettings":
         """The same settings after `preflight`: unknown names and unfetched data fail now, in a
@@ -96,7 +97,7 @@ class EvalSettings:
 
     def evaluator(self, on_event: Event | None = None) -> "Evaluator":
         """`lm -> summary` with these settings, for the ablations and the quantization sweeps."""
-        return Evaluator(lambda lm: self.run(lm, on_event).summary(), self.metrics(), self.steps)
+        return Evaluator(lambda lm: self.run(lm, on_event).summary(), self.metrics(), self.steps, self.to_dict())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,12 +108,14 @@ class Evaluator:
     """`lm -> {key: value}`, with what each key is and how many progress steps one call reports.
 
     Any callable returning a dict can stand in for one (`as_evaluator`); keys it does not describe
-    are shown as they are and never ranked.
+    are shown as they are and never ranked. `settings` is what results record as their
+    `evaluation` (`EvalSettings.to_dict()`; None for a plain callable).
     """
 
     fn: Callable[[object], Mapping[str, float]]
     metrics: list[Metric] = field(default_factory=list)
     steps: int = 1
+    settings: dict | None = None
 
     def __call__(self, lm) -> dict:
         return dict(self.fn(lm))

@@ -72,8 +72,9 @@ def applied(lm: LoadedModel, config, super_weights: Sequence[SuperWeight] | None
     return handler.apply(lm, config, super_weights)
 
 
-def export(lm: LoadedModel, config, super_weights: Sequence[SuperWeight], out, *, force: bool = False, **options):
-    """Write `lm` quantized with `config` to `out` (the handler's own format); returns its result."""
+def export(lm: LoadedModel, config, super_weights, out, *, force: bool = False, **options):
+    """Write `lm` quantized with `config` to `out` (the handler's own format); returns its result.
+    `super_weights`: records, or a `superweight.selection.Selection` (a result records its source)."""
     handler = handler_for(config)
     if handler.export is None:
         raise SuperweightError(f"{config.label()} is a simulation with nothing to save")
@@ -85,7 +86,10 @@ def _export_fake(lm: LoadedModel, config, super_weights, out, *, force: bool = F
     written to folder `out`; returns the quantization report (the model is restored after)."""
     from superweight.quantize.export import quantization_manifest, save_checkpoint
     from superweight.quantize.weights import quantized
+    from superweight.selection import Selection
 
+    if isinstance(super_weights, Selection):
+        super_weights = super_weights.super_weights
     with quantized(lm, config, super_weights) as report:
         save_checkpoint(lm, out, quantization_manifest(lm, config, report, metrics), force=force)
     return report

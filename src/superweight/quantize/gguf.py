@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.model.load import LoadedModel
 from superweight.records import SuperWeight
+from superweight.selection import Selection, as_selection
 
 PROTECT_MODES = ("none", "weight", "circuit")
 DEFAULT_TYPE = "Q4_K_M"
@@ -193,16 +195,23 @@ def score_gguf(lm: LoadedModel, path: str | Path, reference: str | Path, sources
 
 @dataclass
 class GGUFRun:
-    """One quantization and, when asked, its scores in llama.cpp."""
+    """One quantization and, when asked, its scores in llama.cpp; with what made it (the model, where
+    the protected super weights came from, the scoring settings): `to_dict()` is the result file."""
 
     result: GGUFQuantResult
     scores: object | None = None  # superweight.evaluate.llamacpp.LlamaCppEval
+    model: dict | None = None  # `LoadedModel.describe()`
+    super_weight_source: str | None = None  # `Selection.source`; None: none were given
+    evaluation: dict | None = None  # `score`: the texts, seqlen, max_tokens scored in llama.cpp
 
     def to_dict(self) -> dict:
-        return {**self.result.to_dict(), "scores": self.scores.to_dict() if self.scores else None}
+        return {**result_header("quantize", model=self.model, super_weight_source=self.super_weight_source,
+                                evaluation=self.evaluation),
+                **self.result.to_dict(), "scores": self.scores.to_dict() if self.scores else None}
 
 
-def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Sequence[SuperWeight],
+def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig,
+                     super_weights: Selection | Sequence[SuperWeight] | None,
                      out: str | Path, *, force: bool = False, f32: str | Path | None = None,
                      imatrix: dict | None = None, n_threads: int | None = None,
                      score: dict | None = None, stock_types: dict[str, str] | None = None) -> GGUFRun:
@@ -215,10 +224,13 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Se
     default both are made here (the F32 file in a temporary folder beside `out`, removed after).
     With overrides and `config.pin_stock`, the stock file's types pin every other tensor:
     `stock_types` gives them (same type and imatrix), else a stock quantization is made first.
-    Nothing is written at `out` unless the whole quantization succeeds.
+    Nothing is written at `out` unless the whole quantization succeeds. `super_weights`: a
+    `Selection` (its source is recorded) or records.
     """
     from superweight.runtime.quantize import gguf_tensors, quantize_gguf
 
+    selection = as_selection(super_weights) if super_weights is not None else None
+    super_weights = selection.super_weights if selection else []
     out = Path(out).expanduser()
     notes: list[str] = []
     if config.protect != "none" and not super_weights:
@@ -245,7 +257,9 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig, super_weights: Se
                                  imatrix_source=config.imatrix, nthread=n_threads, force=force,
                                  metadata=metadata, pin_types=pins,
                                  pinned_from=f"stock {config.type}" if pins else None)
-        run = GGUFRun(GGUFQuantResult(config.to_dict(), str(out), list(super_weights), overrides, manifest, notes))
+        run = GGUFRun(GGUFQuantResult(config.to_dict(), str(out), list(super_weights), overrides, manifest, notes),
+                      model=lm.describe(), super_weight_source=selection.source if selection else None,
+                      evaluation=dict(score) if score is not None else None)
         if score is not None:
             run.scores = score_gguf(lm, out, f32, n_threads=n_threads, **score)
     return run

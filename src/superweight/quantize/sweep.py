@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric
 from superweight.evaluate.settings import Evaluator, as_evaluator
 from superweight.model.load import LoadedModel
 from superweight.quantize.w8a8 import W8A8_METHODS
 from superweight.records import SuperWeight
+from superweight.selection import Selection, as_selection
 
 SWEEP_METHODS = ("rtn", "rtn-clip", "superweight")
 BASELINE, WEIGHT, W8A8 = "baseline", "weight", "w8a8"
@@ -56,11 +58,30 @@ class Row:
 
 @dataclass
 class QuantResult:
-    """Rows of one quantization run, the metrics that describe their figures, and its settings."""
+    """Rows of one quantization run, the metrics that describe their figures, and its settings; and
+    what made it (the model, the evaluation settings, the super weights kept and where they came
+    from; for one config, its quantization report), so that `to_dict()` is the whole result file.
+    `QuantResult.of` records them."""
 
     rows: list[Row]
     known_metrics: list[Metric] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    model: dict | None = None  # `LoadedModel.describe()`
+    evaluation: dict | None = None  # the evaluator's settings (`EvalSettings.to_dict()`)
+    super_weight_source: str | None = None  # `Selection.source`; None: no super weight was kept
+    super_weights: list[SuperWeight] = field(default_factory=list)
+    report: object | None = None  # one config's `QuantReport` (what was quantized and kept)
+
+    @classmethod
+    def of(cls, lm: LoadedModel, rows: list[Row], evaluate: Evaluator | Callable | None, config: dict,
+           super_weights: Selection | Sequence[SuperWeight] | None = None, report=None) -> "QuantResult":
+        """A result that records what made it: `lm`'s description, `evaluate`'s settings and metrics
+        (None: nothing was evaluated) and the super weights kept (a `Selection` or records)."""
+        evaluate = as_evaluator(evaluate) if evaluate is not None else None
+        selection = as_selection(super_weights) if super_weights is not None else None
+        return cls(rows, evaluate.metrics if evaluate else [], config, lm.describe(),
+                   evaluate.settings if evaluate else None, selection.source if selection else None,
+                   list(selection.super_weights) if selection else [], report)
 
     def metrics(self) -> list[Metric]:
         """The numeric figures of the rows, described and in table order."""
@@ -95,11 +116,17 @@ class QuantResult:
     def from_dict(cls, d: dict) -> "QuantResult":
         """A result read back from its JSON (`to_dict()`), e.g. to draw it again."""
         return cls([Row.from_dict(r) for r in d["rows"]], [Metric.from_dict(m) for m in d.get("metrics", [])],
-                   d.get("config", {}))
+                   d.get("config", {}), d.get("model"), d.get("evaluation"), d.get("super_weight_source"),
+                   [SuperWeight.from_dict(s) for s in d.get("super_weights", [])])
 
     def to_dict(self) -> dict:
-        out = {"config": self.config, "metrics": [m.to_dict() for m in self.metrics()],
-               "rows": [r.to_dict() for r in self.rows]}
+        out = {**result_header("quantize", model=self.model, evaluation=self.evaluation,
+                               super_weight_source=self.super_weight_source,
+                               super_weights=[s.to_dict() for s in self.super_weights])}
+        if self.report is not None:
+            out["report"] = self.report.to_dict()
+        out.update({"config": self.config, "metrics": [m.to_dict() for m in self.metrics()],
+                    "rows": [r.to_dict() for r in self.rows]})
         share = self.share_kept()
         if share:
             out["share_kept"] = share
@@ -202,10 +229,11 @@ def share_kept(naive: float, smooth: float, ours: float) -> float | None:
 
 def run_sweep(lm: LoadedModel, evaluate: Evaluator | Callable, bits: Sequence[int], blocks: Sequence[int],
               methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
-              tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
+              tail: str = "ragged", super_weights: Selection | Sequence[SuperWeight] | None = None,
               on_start: Callable[[str], None] | None = None,
               on_row: Callable[[Row], None] | None = None) -> QuantResult:
-    """Figure 7: the model as loaded, then every method × bits × block size, as one result."""
+    """Figure 7: the model as loaded, then every method × bits × block size, as one result.
+    `super_weights` (kept by the methods that keep them): a `Selection`, or records."""
     evaluate = as_evaluator(evaluate)
     sweep_configs(bits, blocks, methods, z, granularity, tail)
     if on_start:
@@ -213,11 +241,11 @@ def run_sweep(lm: LoadedModel, evaluate: Evaluator | Callable, bits: Sequence[in
     rows = [baseline(lm, evaluate)]
     if on_row:
         on_row(rows[0])
-    rows += weight_sweep(lm, evaluate, bits, blocks, methods, z, granularity, tail, super_weights,
-                         on_start, on_row)
+    sws = as_selection(super_weights).super_weights if super_weights is not None else None
+    rows += weight_sweep(lm, evaluate, bits, blocks, methods, z, granularity, tail, sws, on_start, on_row)
     config = {"bits": list(bits), "blocks": list(blocks), "methods": list(methods), "z": z,
               "granularity": granularity, "tail": tail}
-    return QuantResult(rows, evaluate.metrics, config)
+    return QuantResult.of(lm, rows, evaluate, config, super_weights)
 
 
 def run_w8a8(lm: LoadedModel, evaluate: Evaluator | Callable, methods: Sequence[str] = tuple(W8A8_METHODS),
@@ -232,4 +260,4 @@ def run_w8a8(lm: LoadedModel, evaluate: Evaluator | Callable, methods: Sequence[
     if on_row:
         on_row(rows[0])
     rows += w8a8_table(lm, evaluate, methods, on_start, on_row, **settings)
-    return QuantResult(rows, evaluate.metrics, {"methods": list(methods), **settings})
+    return QuantResult.of(lm, rows, evaluate, {"methods": list(methods), **settings})
