@@ -12,6 +12,7 @@ weight makes it, with the early super weight candidates zeroed, if there are any
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from superweight.errors import SuperweightError
 from superweight.detect import DEFAULT_PROMPT, DetectConfig, DetectionResult, detect, encode, layer_stats
@@ -102,4 +103,38 @@ def trace_with(scan, detection: DetectionResult, prompt: str, tokens: list[str])
     return TraceResult(prompt, tokens, act, original, pruned, detection, list(removed), same, weight_made)
 
 
-__all__ = ["TraceResult", "trace", "traced_activation", "residual_scan", "layer_stats"]
+@dataclass
+class TraceRun:
+    """What `superweight trace` reports: one `TraceResult` per prompt, and what made them (the model's
+    description, the engine, detection's settings): `to_dict()` is the result file."""
+
+    traces: list[TraceResult]
+    model: dict | None = None  # `LoadedModel.describe()`, or the llama.cpp engine's description
+    engine: dict | None = None  # which engine ran it and why (`runtime.detect.EngineChoice`)
+    config: DetectConfig | None = None
+
+    def to_dict(self) -> dict:
+        from superweight._io import result_header
+
+        return result_header("trace", model=self.model, engine=self.engine,
+                             config=self.config.to_dict() if self.config else None,
+                             traces=[t.to_dict() for t in self.traces])
+
+
+def trace_prompts(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
+                  config: DetectConfig | None = None, *, choice=None) -> TraceRun:
+    """`trace` each prompt in turn, recorded with the model and `choice` (the `EngineChoice` that
+    picked PyTorch, if any).
+
+    >>> run = trace_prompts(load_model("smollm2-135m"), ["The capital of France is"])  # doctest: +SKIP
+    >>> run.to_dict()["traces"][0]["first_layer"]  # doctest: +SKIP
+    """
+    from superweight.detect import engine_record
+
+    config = config or DetectConfig()
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return TraceRun([trace(lm, p, config) for p in prompts], lm.describe(), engine_record(choice), config)
+
+
+__all__ = ["TraceResult", "TraceRun", "trace", "trace_prompts", "traced_activation", "residual_scan",
+           "layer_stats"]

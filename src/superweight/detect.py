@@ -480,15 +480,21 @@ def find_super_weights(lm: LoadedModel, prompt: str = DEFAULT_PROMPT,
 
 @dataclass
 class DetectionRun:
-    """What `superweight detect` reports: detection, its verification, the catalog comparison."""
+    """What `superweight detect` reports: detection, its verification, the catalog comparison, and what
+    made them (the model's description, the engine that ran it): `to_dict()` is the result file."""
 
     result: DetectionResult
     verification: object | None  # superweight.verify.Verification
     comparison: object  # superweight.catalog.Comparison
     experts: object | None = None  # superweight.moe.SuperExpertResult, for a mixture of experts
+    model: dict | None = None  # `LoadedModel.describe()`, or the llama.cpp engine's description
+    engine: dict | None = None  # which engine ran it and why (`runtime.detect.EngineChoice`), how long
 
     def to_dict(self) -> dict:
-        out = {**self.result.to_dict(), "catalog": self.comparison.to_dict(),
+        from superweight._io import result_header
+
+        out = {**result_header("detect", model=self.model, engine=self.engine),
+               **self.result.to_dict(), "catalog": self.comparison.to_dict(),
                "verification": self.verification.to_dict() if self.verification else None}
         if self.experts is not None:
             out["moe"] = self.experts.to_dict()
@@ -499,12 +505,13 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
                   model_id: str | None = None, text: str | None = None,
                   experts: object | None = None, matters_threshold: float | None = None,
-                  expert_draws: int = 3) -> DetectionRun:
+                  expert_draws: int = 3, choice=None) -> DetectionRun:
     """Detect; with `verify_threshold`, verify every candidate and massive activation causally and
     grade it (`verify.VerdictScale(verify_threshold, matters_threshold)`: needed / matters / not
     needed); compare the early super weights with the catalog entry for `model_id` (default: the model's).
     For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
     with `verify_threshold`, prune them against `expert_draws` sets of random experts (`superweight.moe`).
+    `choice` (a `runtime.detect.EngineChoice`) says why PyTorch runs the model, for the record.
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -528,4 +535,13 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
             massive_floor=config.massive_floor, massive_ratio=config.massive_ratio))
         if verify_threshold is not None and moe.super_experts:
             moe.verification = verify_super_experts(lm, moe.super_experts, text=text, draws=expert_draws)
-    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe)
+    return DetectionRun(result, verification, catalog.compare(model_id or lm.model_id, result.early), moe,
+                        lm.describe(), engine_record(choice))
+
+
+def engine_record(choice=None, **run) -> dict:
+    """The `engine` of a result file: the `EngineChoice` (anything with `to_dict()`, or a dict) that
+    picked the engine, PyTorch when none is given, and what the run adds (e.g. llama.cpp's context)."""
+    if choice is None:
+        return {"engine": "torch", "reason": "a model loaded in PyTorch", "gguf": None, **run}
+    return {**(choice if isinstance(choice, dict) else choice.to_dict()), **run}

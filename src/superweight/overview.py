@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from superweight._io import SCHEMA_VERSION, result_header
 from superweight.errors import SuperweightError
+from superweight.selection import DETECTION, Selection
 from superweight.verify import VERIFY_THRESHOLD, VerdictScale
 
 # result kinds the report can show (the `kind` of a result file's header)
@@ -132,33 +133,27 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     # the trace follows the first prompt; a detection merged over several prompts is not that prompt's
     traced = trace(lm, prompts[0], detect_config, detection=run.result if len(set(prompts)) == 1 else None)
     results = list(included)
-    described = lm.describe()
+    detected = Selection(list(run.result.early), DETECTION)
     if config.ablate:
-        results.append(_ablate(lm, run.result.early, evaluator, described, stage))
+        results.append(_ablate(lm, detected, evaluator, stage))
     if config.quantize:
-        results += _quantize(lm, run.result.early, evaluator, described, config, stage)
-    return Overview(described, run, traced, results, {**config.to_dict(), "detect": detect_config.to_dict()})
+        results += _quantize(lm, detected, evaluator, config, stage)
+    return Overview(lm.describe(), run, traced, results, {**config.to_dict(), "detect": detect_config.to_dict()})
 
 
-def _ablate(lm, super_weights: Sequence, evaluator, described: dict, stage) -> dict:
+def _ablate(lm, selection: Selection, evaluator, stage) -> dict:
     from superweight.ablation import ablation_table
 
     def on_row(condition: str, row) -> None:
         if row is None:  # the condition begins
             stage(condition)
 
-    result = ablation_table(lm, super_weights, evaluator, on_row=on_row)
-    return result_header("ablate", model=described, super_weight_source="detection", **result.to_dict())
+    return ablation_table(lm, selection, evaluator, on_row=on_row).to_dict()
 
 
-def _quantize(lm, super_weights: Sequence, evaluator, described: dict, config: OverviewConfig,
-              stage) -> list[dict]:
+def _quantize(lm, selection: Selection, evaluator, config: OverviewConfig, stage) -> list[dict]:
     from superweight.quantize.sweep import run_sweep, run_w8a8
 
-    sweep = run_sweep(lm, evaluator, [config.bits], list(config.blocks), super_weights=super_weights,
-                      on_start=stage)
+    sweep = run_sweep(lm, evaluator, [config.bits], list(config.blocks), super_weights=selection, on_start=stage)
     w8a8 = run_w8a8(lm, evaluator, on_start=stage)
-    sws = [s.to_dict() for s in super_weights]
-    return [result_header("quantize", model=described, super_weight_source="detection", super_weights=sws,
-                          **sweep.to_dict()),
-            result_header("quantize", model=described, **w8a8.to_dict())]
+    return [sweep.to_dict(), w8a8.to_dict()]

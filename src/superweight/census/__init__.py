@@ -56,7 +56,10 @@ class CensusRun:
         return [e["ref"] for e in self.entries if e["status"] != DONE]
 
     def to_dict(self) -> dict:
-        return {"out_dir": str(self.out_dir), "engine": self.engine, "workers": self.workers,
+        """The census result file (census.json, `census --json`): header, settings, rows."""
+        from superweight._io import result_header
+
+        return {**result_header("census"), "out_dir": str(self.out_dir), "engine": self.engine, "workers": self.workers,
                 "settings": self.config.to_dict(), "settings_key": settings_key(self.config.to_dict()),
                 "ran": self.ran, "skipped": self.skipped, "failed": self.failed,
                 "seconds": round(self.seconds, 3), "rows": self.rows}

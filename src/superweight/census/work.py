@@ -116,7 +116,6 @@ def one_line(e: BaseException) -> str:
 def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
     import torch
 
-    from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.model import load_model
 
@@ -132,9 +131,8 @@ def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
                     layers=config.layers, down_proj=config.down_proj, quiet=True, cache_dtype=config.cache_dtype,
                     max_memory=budget if needs and budget is not None else None)
     run = run_detection(lm, list(config.prompts), config.detect_config(), model_id=lm.model_id,
-                        verify_threshold=config.verify_threshold)
-    engine = _engine(info.ref, config).to_dict()
-    out = {"detect": result_header("detect", model=lm.describe(), engine=engine, **run.to_dict()),
+                        verify_threshold=config.verify_threshold, choice=_engine(info.ref, config))
+    out = {"detect": run.to_dict(),
            "params": sum(p.numel() for p in lm.model.parameters()), "ablation": None}
     if info.kind == "hub" and info.fingerprint is None:
         commit = hub_commit(info.ref)
@@ -142,10 +140,10 @@ def _detect(info: ModelInfo, config: CensusConfig, task: dict) -> dict:
     settings = config.eval_settings()
     if settings is not None:
         from superweight.ablation import ablation_table
+        from superweight.selection import Selection
 
-        result = ablation_table(lm, run.result.early, settings.evaluator())
-        out["ablation"] = result_header("ablate", model=lm.describe(), super_weight_source="detected by this census",
-                                        evaluation=settings.to_dict(), quick=True, **result.to_dict())
+        selection = Selection(list(run.result.early), "detected by this census")
+        out["ablation"] = ablation_table(lm, selection, settings.evaluator()).to_dict()
     return out
 
 

@@ -66,7 +66,6 @@ def run(args) -> int:
 
 
 def _run(args, pool) -> int:
-    from superweight._io import result_header
     from superweight.census import CensusConfig, read_refs, run_census
     from superweight.commands.detect import config_from_args, prompts_from_args
     from superweight.report.census import CensusProgress, census_table, write_outputs
@@ -86,7 +85,7 @@ def _run(args, pool) -> int:
     census = run_census(refs, config, args.out, workers=args.workers, max_memory=args.max_memory,
                         threads=args.threads, retry_failed=args.retry_failed, ray=args.ray, retries=args.retries,
                         on_event=progress.on_event, pool=pool)
-    payload = result_header("census", **census.to_dict())
+    payload = census.to_dict()
     title = f"superweight census: {len(refs)} models"
     if str(args.json) != "-":
         show(console(), [census_table(census.rows, title)])

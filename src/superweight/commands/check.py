@@ -23,9 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
-    from superweight.quantize.check import SURVIVE_RATIO, check_models
-    from superweight.model.checkpoint import read_manifest
+    from superweight.quantize.check import check_copy
     from superweight.report.tables import check_tables
 
     from superweight.commands.detect import engine_from_args
@@ -34,31 +32,18 @@ def run(args) -> int:
     choice = engine_from_args(args, args.other)
     a = load_from_args(args, args.original, share=2 if choice.engine == "torch" else 1)
     selection = select_super_weights(a, args, coords)
-    experts = None
     if choice.engine == "llama.cpp":
-        from superweight.runtime.detect import LlamaCppEngine, check_against_gguf
+        from superweight.runtime.detect import check_gguf_copy
 
-        with LlamaCppEngine(choice.gguf, n_threads=args.threads) as engine:
-            rows = check_against_gguf(a, engine, selection.super_weights, args.prompt)
-            other, manifest = {**engine.describe(), "ref": args.other}, None
-        tables = check_tables(rows, args.original, args.other, SURVIVE_RATIO)
+        result = check_gguf_copy(a, choice.gguf, selection, args.prompt, ref=args.other, n_threads=args.threads,
+                                 choice=choice)
     else:
-        b = load_from_args(args, args.other, share=2)
-        rows = check_models(a, b, selection.super_weights, args.prompt)
-        other, manifest = b.describe(), read_manifest(b.source) if b.kind == "local" else None
-        tables = check_tables(rows, args.original, args.other, SURVIVE_RATIO)
-        if a.view.is_moe:  # a mixture of experts: did the super experts keep their massive output?
-            from superweight.moe import check_super_experts
-            from superweight.report.moe import expert_check_table
+        result = check_copy(a, load_from_args(args, args.other, share=2), selection, args.prompt, choice=choice)
+    tables = check_tables(result.rows, args.original, args.other, result.survive_ratio)
+    if result.super_experts:
+        from superweight.report.moe import expert_check_table
 
-            _, experts = check_super_experts(a, b, args.prompt, survive_ratio=SURVIVE_RATIO)
-            if experts:
-                tables.append(expert_check_table(experts, args.original, args.other))
+        tables.append(expert_check_table(result.super_experts, args.original, args.other))
     show_tables(args, tables)
-    payload = {**result_header("check", original=a.describe(), other=other, engine=choice.to_dict(),
-                               survive_ratio=SURVIVE_RATIO, super_weight_source=selection.source),
-               "other_manifest": manifest, "rows": [r.to_dict() for r in rows]}
-    if experts is not None:
-        payload["super_experts"] = [r.to_dict() for r in experts]
-    write_json_arg(args.json, payload)
-    return 0 if all(r.survives for r in rows) and all(r.survives for r in experts or []) else 1
+    write_json_arg(args.json, result.to_dict())
+    return 0 if result.survives else 1

@@ -136,7 +136,6 @@ def prompts_from_args(args) -> list[str]:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
     from superweight.verify import VerdictScale
@@ -162,7 +161,7 @@ def run(args) -> int:
         run = run_detection(lm, prompts, config, model_id=model_id,
                             verify_threshold=args.verify_threshold if args.verify else None,
                             matters_threshold=args.matters_threshold, experts=experts,
-                            expert_draws=args.expert_draws)
+                            expert_draws=args.expert_draws, choice=choice)
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
@@ -175,9 +174,7 @@ def run(args) -> int:
             png = plot_expert_heatmap(run.experts.profile, f"{lm.ref}: max |expert output| per layer and expert",
                                       args.plot / "expert_maxima.png", marked)
             console(stderr=True).print(f"Plot: {png}", markup=False)
-    if args.json:
-        payload = result_header("detect", model=lm.describe(), engine=choice.to_dict(), **run.to_dict())
-        write_json_arg(args.json, payload)
+    write_json_arg(args.json, run.to_dict())
     return 0
 
 
@@ -200,7 +197,6 @@ def _save_and_plot(args, result, catalog_id: str, ref: str, engine: str, digest:
 
 def _run_llamacpp(args, choice, config, prompts) -> int:
     """`detect` with llama.cpp running the GGUF as it is (`superweight.runtime.detect`)."""
-    from superweight._io import result_header
     from superweight.report.detect_tables import detection_tables
     from superweight.report.tables import show
     from superweight.runtime.detect import run_detection_gguf
@@ -208,17 +204,14 @@ def _run_llamacpp(args, choice, config, prompts) -> int:
     out = console()
     status = "Detecting and verifying" if args.verify else "Detecting"
     with console(stderr=True).status(f"{status} in llama.cpp… ({len(prompts)} prompt(s))"):
-        model, run, info = run_detection_gguf(
+        run = run_detection_gguf(
             choice.gguf, prompts, config, model_id=args.model_id or choice.model_id, n_threads=args.threads,
-            verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold)
-    model["ref"] = args.model
+            verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold,
+            ref=args.model, choice=choice)
     result = run.result
     if str(args.json) != "-":
-        show(out, detection_tables(model, run))
+        show(out, detection_tables(run.model, run))
     _save_and_plot(args, result, args.model_id or choice.model_id or args.model, args.model, " --engine llama.cpp",
-                   f"file sha256 {model['weights_sha256'][:12]}")
-    if args.json:
-        payload = result_header("detect", model=model, engine={**choice.to_dict(), **info.to_dict()},
-                                **run.to_dict())
-        write_json_arg(args.json, payload)
+                   f"file sha256 {run.model['weights_sha256'][:12]}")
+    write_json_arg(args.json, run.to_dict())
     return 0

@@ -45,7 +45,6 @@ def _run_llamacpp(args) -> int:
     """A .gguf run by llama.cpp: perplexity per text, and the KL divergence from --reference."""
     from pathlib import Path
 
-    from superweight._io import result_header
     from superweight.evaluate.llamacpp import DEFAULT_MAX_TOKENS, DEFAULT_SEQLEN, evaluate_gguf
     from superweight.evaluate.settings import EvalSettings
     from superweight.report.tables import llamacpp_eval_tables
@@ -72,5 +71,5 @@ def _run_llamacpp(args) -> int:
                                max_tokens=settings.max_tokens, hub=settings.hub, n_threads=args.threads,
                                on_text=lambda t: status.update(f"llama.cpp: scoring {t}…"))
     show_tables(args, llamacpp_eval_tables(result))
-    write_json_arg(args.json, {**result_header("eval"), **result.to_dict()})
+    write_json_arg(args.json, result.to_dict())
     return 0

@@ -43,7 +43,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
     from superweight.errors import SuperweightError
     from superweight.overview import OverviewConfig, gather, planned_evaluations, read_result
     from superweight.report.page import write_report
@@ -84,10 +83,10 @@ def run(args) -> int:
         err.print("Detecting, verifying and tracing, then evaluating…", markup=False)
         with RunProgress(f"{lm.ref}: report", planned_evaluations(config), settings.ppl + settings.tasks) as pr:
             overview = gather(lm, config, detect_config, settings.evaluator(pr.on_event), on_stage=pr.stage)
-    command = result_header("report").get("command")
-    page = write_report(overview, args.out, command)
+    payload = overview.to_dict()
+    page = write_report(overview, args.out, payload.get("command"))
     err.print(f"Report: {page}", markup=False)  # stdout stays free for `--json -`
-    write_json_arg(args.json, overview.to_dict())
+    write_json_arg(args.json, payload)
     if args.screenshot:
         from superweight.report.browser import screenshot
 

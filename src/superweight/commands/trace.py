@@ -23,26 +23,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from superweight._io import result_header
-    from superweight.activations import trace
+    from superweight.activations import trace_prompts
     from superweight.report.detect_tables import render_trace
 
     config = config_from_args(args)
     prompts = prompts_from_args(args)
     choice = engine_from_args(args)
     out = console()
-    results = []
     if choice.engine == "llama.cpp":
-        from superweight.runtime.detect import LlamaCppEngine, trace_gguf
+        from superweight.runtime.detect import trace_gguf_prompts
 
-        with LlamaCppEngine(choice.gguf, n_threads=args.threads) as engine:
-            for prompt in prompts:
-                results.append(trace_gguf(engine, prompt, config))
-            model = {**engine.describe(), "ref": args.model, "model_id": choice.model_id}
+        run = trace_gguf_prompts(choice.gguf, prompts, config, ref=args.model, model_id=choice.model_id,
+                                 n_threads=args.threads, choice=choice)
     else:
-        lm = load_from_args(args)
-        results = [trace(lm, prompt, config) for prompt in prompts]
-        model = lm.describe()
+        run = trace_prompts(load_from_args(args), prompts, config, choice=choice)
+    results = run.traces
     for t in results:
         if str(args.json) != "-":  # stdout carries the JSON then
             render_trace(out, t)
@@ -56,8 +51,5 @@ def run(args) -> int:
                           args.plot / "residual_maxima.png", t.activation.channel if t.activation else None,
                           t.zeroed_label)
         console(stderr=True).print(f"Plots: {a}, {b}", markup=False)
-    if args.json:
-        payload = result_header("trace", model=model, engine=choice.to_dict(), config=config.to_dict(),
-                                traces=[t.to_dict() for t in results])
-        write_json_arg(args.json, payload)
+    write_json_arg(args.json, run.to_dict())
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from superweight._io import result_header
 from superweight.errors import SuperweightError
 
 DEFAULT_SEQLEN = 512  # llama-perplexity's default context
@@ -33,9 +34,13 @@ class LlamaCppEval:
     texts: dict[str, dict] = field(default_factory=dict)  # text -> scoring.*.to_dict()
     seconds: float = 0.0
     scoring: str = ""
+    hub: bool = False  # the texts came from the Hugging Face hub, not the fetched copies
 
     def to_dict(self) -> dict:
-        return {"runtime": "llama.cpp", "model": self.model, "reference": self.reference, "seqlen": self.seqlen,
+        """The result file of `superweight eval --runtime llama.cpp` (header, what was scored, how)."""
+        config = {"ppl": list(self.texts), "seqlen": self.seqlen, "max_tokens": self.max_tokens, "hub": self.hub,
+                  "reference": self.reference}
+        return {**result_header("eval", config=config), "runtime": "llama.cpp", "model": self.model, "reference": self.reference, "seqlen": self.seqlen,
                 "max_tokens": self.max_tokens, "scoring": self.scoring, "texts": self.texts,
                 "seconds": round(self.seconds, 2)}
 
@@ -71,7 +76,7 @@ def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, referen
     ref = str(Path(reference).expanduser()) if isinstance(reference, (str, Path)) else reference
     start = time.perf_counter()
     out = LlamaCppEval(str(path), None if reference is None else getattr(reference, "ref", str(reference)),
-                       seqlen, max_tokens, scoring=SCORING)
+                       seqlen, max_tokens, scoring=SCORING, hub=hub)
     for text in texts:
         if on_text:
             on_text(text)

@@ -8,7 +8,7 @@ shapes; anything loadable (hub id, folder, .gguf) can be compared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -17,6 +17,7 @@ from superweight.errors import SuperweightError
 from superweight.model.hooks import observe_down_projs
 from superweight.model.load import LoadedModel
 from superweight.records import Record, SuperWeight
+from superweight.selection import DETECTION, Selection, as_selection
 
 SURVIVE_RATIO = 0.5  # the other's super activation keeps at least this share of the original's, same sign
 
@@ -98,6 +99,57 @@ def check_models(original: LoadedModel, other: LoadedModel,
         b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
         rows.append(check_row(sw, a, b, act_a, act_b))
     return rows
+
+
+@dataclass
+class CheckResult:
+    """What `superweight check` reports: one `CheckRow` per super weight (and, for a mixture of
+    experts, one row per super expert), with what was compared and how: `to_dict()` is the result file."""
+
+    original: dict  # `LoadedModel.describe()` of the original
+    other: dict  # ... of the copy (or the llama.cpp engine's description of its file)
+    rows: list[CheckRow]
+    engine: dict | None = None  # what ran the copy and why (`runtime.detect.EngineChoice`)
+    super_weight_source: str | None = None  # `Selection.source`
+    other_manifest: dict | None = None  # the copy's own manifest (a checkpoint `superweight` wrote)
+    super_experts: list | None = None  # superweight.moe.ExpertCheckRow, for a mixture of experts
+    survive_ratio: float = field(default=SURVIVE_RATIO)
+
+    @property
+    def survives(self) -> bool:
+        """Every super activation (and every super expert's output) survives in the copy."""
+        return all(r.survives for r in self.rows) and all(r.survives for r in self.super_experts or [])
+
+    def to_dict(self) -> dict:
+        from superweight._io import result_header
+
+        out = {**result_header("check", original=self.original, other=self.other, engine=self.engine,
+                               survive_ratio=self.survive_ratio, super_weight_source=self.super_weight_source),
+               "other_manifest": self.other_manifest, "rows": [r.to_dict() for r in self.rows]}
+        if self.super_experts is not None:
+            out["super_experts"] = [r.to_dict() for r in self.super_experts]
+        return out
+
+
+def check_copy(original: LoadedModel, other: LoadedModel, super_weights: Selection | Sequence | None = None,
+               prompt: str | None = None, *, choice=None) -> CheckResult:
+    """`check_models`, recorded: the two models' descriptions, where the super weights came from (a
+    `Selection`, records "given coordinates", or None: detected in `original`), the copy's manifest
+    when `superweight` wrote it, and for a mixture of experts whether its super experts survive.
+    `choice`: the `EngineChoice` that picked PyTorch for the copy, for the record."""
+    from superweight.detect import engine_record
+    from superweight.model.checkpoint import read_manifest
+
+    selection = as_selection(super_weights) if super_weights is not None else None
+    rows = check_models(original, other, selection.super_weights if selection else None, prompt)
+    experts = None
+    if original.view.is_moe:  # a mixture of experts: did the super experts keep their massive output?
+        from superweight.moe import check_super_experts
+
+        _, experts = check_super_experts(original, other, prompt, survive_ratio=SURVIVE_RATIO)
+    manifest = read_manifest(other.source) if other.kind == "local" else None
+    return CheckResult(original.describe(), other.describe(), rows, engine_record(choice),
+                       selection.source if selection else DETECTION, manifest, experts)
 
 
 def check_row(sw: SuperWeight, a: float, b: float, act_a: dict, act_b: dict) -> CheckRow:

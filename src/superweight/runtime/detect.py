@@ -569,6 +569,21 @@ def trace_gguf(engine: LlamaCppEngine, prompt: str, config=None, detection=None)
     return trace_with(scan, detection, prompt, [engine.piece(t) for t in ids])
 
 
+def trace_gguf_prompts(path, prompts, config=None, *, ref: str | None = None, model_id: str | None = None,
+                       n_threads: int | None = None, choice: "EngineChoice | None" = None):
+    """`superweight.activations.trace_prompts` run by llama.cpp on GGUF `path`: a `TraceRun` whose
+    `model` is the engine's description of the file (with `ref` as the user gave it and `model_id`)."""
+    from superweight.activations import TraceRun
+    from superweight.detect import DetectConfig, engine_record
+
+    config = config or DetectConfig()
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    with LlamaCppEngine(path, n_threads=n_threads) as engine:
+        traces = [trace_gguf(engine, p, config) for p in prompts]
+        model = {**engine.describe(), "ref": ref or str(path), "model_id": model_id}
+    return TraceRun(traces, model, engine_record(choice or {"engine": ENGINE, "gguf": str(path)}), config)
+
+
 # --- perplexity and verification -------------------------------------------------------------------
 
 def window_nll(engine: LlamaCppEngine, ids: Sequence[int], edits: _Edits | None = None) -> tuple[float, int]:
@@ -631,10 +646,13 @@ class EngineRun:
 
 def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: float | None = None,
                        model_id: str | None = None, text: str | None = None, n_ctx: int = DEFAULT_CTX,
-                       n_threads: int | None = None, matters_threshold: float | None = None):
-    """(engine description, `DetectionRun`, `EngineRun`) of `superweight detect FILE --engine llama.cpp`."""
+                       n_threads: int | None = None, matters_threshold: float | None = None,
+                       ref: str | None = None, choice: "EngineChoice | None" = None):
+    """The `DetectionRun` of `superweight detect FILE --engine llama.cpp`: its `model` is the engine's
+    description of the file (with `ref`, the reference as the user gave it, and `model_id`), its
+    `engine` the `choice` that picked llama.cpp with this run's `EngineRun`."""
     from superweight import catalog
-    from superweight.detect import DetectConfig, DetectionRun
+    from superweight.detect import DetectConfig, DetectionRun, engine_record
 
     config = config or DetectConfig()
     start = time.perf_counter()
@@ -647,13 +665,16 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
                                        criterion=config.criterion, matters=matters_threshold)
         model = engine.describe()
     model["model_id"] = model_id
-    run = DetectionRun(result, verification, catalog.compare(model_id, result.early))
+    if ref is not None:
+        model["ref"] = ref
     info = EngineRun(ENGINE, "llama.cpp", n_ctx, time.perf_counter() - start)
-    return model, run, info
+    return DetectionRun(result, verification, catalog.compare(model_id, result.early), model=model,
+                        engine=engine_record(choice or {"gguf": str(path)}, **info.to_dict()))
 
 
 __all__ = ["ENGINE", "GgufWeights", "GgufView", "GgufDownProj", "LlamaCppEngine", "detect_gguf", "trace_gguf",
-           "window_nll", "LlamaCppScorer", "verify_gguf", "run_detection_gguf", "EngineRun"]
+           "window_nll", "LlamaCppScorer", "verify_gguf", "run_detection_gguf", "EngineRun", "trace_gguf_prompts",
+           "check_gguf_copy"]
 
 
 # --- choosing the engine ---------------------------------------------------------------------------
@@ -784,6 +805,23 @@ class _ChannelMaxima:
             else:
                 self._keep(("in", lay, col, expert), values[:, col])
         return None
+
+
+def check_gguf_copy(original, path, super_weights=None, prompt: str | None = None, *, ref: str | None = None,
+                    n_threads: int | None = None, choice: "EngineChoice | None" = None):
+    """`check_against_gguf` on GGUF `path`, recorded as a `superweight.quantize.check.CheckResult`
+    (`super_weights`: a `Selection`, records, or None: detected in `original`; `ref`: the file as the
+    user named it)."""
+    from superweight.detect import engine_record
+    from superweight.quantize.check import CheckResult
+    from superweight.selection import DETECTION, as_selection
+
+    selection = as_selection(super_weights) if super_weights is not None else None
+    with LlamaCppEngine(path, n_threads=n_threads) as engine:
+        rows = check_against_gguf(original, engine, selection.super_weights if selection else None, prompt)
+        other = {**engine.describe(), "ref": ref or str(path)}
+    return CheckResult(original.describe(), other, rows, engine_record(choice or {"engine": ENGINE, "gguf": str(path)}),
+                       selection.source if selection else DETECTION)
 
 
 def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, prompt: str | None = None):
