@@ -107,11 +107,12 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 _COMMAND: list[str] = []  # the command line of this process, when it runs the CLI
 
 
-def set_command(argv: list[str]) -> None:
-    """Remember the `superweight ...` command line, so that every result file says what made it."""
+def set_command(argv: list[str] | None) -> None:
+    """Remember the `superweight ...` command line, so that every result file says what made it
+    (None: forget it, once the command is done, so a later library call is not stamped with it)."""
     import shlex
 
-    _COMMAND[:] = ["superweight " + shlex.join(argv)]
+    _COMMAND[:] = [] if argv is None else ["superweight " + shlex.join(argv)]
 
 
 def result_header(kind: str, **fields: Any) -> dict:
