@@ -50,5 +50,6 @@ def run(args) -> int:
                 progress.stage(condition)
         result = ablation_table(lm, selection, settings.evaluator(progress.on_event), k=args.k,
                                 modules=modules, on_row=on_row)
-    present(ablation_tables(result, title), result.to_dict(), args, "ablation", lambda p: plot_ablation(result, title, p))
+    present(ablation_tables(result, title), result.to_dict(), args, "ablation",
+            lambda p: plot_ablation(result, title, p))
     return 0

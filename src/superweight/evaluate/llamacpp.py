@@ -40,8 +40,8 @@ class LlamaCppEval:
         """The result file of `superweight eval --runtime llama.cpp` (header, what was scored, how)."""
         config = {"ppl": list(self.texts), "seqlen": self.seqlen, "max_tokens": self.max_tokens, "hub": self.hub,
                   "reference": self.reference}
-        return {**result_header("eval", config=config), "runtime": "llama.cpp", "model": self.model, "reference": self.reference, "seqlen": self.seqlen,
-                "max_tokens": self.max_tokens, "scoring": self.scoring, "texts": self.texts,
+        return {**result_header("eval", config=config), "runtime": "llama.cpp", "model": self.model,
+                "reference": self.reference, "seqlen": self.seqlen, "max_tokens": self.max_tokens, "scoring": self.scoring, "texts": self.texts,
                 "seconds": round(self.seconds, 2)}
 
 
