@@ -41,8 +41,8 @@ class LlamaCppEval:
         config = {"ppl": list(self.texts), "seqlen": self.seqlen, "max_tokens": self.max_tokens, "hub": self.hub,
                   "reference": self.reference}
         return {**result_header("eval", config=config), "runtime": "llama.cpp", "model": self.model,
-                "reference": self.reference, "seqlen": self.seqlen, "max_tokens": self.max_tokens, "scoring": self.scoring, "texts": self.texts,
-                "seconds": round(self.seconds, 2)}
+                "reference": self.reference, "seqlen": self.seqlen, "max_tokens": self.max_tokens,
+                "scoring": self.scoring, "texts": self.texts, "seconds": round(self.seconds, 2)}
 
 
 def gguf_tokenizer(path: str | Path):
