@@ -74,14 +74,19 @@ class Comparison:
 @dataclass
 class CatalogResult:
     """What `catalog` reports (`list`/`show`: the entries with where each comes from; `add`: the
-    entry written; `path`: the local file); it owns its result-file header."""
+    entry written; `path`: the local file); it owns its result-file header. `added`: what
+    `add --from CENSUS_DIR` wrote, `(model id, coordinates, file)` per model."""
 
     action: str
     entries: list[CatalogEntry] = field(default_factory=list)
+    added: list[tuple] | None = None
 
     def to_dict(self) -> dict:
-        return {**result_header(f"catalog-{self.action}", local_path=str(local_path())),
-                "entries": [{**e.to_dict(), "origin": e.origin} for e in self.entries]}
+        out = {**result_header(f"catalog-{self.action}", local_path=str(local_path())),
+               "entries": [{**e.to_dict(), "origin": e.origin} for e in self.entries]}
+        if self.added is not None:
+            out["added"] = [{"model": m, "super_weights": c, "path": str(p)} for m, c, p in self.added]
+        return out
 
 
 def local_path() -> Path:

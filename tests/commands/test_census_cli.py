@@ -66,9 +66,11 @@ def test_catalog_add_from_census_takes_only_verified_results(tiny, tmp_path, mon
     out = tmp_path / "c"
     assert main(["census", tiny[0], "--out", str(out), "--threads", "1"]) == 0  # not verified
     capsys.readouterr()
-    assert main(["catalog", "add", "--from", str(out)]) == 0
+    assert main(["catalog", "add", "--from", str(out), "--json", str(tmp_path / "added.json")]) == 0
     assert "No verified super weights" in capsys.readouterr().out
     assert not (tmp_path / "catalog.json").exists()
+    added = json.loads((tmp_path / "added.json").read_text())
+    assert added["kind"] == "catalog-add" and added["tool"] == "superweight" and added["added"] == []
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -65,6 +65,7 @@ def run(args) -> int:
 
 
 def _add_from_census(args) -> int:
+    from superweight import catalog
     from superweight.census import add_to_catalog
     from superweight.errors import SuperweightError
 
@@ -76,5 +77,5 @@ def _add_from_census(args) -> int:
         out.print(f"Added {len(coords)} verified coordinate(s) for {model_id} to {path}", markup=False)
     if not added:
         out.print(f"No verified super weights in {args.from_census} (run the census with --verify)", markup=False)
-    write_json_arg(args.json, {"added": [{"model": m, "super_weights": c, "path": str(p)} for m, c, p in added]})
+    write_json_arg(args.json, catalog.CatalogResult("add", [catalog.lookup(m) for m, _, _ in added], added))
     return 0

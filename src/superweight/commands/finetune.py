@@ -178,12 +178,12 @@ def run(args) -> int:
     warmup = config.smt.warmup_steps if config.method == "smt" else 0
     with TrainProgress(f"{lm.ref}: fine-tuning ({config.method}, guard {config.guard})", config.steps, warmup,
                        check=bool(selection.super_weights)) as progress:
-        result = finetune(lm, config, texts, out=out, force=args.force, super_weights=selection.super_weights,
+        result = finetune(lm, config, texts, out=out, force=args.force, super_weights=selection,
                           original=lambda: load_from_args(args, quiet=True), data=args.data,
                           on_event=progress.on_event)
     show_tables(args, finetune_tables(result, lm.ref))
     plots = plot_finetune(result, args.plot or out, lm.ref)
-    write_json_arg(args.json, {**result.to_dict(), "super_weight_source": selection.source})
+    write_json_arg(args.json, result.to_dict())
     for path in plots:
         console(stderr=True).print(f"Wrote {path}", markup=False)
     return 0 if result.survives else 1

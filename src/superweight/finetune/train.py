@@ -40,6 +40,7 @@ from superweight.finetune.smt import SMTConfig, SMTPlan, eligible_linears, plan_
 from superweight.model.checkpoint import check_output_dir, save_checkpoint
 from superweight.model.load import LoadedModel
 from superweight.records import SuperWeight
+from superweight.selection import DETECTION, Selection, as_selection
 
 METHODS = ("full", "lora", "smt")
 GUARDS = ("freeze", "clip", "none")
@@ -162,6 +163,7 @@ class FinetuneResult:
     out: str | None = None
     notes: list[str] = field(default_factory=list)
     data: str | None = None  # the training corpus, as named
+    super_weight_source: str | None = None  # `Selection.source` of the super weights guarded
 
     @property
     def survives(self) -> bool:
@@ -176,14 +178,14 @@ class FinetuneResult:
                 "train": self.train.to_dict(), "drift": self.drift.to_dict(),
                 "smt": self.smt.to_dict() if self.smt else None, "survive_ratio": SURVIVE_RATIO,
                 "check": [r.to_dict() for r in self.check] if self.check is not None else None,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "super_weight_source": self.super_weight_source}
 
 
 # --- the run ---------------------------------------------------------------------------------------
 
 def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
              out: str | os.PathLike | None = None, force: bool = False,
-             super_weights: Sequence[SuperWeight] | None = None, check: bool = True,
+             super_weights: Selection | Sequence[SuperWeight] | None = None, check: bool = True,
              original: LoadedModel | Callable[[], LoadedModel] | None = None,
              data: str | None = None, on_event: OnEvent | None = None) -> FinetuneResult:
     """Fine-tune `lm` in place on `texts` (documents), guarded; save to `out`; check the result.
@@ -193,8 +195,9 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     writes nothing. The checkpoint is written only after training, atomically: an exception or a
     KeyboardInterrupt during training leaves no output folder behind.
 
-    `super_weights` default to detection's on `lm`. With `out`, the checkpoint is written and `check`
-    reads it back from disk; without, `check` looks at the model in memory. `original` is what
+    `super_weights` (a `Selection`, whose source is recorded, or records) default to detection's on
+    `lm`. With `out`, the checkpoint is written and `check` reads it back from disk; without, `check`
+    looks at the model in memory. `original` is what
     `check` compares against, or a function that loads it (default: `lm` loaded again from its
     reference, or copied first if it was built in memory). `data` names the corpus for the record.
     `on_event(kind, name, i, total, result)` follows the run for a progress display: kind "warmup"
@@ -203,7 +206,9 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     from superweight.detect import find_super_weights
 
     out_path = preflight(lm, config, texts, out, force)
-    sws = list(super_weights) if super_weights is not None else find_super_weights(lm)
+    selection = (as_selection(super_weights) if super_weights is not None
+                 else Selection(find_super_weights(lm), DETECTION))
+    sws = list(selection.super_weights)
     guard = SuperWeightGuard(lm, sws, config.guard_config())
     need = (config.steps * config.grad_accum
             + (config.smt.warmup_steps if config.method == "smt" else 0)) * config.batch_size * config.seqlen
@@ -234,7 +239,7 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
         rows = _check(lm, original, out_path, sws)
         emit("check", "check", 1, 1, {"rows": rows})
     return FinetuneResult(config, described, sws, stats, report, plan, rows,
-                          str(out_path) if out_path else None, notes, data)
+                          str(out_path) if out_path else None, notes, data, selection.source)
 
 
 def preflight(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str],
