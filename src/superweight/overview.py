@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from superweight._io import SCHEMA_VERSION, result_header
 from superweight.errors import SuperweightError
+from superweight.events import OnEvent
 from superweight.verify import VERIFY_THRESHOLD, VerdictScale
 
 # result kinds the report can show (the `kind` of a result file's header)
@@ -105,13 +106,13 @@ def planned_evaluations(config: OverviewConfig) -> int:
 
 
 def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluator: Callable | None = None,
-           on_stage: Callable[[str], None] | None = None) -> Overview:
+           on_event: OnEvent | None = None) -> Overview:
     """Detect (and verify), trace, read the included results, and run what `config` asks for.
 
     `detect_config` (a `DetectConfig`) sets detection's thresholds (default: its defaults).
     `evaluator(lm) -> summary` evaluates the model as it is (an `EvalSettings.evaluator()`); it is
-    needed only for `ablate` / `quantize`. `on_stage(name)` is told when each evaluation begins
-    (`planned_evaluations(config)` of them).
+    needed only for `ablate` / `quantize`. `on_event` hears each evaluation as a "stage"
+    (`planned_evaluations(config)` of them; `superweight.events`).
 
     >>> ov = gather(load_model("smollm2-135m"))
     >>> ov.detection.result.massive[0].origin.kind
@@ -124,7 +125,6 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     included = [read_result(p) for p in config.include]  # every file checked before any work
     if (config.ablate or config.quantize) and evaluator is None:
         raise SuperweightError("running the ablation or the quantization sweep needs an evaluator")
-    stage = on_stage or (lambda name: None)
     prompts = list(config.prompts) or [DEFAULT_PROMPT]
     detect_config = detect_config or DetectConfig()
     run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None,
@@ -134,30 +134,26 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     results = list(included)
     described = lm.describe()
     if config.ablate:
-        results.append(_ablate(lm, run.result.early, evaluator, described, stage))
+        results.append(_ablate(lm, run.result.early, evaluator, described, on_event))
     if config.quantize:
-        results += _quantize(lm, run.result.early, evaluator, described, config, stage)
+        results += _quantize(lm, run.result.early, evaluator, described, config, on_event)
     return Overview(described, run, traced, results, {**config.to_dict(), "detect": detect_config.to_dict()})
 
 
-def _ablate(lm, super_weights: Sequence, evaluator, described: dict, stage) -> dict:
+def _ablate(lm, super_weights: Sequence, evaluator, described: dict, on_event: OnEvent | None) -> dict:
     from superweight.ablation import ablation_table
 
-    def on_row(condition: str, row) -> None:
-        if row is None:  # the condition begins
-            stage(condition)
-
-    result = ablation_table(lm, super_weights, evaluator, on_row=on_row)
+    result = ablation_table(lm, super_weights, evaluator, on_event=on_event)
     return result_header("ablate", model=described, super_weight_source="detection", **result.to_dict())
 
 
 def _quantize(lm, super_weights: Sequence, evaluator, described: dict, config: OverviewConfig,
-              stage) -> list[dict]:
+              on_event: OnEvent | None) -> list[dict]:
     from superweight.quantize.sweep import run_sweep, run_w8a8
 
     sweep = run_sweep(lm, evaluator, [config.bits], list(config.blocks), super_weights=super_weights,
-                      on_start=stage)
-    w8a8 = run_w8a8(lm, evaluator, on_start=stage)
+                      on_event=on_event)
+    w8a8 = run_w8a8(lm, evaluator, on_event=on_event)
     sws = [s.to_dict() for s in super_weights]
     return [result_header("quantize", model=described, super_weight_source="detection", super_weights=sws,
                           **sweep.to_dict()),

@@ -42,15 +42,9 @@ def run(args) -> int:
     passages = lambada_passages(args.passages)  # before the load: says how to fetch the data
     lm, selection = model_and_super_weights(args, coords, require="prune")
     batches = -(-len(passages) // args.batch_size)
-    with RunProgress(f"{lm.ref}: next-token probabilities", 2, batches) as progress:
-        progress.stage("original")
-
-        def on_step(what, done, total):  # called after each batch
-            progress.done(f"batch {-(-done // args.batch_size)}", f"{done}/{total} passages")
-            if what == "original" and done == total:
-                progress.stage("pruned")
+    with RunProgress(f"{lm.ref}: next-token probabilities", 2, batches, batches=True) as progress:
         result = stopword_shift(lm, selection.super_weights, passages, top=args.top,
-                                batch_size=args.batch_size, on_step=on_step)
+                                batch_size=args.batch_size, on_event=progress.on_event)
     payload = result_header("stopwords", model=lm.describe(), super_weight_source=selection.source,
                             data="lambada", **result.to_dict())
     title = f"{lm.ref}: next-token probabilities with the super weights pruned (Figure 5)"
