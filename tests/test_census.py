@@ -233,7 +233,7 @@ def test_models_that_fit_run_together_and_one_larger_than_a_share_runs_alone(tin
     def events(max_memory: int, out: str) -> list[str]:
         seen: list[str] = []
         run_census(tiny[:2], CensusConfig(), tmp_path / out, threads=1, pool=pool, max_memory=max_memory,
-                   on_event=lambda kind, ref, entry: seen.append(kind) if kind in ("start", "done") else None)
+                   on_event=lambda e: seen.append("done" if e.ended else "start") if e.kind == "model" else None)
         return seen
 
     assert events(2 * need + (64 << 20), "together") == ["start", "start", "done", "done"]

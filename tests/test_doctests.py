@@ -20,6 +20,7 @@ import superweight
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 CHEAP = [
+    "superweight.events",
     "superweight.evaluate.metrics",
     "superweight.evaluate.settings",
     "superweight.massive",

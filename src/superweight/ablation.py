@@ -25,6 +25,7 @@ from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric, first_perplexity
 from superweight.evaluate.settings import Evaluator, as_evaluator
+from superweight.events import BATCH, STAGE, OnEvent, emitter
 from superweight.interventions import (check_factor, measure_super_activations,
                                        prune, prune_top_k, restore_super_activation, scale)
 from superweight.records import SuperWeight
@@ -135,13 +136,13 @@ def with_activation_sizes(lm, super_weights: Sequence[SuperWeight]) -> list[Supe
 
 def ablation_table(lm, super_weights: Selection | Sequence, evaluator: Evaluator | Callable, *, k: int = DEFAULT_K,
                    modules: Sequence[str] | None = None,
-                   conditions: Sequence[str] = CONDITIONS,
-                   on_row: Callable[[str, Row | None], None] | None = None) -> AblationResult:
+                   conditions: Sequence[str] = CONDITIONS, on_event: OnEvent | None = None) -> AblationResult:
     """Evaluate the model as it is, with its super weights pruned, with the `k` largest other
     weights pruned instead, and with the super weights pruned but their super activation restored.
 
     With no super weights, only Original (and Prune Non-SW, which needs none) runs; the other rows
-    say why they are empty. Every edit is undone before the next row, bit for bit.
+    say why they are empty. Every edit is undone before the next row, bit for bit. `on_event` hears
+    each condition run as a "stage" (its `Row` when it ends; `superweight.events`).
 
     An example with a real evaluation (minutes; a tiny one runs in `tests/test_ablation.py`):
 
@@ -164,17 +165,16 @@ def ablation_table(lm, super_weights: Selection | Sequence, evaluator: Evaluator
         top_k_weights(lm.view, k, sws, modules)
     if sws and RESTORE_SA in conditions:
         sws = with_activation_sizes(lm, sws)
-    rows = []
+    rows, emit = [], emitter(on_event)
+    runs = [c for c in conditions if sws or c not in (PRUNE_SW, RESTORE_SA)]
     for condition in conditions:
-        if condition in (PRUNE_SW, RESTORE_SA) and not sws:
-            row = Row(condition, note=NO_SUPER_WEIGHT)
-        else:
-            if on_row:
-                on_row(condition, None)
-            row = _run_row(lm, condition, sws, evaluator, k, modules)
-        rows.append(row)
-        if on_row:
-            on_row(condition, row)
+        if condition not in runs:
+            rows.append(Row(condition, note=NO_SUPER_WEIGHT))
+            continue
+        index = runs.index(condition) + 1
+        emit(STAGE, condition, index, len(runs))
+        rows.append(_run_row(lm, condition, sws, evaluator, k, modules))
+        emit(STAGE, condition, index, len(runs), rows[-1], ended=True)
     return AblationResult(rows, sws, k, {"modules": list(modules) if modules else None}, evaluator.metrics,
                           lm.describe(), selection.source, evaluator.settings)
 
@@ -248,9 +248,10 @@ def parse_factors(factors: Iterable) -> list[float]:
 
 
 def scale_sweep(lm, super_weights: Selection | Sequence, factors: Iterable, evaluator: Evaluator | Callable,
-                on_factor: Callable[[float, dict | None], None] | None = None) -> ScaleResult:
+                on_event: OnEvent | None = None) -> ScaleResult:
     """Evaluate the model with its super weights multiplied by each factor (1 = as it is). The best
     factor is the highest average accuracy, else the lowest perplexity, else the highest accuracy.
+    `on_event` hears each factor as a "stage" named `× f` (its summary when it ends).
 
     >>> r = scale_sweep(lm, sws, [0, 1, 2], EvalSettings.from_options(quick=True).evaluator())  # doctest: +SKIP
     >>> r.best  # doctest: +SKIP
@@ -263,16 +264,14 @@ def scale_sweep(lm, super_weights: Selection | Sequence, factors: Iterable, eval
     sws = lm.view.check(selection.super_weights)
     if not sws:
         raise SuperweightError(NO_SUPER_WEIGHT + ": nothing to scale (give coordinates)")
-    summaries, seconds = [], []
-    for f in factors:
-        if on_factor:
-            on_factor(f, None)
+    summaries, seconds, emit = [], [], emitter(on_event)
+    for i, f in enumerate(factors, 1):
+        emit(STAGE, f"× {f:g}", i, len(factors))
         start = time.perf_counter()
         with scale(lm.view, sws, f):
             summaries.append(dict(evaluator(lm)))
         seconds.append(time.perf_counter() - start)
-        if on_factor:
-            on_factor(f, summaries[-1])
+        emit(STAGE, f"× {f:g}", i, len(factors), summaries[-1], ended=True)
     cols = _columns(summaries, evaluator.metrics)
     best = (next((m for m in cols if m.name == AVERAGE_KEY), None) or first_perplexity(cols)
             or next((m for m in cols if m.is_accuracy), None))
@@ -350,16 +349,16 @@ class StopwordResult:
 
 
 def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8,
-                            on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+                            on_event: OnEvent | None = None, name: str = "prompts") -> torch.Tensor:
     """The average over prompts of the next-token probability distribution after each one, [vocab].
 
     Prompts are left-padded in batches, with position ids counted from each prompt's first real
     token and padding masked out, so every prompt is scored as if alone; only the last position's
-    logits are computed. `on_batch(prompts_done)` is called after each batch.
+    logits are computed. `on_event` hears a "batch" event named `name` (prompts done) after each batch.
     """
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    total = None
+    total, emit = None, emitter(on_event)
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             enc = [tok(p)["input_ids"] for p in prompts[start:start + batch_size]]
@@ -378,8 +377,7 @@ def next_token_distribution(lm, prompts: Sequence[str], batch_size: int = 8,
                 logits = lm.model(**inputs).logits[:, -1]
             probs = logits.float().softmax(-1).sum(0)  # [vocab]
             total = probs if total is None else total + probs
-            if on_batch:
-                on_batch(min(start + batch_size, len(prompts)))
+            emit(BATCH, name, min(start + batch_size, len(prompts)), len(prompts), ended=True)
     return (total / len(prompts)).cpu()
 
 
@@ -393,14 +391,13 @@ def _single_tokens(tok, texts: Iterable[str]) -> dict[int, str]:
 
 
 def stopword_shift(lm, super_weights: Selection | Sequence, passages: Sequence[str], *, top: int = DEFAULT_TOP,
-                   batch_size: int = 8, data: str | None = None,
-                   on_step: Callable[[str, int, int], None] | None = None) -> StopwordResult:
+                   batch_size: int = 8, data: str | None = None, on_event: OnEvent | None = None) -> StopwordResult:
     """Figure 5: the average next-token distribution over `passages` (last word removed), with the
     model as it is and with its super weights pruned; tokens rising and falling most; and the total
     probability of standard English stopwords (" the", " of", … as single tokens after a space) and
-    of punctuation, before and after. `on_step(what, prompts_done, prompts)` reports each batch
-    ("original", then "pruned"). `super_weights`: a `Selection` (its source is recorded) or records;
-    `data` names the passages for the record (e.g. "lambada").
+    of punctuation, before and after. `on_event` hears two stages ("original", then "pruned") and
+    the batches of prompts of each. `super_weights`: a `Selection` (its source is recorded) or
+    records; `data` names the passages for the record (e.g. "lambada").
 
     >>> r = stopword_shift(lm, sws, lambada_passages(500))  # doctest: +SKIP
     >>> r.groups["stopwords"]["ratio"]  # doctest: +SKIP
@@ -413,13 +410,14 @@ def stopword_shift(lm, super_weights: Selection | Sequence, passages: Sequence[s
     prompts = [p for p in (strip_last_word(x) for x in passages) if p]
     if not prompts:
         raise SuperweightError("no passages to score")
-    start = time.perf_counter()
-
-    def report(what):
-        return (lambda done: on_step(what, done, len(prompts))) if on_step else None
-    p_orig = next_token_distribution(lm, prompts, batch_size, report("original"))
+    start, emit = time.perf_counter(), emitter(on_event)
+    emit(STAGE, "original", 1, 2)
+    p_orig = next_token_distribution(lm, prompts, batch_size, on_event, "passages")
+    emit(STAGE, "original", 1, 2, ended=True)
+    emit(STAGE, "pruned", 2, 2)
     with prune(lm.view, keys):
-        p_pruned = next_token_distribution(lm, prompts, batch_size, report("pruned"))
+        p_pruned = next_token_distribution(lm, prompts, batch_size, on_event, "passages")
+    emit(STAGE, "pruned", 2, 2, ended=True)
     tok = lm.tokenizer
 
     def shift(i: int, label: str | None = None) -> TokenShift:

@@ -16,6 +16,7 @@ from typing import Callable
 
 from superweight._io import SCHEMA_VERSION, result_header
 from superweight.errors import SuperweightError
+from superweight.events import OnEvent
 from superweight.selection import DETECTION, Selection
 from superweight.verify import VERIFY_THRESHOLD, VerdictScale
 
@@ -106,13 +107,13 @@ def planned_evaluations(config: OverviewConfig) -> int:
 
 
 def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluator: Callable | None = None,
-           on_stage: Callable[[str], None] | None = None) -> Overview:
+           on_event: OnEvent | None = None) -> Overview:
     """Detect (and verify), trace, read the included results, and run what `config` asks for.
 
     `detect_config` (a `DetectConfig`) sets detection's thresholds (default: its defaults).
     `evaluator(lm) -> summary` evaluates the model as it is (an `EvalSettings.evaluator()`); it is
-    needed only for `ablate` / `quantize`. `on_stage(name)` is told when each evaluation begins
-    (`planned_evaluations(config)` of them).
+    needed only for `ablate` / `quantize`. `on_event` hears each evaluation as a "stage"
+    (`planned_evaluations(config)` of them; `superweight.events`).
 
     >>> ov = gather(load_model("smollm2-135m"))
     >>> ov.detection.result.massive[0].origin.kind
@@ -125,7 +126,6 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     included = [read_result(p) for p in config.include]  # every file checked before any work
     if (config.ablate or config.quantize) and evaluator is None:
         raise SuperweightError("running the ablation or the quantization sweep needs an evaluator")
-    stage = on_stage or (lambda name: None)
     prompts = list(config.prompts) or [DEFAULT_PROMPT]
     detect_config = detect_config or DetectConfig()
     run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None,
@@ -135,25 +135,21 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     results = list(included)
     detected = Selection(list(run.result.early), DETECTION)
     if config.ablate:
-        results.append(_ablate(lm, detected, evaluator, stage))
+        results.append(_ablate(lm, detected, evaluator, on_event))
     if config.quantize:
-        results += _quantize(lm, detected, evaluator, config, stage)
+        results += _quantize(lm, detected, evaluator, config, on_event)
     return Overview(lm.describe(), run, traced, results, {**config.to_dict(), "detect": detect_config.to_dict()})
 
 
-def _ablate(lm, selection: Selection, evaluator, stage) -> dict:
+def _ablate(lm, selection: Selection, evaluator, on_event: OnEvent | None) -> dict:
     from superweight.ablation import ablation_table
 
-    def on_row(condition: str, row) -> None:
-        if row is None:  # the condition begins
-            stage(condition)
-
-    return ablation_table(lm, selection, evaluator, on_row=on_row).to_dict()
+    return ablation_table(lm, selection, evaluator, on_event=on_event).to_dict()
 
 
-def _quantize(lm, selection: Selection, evaluator, config: OverviewConfig, stage) -> list[dict]:
+def _quantize(lm, selection: Selection, evaluator, config: OverviewConfig, on_event: OnEvent | None) -> list[dict]:
     from superweight.quantize.sweep import run_sweep, run_w8a8
 
-    sweep = run_sweep(lm, evaluator, [config.bits], list(config.blocks), super_weights=selection, on_start=stage)
-    w8a8 = run_w8a8(lm, evaluator, on_start=stage)
+    sweep = run_sweep(lm, evaluator, [config.bits], list(config.blocks), super_weights=selection, on_event=on_event)
+    w8a8 = run_w8a8(lm, evaluator, on_event=on_event)
     return [sweep.to_dict(), w8a8.to_dict()]

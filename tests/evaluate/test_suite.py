@@ -181,12 +181,16 @@ def test_evaluate_summary_and_json(lm, fake_cache, tmp_path):
 
 def test_evaluate_reports_progress_and_fails_fast(lm, fake_cache, tmp_path):
     events = []
-    evaluate(lm, ppl=("wiki",), tasks=(), on_event=lambda *e: events.append(e[:4] + (e[4] is not None,)))
-    assert events == [("ppl", "wiki", 0, 1, False), ("ppl", "wiki", 0, 1, True)]
+    result = evaluate(lm, ppl=("wiki",), tasks=(), on_event=events.append)
+    steps = [(e.kind, e.name, e.index, e.total, e.ended) for e in events if e.kind != "batch"]
+    assert steps == [("ppl", "wiki", 1, 1, False), ("ppl", "wiki", 1, 1, True)]
+    assert events[-1].result is result.perplexity["wiki"]
+    batches = [e for e in events if e.kind == "batch"]  # the windows scored, between the two
+    assert batches and batches[-1].index == batches[-1].total == result.perplexity["wiki"].windows
     with pytest.raises(SuperweightError, match="run `superweight data fetch c4`"):
-        evaluate(lm, ppl=("wiki", "c4"), tasks=(), on_event=lambda *e: pytest.fail("ran before checking"))
+        evaluate(lm, ppl=("wiki", "c4"), tasks=(), on_event=lambda e: pytest.fail("ran before checking"))
     with pytest.raises(SuperweightError, match="run `superweight data fetch piqa`"):
-        evaluate(lm, ppl=("wiki",), tasks=("piqa",), on_event=lambda *e: pytest.fail("ran before checking"))
+        evaluate(lm, ppl=("wiki",), tasks=("piqa",), on_event=lambda e: pytest.fail("ran before checking"))
     with pytest.raises(SuperweightError, match="nothing to evaluate"):
         evaluate(lm, ppl=(), tasks=())
 

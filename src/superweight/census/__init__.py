@@ -20,12 +20,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from superweight.census.models import ModelInfo, inspect_model, read_refs
 from superweight.census.store import DONE, FAILED, Store, settings_key
 from superweight.census.summary import summarize
 from superweight.census.work import CensusConfig, run_model
+from superweight.events import OnEvent, emitter
 
 __all__ = ["CensusConfig", "CensusRun", "Store", "read_refs", "run_census", "run_model", "add_to_catalog"]
 
@@ -79,12 +79,13 @@ def reservation(info: ModelInfo, share: int, total: int) -> tuple[int, int]:
 def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, workers: int = 1,
                max_memory: str | int | None = None, threads: int | None = None, retry_failed: bool = False,
                ray: str | None = None, retries: int = 1,
-               on_event: Callable[[str, str, dict | None], None] | None = None, pool=None) -> CensusRun:
+               on_event: OnEvent | None = None, pool=None) -> CensusRun:
     """Run every model not yet in the store at `out_dir` (with `retry_failed`, also those recorded
     failed), each in a worker: `workers` local processes sharing `max_memory` (default: what the
     machine has free), or Ray tasks on the cluster at `ray` ("auto": the local `ray start`), each
-    retried `retries` times by Ray if its worker dies. `on_event(kind, ref, entry)` hears "plan"
-    (entry None; ref: how many will run), "skip", "start" and "done". `pool`: a `LocalPool` the caller
+    retried `retries` times by Ray if its worker dies. `on_event` (`superweight.events`) hears "skip"
+    (a model already in the store, with its entry), "plan" (`total`: how many will run) and each
+    "model" as it starts and ends (with its store entry, done or failed). `pool`: a `LocalPool` the caller
     started earlier (its workers import torch while the caller checks its input) and closes."""
     from superweight.errors import SuperweightError
     from superweight.model.budget import FIT_FRACTION, available_ram, parse_size
@@ -98,7 +99,7 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
     total = parse_size(max_memory) if max_memory is not None else None
     config.eval_settings()  # `--ablate quick`: unfetched data fails now, not in every worker
     store = Store(out_dir)
-    emit = on_event or (lambda *a: None)
+    emit = emitter(on_event)
     start = time.perf_counter()
     own = ray is None and pool is None
     if own:
@@ -112,21 +113,21 @@ def run_census(refs: list[str], config: CensusConfig, out_dir: str | Path, *, wo
         for info in infos:
             found = store.lookup(info.ref, info.fingerprint, settings)
             if found is not None and (found["status"] == DONE or not retry_failed):
-                emit("skip", info.ref, found)
+                emit("skip", info.ref, result=found, ended=True)
             else:
                 todo.append(info)
-        emit("plan", str(len(todo)), None)
+        emit("plan", "census", total=len(todo))
         threads = threads or (1 if ray else max(1, (os.cpu_count() or 1) // workers))
         base = {"config": settings, "threads": threads, "engine": "ray" if ray else "local"}
         done: list[str] = []
 
         def on_start(i: int) -> None:
-            emit("start", todo[i].ref, None)
+            emit("model", todo[i].ref, i + 1, len(todo))
 
         def on_done(i: int, entry: dict) -> None:
             store.put(entry)
             done.append(entry["ref"])
-            emit("done", entry["ref"], entry)
+            emit("model", entry["ref"], len(done), len(todo), entry, ended=True)
 
         def crashed(i: int, task: dict, why: str) -> dict:
             return run_model_failed(task, why)

@@ -45,11 +45,8 @@ def run(args) -> int:
     title = f"{lm.ref}: super weight ablation (Table 1)"
     runs = len(CONDITIONS) if selection.super_weights else 2
     with RunProgress(title, runs, settings.ppl + settings.tasks) as progress:
-        def on_row(condition, row):
-            if row is None:
-                progress.stage(condition)
         result = ablation_table(lm, selection, settings.evaluator(progress.on_event), k=args.k,
-                                modules=modules, on_row=on_row)
+                                modules=modules, on_event=progress.on_event)
     present(ablation_tables(result, title), result.to_dict(), args, "ablation",
             lambda p: plot_ablation(result, title, p))
     return 0

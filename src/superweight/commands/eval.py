@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, console, eval_settings,
+from superweight.commands._common import (add_eval_args, add_json_arg, add_model_args, eval_settings,
                                           load_from_args, parse_list, show_tables, write_json_arg)
 from superweight.errors import SuperweightError
 
@@ -47,6 +47,7 @@ def _run_llamacpp(args) -> int:
 
     from superweight.evaluate.llamacpp import DEFAULT_MAX_TOKENS, DEFAULT_SEQLEN, evaluate_gguf
     from superweight.evaluate.settings import EvalSettings
+    from superweight.report.progress import RunProgress
     from superweight.report.tables import llamacpp_eval_tables
 
     if args.tasks and args.tasks.strip().lower() != "none":
@@ -65,11 +66,10 @@ def _run_llamacpp(args) -> int:
         reference = load_from_args(args, reference)  # the model flags (dtype, budget, ...) apply to it
     elif reference and not Path(reference).expanduser().is_file():
         raise SuperweightError(f"no GGUF file at {reference}")
-    err = console(stderr=True)
-    with err.status("llama.cpp: scoring…") as status:
+    with RunProgress(f"{path.name}: llama.cpp", 1, list(settings.ppl)) as progress:
         result = evaluate_gguf(path, settings.ppl, reference=reference, seqlen=settings.seqlen,
                                max_tokens=settings.max_tokens, hub=settings.hub, n_threads=args.threads,
-                               on_text=lambda t: status.update(f"llama.cpp: scoring {t}…"))
+                               on_event=progress.on_event)
     show_tables(args, llamacpp_eval_tables(result))
     write_json_arg(args.json, result.to_dict())
     return 0

@@ -260,6 +260,8 @@ def run(args) -> int:
 
 def _run_gguf(args, plan) -> int:
     from superweight.quantize.api import export
+    from superweight.quantize.gguf import gguf_steps
+    from superweight.report.progress import RunProgress
     from superweight.report.tables import gguf_tables
 
     lm = load_from_args(args)
@@ -271,8 +273,11 @@ def _run_gguf(args, plan) -> int:
                                    + (", ".join(s.label() for s in selection.super_weights) or "none found"),
                                    markup=False)
     err = console(stderr=True)
-    with err.status(f"quantizing with llama.cpp ({config.label()})…"):
-        run = export(lm, config, selection, args.save, force=args.force, score=plan["score"], n_threads=args.threads)
+    sws = selection.super_weights if selection else []
+    steps = gguf_steps(config, sws) + list(plan["score"]["sources"] if plan["score"] else [])
+    with RunProgress(f"{lm.ref}: llama.cpp {config.label()}", 1, steps) as progress:
+        run = export(lm, config, selection, args.save, force=args.force, score=plan["score"], n_threads=args.threads,
+                     on_event=progress.on_event)
     for note in run.result.notes + ([run.result.manifest["note"]] if run.result.manifest.get("note") else []):
         err.print(f"note: {note}", markup=False)
     err.print(f"wrote {run.result.path}", markup=False)
@@ -293,9 +298,9 @@ def _run_table(lm, plan, selection, settings):
     with _progress(lm, plan, settings) as progress:
         evaluator = settings.evaluator(progress.on_event)
         if plan["mode"] == "w8a8":
-            return run_w8a8(lm, evaluator, on_start=progress.stage, **plan["w8a8"])
+            return run_w8a8(lm, evaluator, on_event=progress.on_event, **plan["w8a8"])
         return run_sweep(lm, evaluator, plan["bits"], plan["blocks"], plan["methods"], plan["z"],
-                         plan["granularity"], plan["tail"], selection, on_start=progress.stage)
+                         plan["granularity"], plan["tail"], selection, on_event=progress.on_event)
 
 
 def _run_single(lm, args, config, selection, settings):

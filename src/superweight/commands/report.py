@@ -82,7 +82,7 @@ def run(args) -> int:
 
         err.print("Detecting, verifying and tracing, then evaluating…", markup=False)
         with RunProgress(f"{lm.ref}: report", planned_evaluations(config), settings.ppl + settings.tasks) as pr:
-            overview = gather(lm, config, detect_config, settings.evaluator(pr.on_event), on_stage=pr.stage)
+            overview = gather(lm, config, detect_config, settings.evaluator(pr.on_event), on_event=pr.on_event)
     payload = overview.to_dict()
     page = write_report(overview, args.out, payload.get("command"))
     err.print(f"Report: {page}", markup=False)  # stdout stays free for `--json -`

@@ -35,10 +35,7 @@ def run(args) -> int:
     lm, selection = model_and_super_weights(args, coords_from_args(args), require="scale")
     title = f"{lm.ref}: scaling the super weights (Figure 6)"
     with RunProgress(title, len(factors), settings.ppl + settings.tasks) as progress:
-        def on_factor(f, summary):
-            if summary is None:
-                progress.stage(f"× {f:g}")
         result = scale_sweep(lm, selection, factors, settings.evaluator(progress.on_event),
-                             on_factor=on_factor)
+                             on_event=progress.on_event)
     present(scale_tables(result, title), result.to_dict(), args, "scale", lambda p: plot_scale(result, title, p))
     return 0

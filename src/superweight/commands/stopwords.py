@@ -41,15 +41,9 @@ def run(args) -> int:
     passages = lambada_passages(args.passages)  # before the load: says how to fetch the data
     lm, selection = model_and_super_weights(args, coords, require="prune")
     batches = -(-len(passages) // args.batch_size)
-    with RunProgress(f"{lm.ref}: next-token probabilities", 2, batches) as progress:
-        progress.stage("original")
-
-        def on_step(what, done, total):  # called after each batch
-            progress.done(f"batch {-(-done // args.batch_size)}", f"{done}/{total} passages")
-            if what == "original" and done == total:
-                progress.stage("pruned")
+    with RunProgress(f"{lm.ref}: next-token probabilities", 2, batches, batches=True) as progress:
         result = stopword_shift(lm, selection, passages, top=args.top, batch_size=args.batch_size,
-                                data="lambada", on_step=on_step)
+                                data="lambada", on_event=progress.on_event)
     title = f"{lm.ref}: next-token probabilities with the super weights pruned (Figure 5)"
     present(stopword_tables(result), result.to_dict(), args, "stopwords", lambda p: plot_stopwords(result, title, p))
     return 0

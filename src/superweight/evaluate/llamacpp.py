@@ -18,6 +18,7 @@ from typing import Sequence
 
 from superweight._io import result_header
 from superweight.errors import SuperweightError
+from superweight.events import SCORE, OnEvent, emitter
 
 DEFAULT_SEQLEN = 512  # llama-perplexity's default context
 DEFAULT_MAX_TOKENS = 16384
@@ -58,10 +59,11 @@ def gguf_tokenizer(path: str | Path):
 
 def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, reference=None,
                   seqlen: int = DEFAULT_SEQLEN, max_tokens: int | None = DEFAULT_MAX_TOKENS, hub: bool = False,
-                  n_threads: int | None = None, on_text=None, tokenizer=None) -> LlamaCppEval:
+                  n_threads: int | None = None, tokenizer=None, on_event: OnEvent | None = None) -> LlamaCppEval:
     """Perplexity of GGUF `path` in llama.cpp on each text; with `reference` (a GGUF path or a
     `LoadedModel`) also the KL divergence from it, on the same windows. The text is tokenized by
-    `tokenizer`, else the reference model's, else the one the GGUF carries.
+    `tokenizer`, else the reference model's, else the one the GGUF carries. `on_event` hears each
+    text scored ("score", ended with its figures as a dict; `superweight.events`).
 
     >>> r = evaluate_gguf("model-Q4_K_M.gguf", ["wiki"], reference="model-f32.gguf")  # doctest: +SKIP
     >>> r.texts["wiki"]["kld_mean"], r.texts["wiki"]["same_top"]  # doctest: +SKIP
@@ -77,13 +79,14 @@ def evaluate_gguf(path: str | Path, texts: Sequence[str] = ("wiki",), *, referen
     start = time.perf_counter()
     out = LlamaCppEval(str(path), None if reference is None else getattr(reference, "ref", str(reference)),
                        seqlen, max_tokens, scoring=SCORING, hub=hub)
-    for text in texts:
-        if on_text:
-            on_text(text)
+    emit = emitter(on_event)
+    for i, text in enumerate(texts, 1):
+        emit(SCORE, text, i, len(texts))
         windows = text_windows(None, text, seqlen=seqlen, max_tokens=max_tokens, hub=hub, tokenizer=tokenizer)
         if ref is None:
             out.texts[text] = gguf_perplexity(str(path), windows, n_threads=n_threads).to_dict()
         else:
             out.texts[text] = kl_divergence(str(path), ref, windows, n_threads=n_threads).to_dict()
+        emit(SCORE, text, i, len(texts), out.texts[text], ended=True)
     out.seconds = time.perf_counter() - start
     return out

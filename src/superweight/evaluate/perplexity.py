@@ -14,13 +14,14 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
+from superweight.events import BATCH, OnEvent, emitter
 from superweight.model.offload import input_device
 
 DEFAULT_SEQLEN = 2048  # the paper's (and GPTQ's) context length for Wiki-2 / C4 perplexity
@@ -117,27 +118,29 @@ def window_nll_sum(model, batch: torch.Tensor) -> float:
 
 
 def score_windows(model, chunks: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
-                  on_batch: Callable[[int, int], None] | None = None) -> float:
-    """Mean next-token NLL over all windows, scored `batch_size` windows at a time."""
+                  on_event: OnEvent | None = None, name: str = "windows") -> float:
+    """Mean next-token NLL over all windows, scored `batch_size` windows at a time; `on_event`
+    hears a "batch" event (windows done) after each batch."""
     if batch_size < 1:
         raise SuperweightError(f"batch size must be at least 1, got {batch_size}")
     device = input_device(model)  # also right when accelerate offloads some layers
     total = 0.0
+    emit = emitter(on_event)
     with torch.inference_mode():
         for start in range(0, chunks.shape[0], batch_size):
             batch = chunks[start:start + batch_size].to(device)
             total += window_nll_sum(model, batch)
-            if on_batch:
-                on_batch(min(start + batch_size, chunks.shape[0]), chunks.shape[0])
+            emit(BATCH, name, min(start + batch_size, chunks.shape[0]), chunks.shape[0], ended=True)
     return total / (chunks.shape[0] * (chunks.shape[1] - 1))
 
 
 def perplexity(lm, source: str | os.PathLike | Sequence[str] = "wiki", *, seqlen: int | None = None,
                max_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, hub: bool = False,
-               on_batch: Callable[[int, int], None] | None = None) -> PerplexityResult:
+               on_event: OnEvent | None = None) -> PerplexityResult:
     """Perplexity of `lm` (a `LoadedModel`) on a registered text, a local file, or a list of documents.
 
     `seqlen=None` means 2048 capped by the model's context; `max_tokens` bounds the tokens scored.
+    `on_event` hears the batches of windows scored (`superweight.events`).
 
     >>> r = perplexity(load_model(), "wiki", max_tokens=4096)  # doctest: +SKIP
     >>> r.ppl, r.windows, r.seqlen  # doctest: +SKIP
@@ -152,7 +155,7 @@ def perplexity(lm, source: str | os.PathLike | Sequence[str] = "wiki", *, seqlen
     was_training = model.training
     model.eval()
     try:
-        nll = score_windows(model, chunks, batch_size, on_batch)
+        nll = score_windows(model, chunks, batch_size, on_event, name)
     finally:
         model.train(was_training)
     n, width = chunks.shape

@@ -21,7 +21,8 @@ from typing import Callable, Mapping, Sequence
 
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import Metric, describe, summary_metrics
-from superweight.evaluate.suite import DEFAULT_PPL, QUICK, Event, EvalResult, evaluate, preflight
+from superweight.evaluate.suite import DEFAULT_PPL, QUICK, EvalResult, evaluate, preflight
+from superweight.events import OnEvent
 from superweight.evaluate.zeroshot import DEFAULT_BATCH_SIZE, TASKS
 
 
@@ -89,13 +90,13 @@ class EvalSettings:
         """Perplexity texts plus tasks: the steps one evaluation reports to `on_event`."""
         return len(self.ppl) + len(self.tasks)
 
-    def run(self, lm, on_event: Event | None = None, progress: bool = False) -> EvalResult:
+    def run(self, lm, on_event: OnEvent | None = None, progress: bool = False) -> EvalResult:
         """Evaluate `lm` as it is now (`progress`: lm-eval's own bars)."""
         return evaluate(lm, ppl=self.ppl, tasks=self.tasks, limit=self.limit, max_tokens=self.max_tokens,
                         seqlen=self.seqlen, batch_size=self.batch_size, hub=self.hub,
                         progress=progress, on_event=on_event)
 
-    def evaluator(self, on_event: Event | None = None) -> "Evaluator":
+    def evaluator(self, on_event: OnEvent | None = None) -> "Evaluator":
         """`lm -> summary` with these settings, for the ablations and the quantization sweeps."""
         return Evaluator(lambda lm: self.run(lm, on_event).summary(), self.metrics(), self.steps, self.to_dict())
 

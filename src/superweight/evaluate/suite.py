@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Sequence
+from typing import Sequence
 
 from superweight._io import result_header
 from superweight.errors import SuperweightError
@@ -20,6 +20,7 @@ from superweight.evaluate import sources
 from superweight.evaluate.metrics import Metric, summary_metrics, text_key
 from superweight.evaluate.perplexity import DEFAULT_BATCH_SIZE as PPL_BATCH_SIZE
 from superweight.evaluate.perplexity import PerplexityResult, perplexity
+from superweight.events import OnEvent, emitter
 from superweight.evaluate.zeroshot import (BOOTSTRAP_ITERS, DEFAULT_BATCH_SIZE, PRIMARY_METRIC, SEED,
                                            TASKS, TaskResult, check_tasks, zero_shot)
 
@@ -31,9 +32,6 @@ QUICK_MAX_TOKENS = 4096  # tokens per perplexity set in the quick preset (two 20
 # A few minutes on 2 CPU cores for the default model: every task, few items; both texts, bounded.
 QUICK = MappingProxyType({"ppl": DEFAULT_PPL, "tasks": TASKS, "limit": QUICK_LIMIT,
                           "max_tokens": QUICK_MAX_TOKENS})
-
-Event = Callable[[str, str, int, int, object], None]  # (kind, name, index, total, result or None)
-
 
 @dataclass
 class EvalResult:
@@ -69,33 +67,34 @@ class EvalResult:
 def evaluate(lm, ppl: Sequence[str] = DEFAULT_PPL, tasks: Sequence[str] = TASKS, limit: int | None = None,
              max_tokens: int | None = None, seqlen: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, *, hub: bool = False,
-             on_event: Event | None = None) -> EvalResult:
+             on_event: OnEvent | None = None) -> EvalResult:
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of `lm` (a `LoadedModel`), as it is now.
 
     `seqlen=None` is 2048 capped by the model's context. `limit` bounds items per task, `max_tokens`
     tokens per text; `batch_size` is the zero-shot batch (perplexity windows are batched by
     `perplexity`'s own default, which bounds the logits' memory). `hub=True` reads the standard sets from the Hugging Face hub instead of the
-    fetched copies. `on_event("ppl"|"task", name, i, n, result_or_None)` is called before and after
-    each step (`superweight.report.progress` draws it); `progress` shows lm-eval's own bars.
+    fetched copies. `on_event` hears each perplexity text ("ppl") and task ("task") begin and end, and
+    the batches of a text (`superweight.events`; `superweight.report.progress` draws them);
+    `progress` shows lm-eval's own bars.
 
     >>> r = evaluate(load_model(), **QUICK)  # doctest: +SKIP
     >>> r.summary()["average"], r.summary()["wiki_ppl"]  # doctest: +SKIP
     """
     ppl, tasks = preflight(ppl, tasks, hub)
-    report = on_event
+    emit = emitter(on_event)
     config = {"ppl": ppl, "tasks": tasks, "limit": limit, "max_tokens": max_tokens, "seqlen": seqlen,
               "batch_size": batch_size, "ppl_batch_size": PPL_BATCH_SIZE, "hub": hub, "seed": SEED, "bootstrap_iters": BOOTSTRAP_ITERS,
               "primary_metric": PRIMARY_METRIC}
     result = EvalResult(model=_describe(lm), config=config)
     start = time.perf_counter()
-    for i, name in enumerate(ppl):
-        _emit(report, "ppl", name, i, len(ppl), None)
-        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens, hub=hub)
-        _emit(report, "ppl", name, i, len(ppl), result.perplexity[name])
+    for i, name in enumerate(ppl, 1):
+        emit("ppl", name, i, len(ppl))
+        result.perplexity[name] = perplexity(lm, name, seqlen=seqlen, max_tokens=max_tokens, hub=hub,
+                                             on_event=on_event)
+        emit("ppl", name, i, len(ppl), result.perplexity[name], ended=True)
     if tasks:
-        on_task = (lambda n, i, total, r: _emit(report, "task", n, i, total, r)) if report else None
         result.zero_shot = zero_shot(lm, tasks, limit=limit, batch_size=batch_size, hub=hub,
-                                     progress=progress, on_task=on_task)
+                                     progress=progress, on_event=on_event)
     result.config["seqlen"] = next((r.seqlen for r in result.perplexity.values()), seqlen)
     result.seconds = time.perf_counter() - start
     return result
@@ -128,8 +127,3 @@ def _describe(lm) -> dict:
     if callable(describe):
         return describe()
     return {"ref": getattr(lm, "ref", type(lm.model).__name__)}
-
-
-def _emit(report: Event | None, kind: str, name: str, i: int, total: int, result) -> None:
-    if report:
-        report(kind, name, i, total, result)

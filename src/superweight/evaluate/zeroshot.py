@@ -20,10 +20,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from superweight.errors import SuperweightError
 from superweight.evaluate import sources
+from superweight.events import OnEvent, emitter
 from superweight.tasks import TASKS_DIR
 
 TASKS = sources.TASK_SOURCES  # arc_challenge, arc_easy, hellaswag, lambada, piqa, sciq, winogrande
@@ -69,13 +70,11 @@ def check_tasks(tasks: Sequence[str]) -> list[str]:
 def zero_shot(lm, tasks: Sequence[str] = TASKS, *, limit: int | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE, hub: bool = False,
               data_files: Mapping[str, str | os.PathLike] | None = None, progress: bool = True,
-              on_task: Callable[[str, int, int, TaskResult | None], None] | None = None,
-              ) -> dict[str, TaskResult]:
+              on_event: OnEvent | None = None) -> dict[str, TaskResult]:
     """Zero-shot accuracy of `lm` (a `LoadedModel`) on lm-eval tasks; `limit` items per task.
 
     `data_files` maps a task to a local data file in that task's Hugging Face schema (overrides the
-    fetched copy). `on_task(name, index, total, result)` is called before (result None) and after
-    each task.
+    fetched copy). `on_event` hears each task ("task") begin and end (`superweight.events`).
 
     >>> zero_shot(load_model(), ["arc_easy", "piqa"], limit=100)["piqa"].acc  # doctest: +SKIP
     """
@@ -89,13 +88,12 @@ def zero_shot(lm, tasks: Sequence[str] = TASKS, *, limit: int | None = None,
         manager = _task_manager(files, Path(tmp), hub)
         harness = _harness(lm, batch_size, progress)
         results = {}
-        for i, name in enumerate(tasks):
-            if on_task:
-                on_task(name, i, len(tasks), None)
+        emit = emitter(on_event)
+        for i, name in enumerate(tasks, 1):
+            emit("task", name, i, len(tasks))
             with _silent(not progress):
                 results[name] = _run_task(harness, manager, name, files.get(name), limit, hub)
-            if on_task:
-                on_task(name, i, len(tasks), results[name])
+            emit("task", name, i, len(tasks), results[name], ended=True)
     return results
 
 

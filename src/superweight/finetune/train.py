@@ -33,6 +33,7 @@ import torch
 
 from superweight._io import result_header
 from superweight.errors import SuperweightError
+from superweight.events import Emit, OnEvent, emitter
 from superweight.finetune.data import BlockDataset, check_corpus, token_blocks
 from superweight.finetune.guard import DriftReport, GuardConfig, SuperWeightGuard
 from superweight.finetune.lora import LoRASettings, lora_attached, lora_offset, lora_targets
@@ -45,7 +46,6 @@ from superweight.selection import DETECTION, Selection, as_selection
 METHODS = ("full", "lora", "smt")
 GUARDS = ("freeze", "clip", "none")
 MANIFEST_NAME = "superweight-finetune.json"
-OnEvent = Callable[[str, str, int, int, object], None]  # (kind, name, i, total, result or None)
 
 
 def _positive_int(value, what: str) -> None:
@@ -200,9 +200,9 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     looks at the model in memory. `original` is what
     `check` compares against, or a function that loads it (default: `lm` loaded again from its
     reference, or copied first if it was built in memory). `data` names the corpus for the record.
-    `on_event(kind, name, i, total, result)` follows the run for a progress display: kind "warmup"
-    (SMT's warm-up batches), "train" (optimizer steps; result `{"loss": ...}`), "save" and "check";
-    result None when a step starts."""
+    `on_event` follows the run (`superweight.events`): kind "warmup" (SMT's warm-up batches),
+    "train" (optimizer steps; ended with `{"loss": ...}`), "save" (`{"out": ...}`) and "check"
+    (`{"rows": ...}`)."""
     from superweight.detect import find_super_weights
 
     out_path = preflight(lm, config, texts, out, force)
@@ -220,24 +220,24 @@ def finetune(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str], *,
     if config.method == "lora":
         notes.append("LoRA: the guard can only act on the merged weights (freeze restores them, clip bounds "
                      "their total change); during training it records the effective value W + B·A.")
-    emit = on_event or (lambda *a: None)
+    emit = emitter(on_event)
     plan, stats = _train(lm, config, blocks, sws, guard, emit)
     report = guard.report()
     if out_path is not None:
-        emit("save", "save", 1, 1, None)
+        emit("save", "save", 1, 1)
         manifest = {**result_header("finetuned-model", model=described), "config": config.to_dict(),
                     "data": data, "super_weights": [s.to_dict() for s in sws],
                     "drift": {"weights": report.weight_rows(), "activations": report.activation_rows()},
                     "smt": plan.to_dict() if plan else None}
         save_checkpoint(lm, out_path, MANIFEST_NAME, manifest, force=force)
-        emit("save", "save", 1, 1, {"out": str(out_path)})
+        emit("save", "save", 1, 1, {"out": str(out_path)}, ended=True)
     rows = None
     if check and not sws:
         notes.append("check skipped: no super weights were given or detected")
     elif check:
-        emit("check", "check", 1, 1, None)
+        emit("check", "check", 1, 1)
         rows = _check(lm, original, out_path, sws)
-        emit("check", "check", 1, 1, {"rows": rows})
+        emit("check", "check", 1, 1, {"rows": rows}, ended=True)
     return FinetuneResult(config, described, sws, stats, report, plan, rows,
                           str(out_path) if out_path else None, notes, data, selection.source)
 
@@ -274,7 +274,7 @@ def preflight(lm: LoadedModel, config: FinetuneConfig, texts: Sequence[str],
 
 
 def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: list[SuperWeight],
-           guard: SuperWeightGuard, emit: OnEvent) -> tuple[SMTPlan | None, TrainStats]:
+           guard: SuperWeightGuard, emit: Emit) -> tuple[SMTPlan | None, TrainStats]:
     """Prepare the method, run the Trainer with the guard, merge; the model is left in eval mode."""
     model = lm.model
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -330,12 +330,12 @@ def _train(lm: LoadedModel, config: FinetuneConfig, blocks: torch.Tensor, sws: l
     return plan, stats
 
 
-def _announced(batches: Iterator[dict], n: int, emit: OnEvent) -> Iterator[dict]:
+def _announced(batches: Iterator[dict], n: int, emit: Emit) -> Iterator[dict]:
     """The warm-up batches, each announced before and after it is used."""
     for i, batch in enumerate(batches, 1):
-        emit("warmup", f"warm-up {i}", i, n, None)
+        emit("warmup", f"warm-up {i}", i, n)
         yield batch
-        emit("warmup", f"warm-up {i}", i, n, {})
+        emit("warmup", f"warm-up {i}", i, n, {}, ended=True)
 
 
 def iter_batches(blocks: torch.Tensor, batch_size: int, n: int) -> Iterator[dict]:
@@ -391,20 +391,20 @@ def step_timer():
     return StepTimer()
 
 
-def progress_callback(emit: OnEvent):
-    """A Trainer callback that reports every optimizer step to `emit(kind, name, i, total, result)`:
-    kind "train", when the step begins (result None) and when its loss is logged (`{"loss": x}`)."""
+def progress_callback(emit: Emit):
+    """A Trainer callback that reports every optimizer step to `emit` (`superweight.events.emitter`):
+    kind "train", when the step begins and when its loss is logged (`{"loss": x}`)."""
     from transformers import TrainerCallback
 
     class StepProgress(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             i = state.global_step + 1
-            emit("train", f"step {i}", i, state.max_steps, None)
+            emit("train", f"step {i}", i, state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 i = state.global_step
-                emit("train", f"step {i}", i, state.max_steps, {"loss": float(logs["loss"])})
+                emit("train", f"step {i}", i, state.max_steps, {"loss": float(logs["loss"])}, ended=True)
 
     return StepProgress()
 

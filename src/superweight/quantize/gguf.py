@@ -33,6 +33,7 @@ from typing import ClassVar, Sequence
 
 from superweight._io import result_header
 from superweight.errors import SuperweightError
+from superweight.events import GGUF, OnEvent, emitter
 from superweight.model.load import LoadedModel
 from superweight.records import SuperWeight
 from superweight.selection import Selection, as_selection
@@ -171,7 +172,8 @@ def plan_overrides(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight]
                                          names=list(tensors))
 
 
-def importance_matrix(lm: LoadedModel, config: GGUFQuantConfig, hub: bool = False) -> dict | None:
+def importance_matrix(lm: LoadedModel, config: GGUFQuantConfig, hub: bool = False,
+                      on_event: OnEvent | None = None) -> dict | None:
     """llama.cpp's importance matrix of `lm` from the config's text, or None when none is asked."""
     if not config.imatrix:
         return None
@@ -179,18 +181,18 @@ def importance_matrix(lm: LoadedModel, config: GGUFQuantConfig, hub: bool = Fals
     from superweight.runtime.scoring import text_windows
 
     windows = text_windows(lm, config.imatrix, seqlen=IMATRIX_SEQLEN, max_tokens=config.imatrix_tokens, hub=hub)
-    return compute_imatrix(lm, windows)
+    return compute_imatrix(lm, windows, on_event=on_event)
 
 
 def score_gguf(lm: LoadedModel, path: str | Path, reference: str | Path, sources: Sequence[str] = ("wiki",),
                *, seqlen: int = 512, max_tokens: int | None = 4096, n_threads: int | None = None,
-               hub: bool = False):
+               hub: bool = False, on_event: OnEvent | None = None):
     """Perplexity and KL divergence of GGUF `path` against GGUF `reference`, both run by llama.cpp, on
     our evaluator's windows of each text tokenized by `lm`'s tokenizer (`evaluate_gguf`)."""
     from superweight.evaluate.llamacpp import evaluate_gguf
 
     return evaluate_gguf(path, sources, reference=reference, seqlen=seqlen, max_tokens=max_tokens, hub=hub,
-                         n_threads=n_threads, tokenizer=lm.tokenizer)
+                         n_threads=n_threads, tokenizer=lm.tokenizer, on_event=on_event)
 
 
 @dataclass
@@ -214,7 +216,8 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig,
                      super_weights: Selection | Sequence[SuperWeight] | None,
                      out: str | Path, *, force: bool = False, f32: str | Path | None = None,
                      imatrix: dict | None = None, n_threads: int | None = None,
-                     score: dict | None = None, stock_types: dict[str, str] | None = None) -> GGUFRun:
+                     score: dict | None = None, stock_types: dict[str, str] | None = None,
+                     on_event: OnEvent | None = None) -> GGUFRun:
     """Write `lm` as a llama.cpp GGUF of `config.type` at `out`, protected as the config says; with
     `score` (keyword arguments of `score_gguf`: sources, seqlen, max_tokens) measure it in llama.cpp
     against the unquantized file.
@@ -225,7 +228,9 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig,
     With overrides and `config.pin_stock`, the stock file's types pin every other tensor:
     `stock_types` gives them (same type and imatrix), else a stock quantization is made first.
     Nothing is written at `out` unless the whole quantization succeeds. `super_weights`: a
-    `Selection` (its source is recorded) or records.
+    `Selection` (its source is recorded) or records. `on_event` hears each step
+    ("gguf": the steps `gguf_steps` names, each ended with what it made in words; the imatrix's
+    batches; each text scored; `superweight.events`).
     """
     from superweight.runtime.quantize import gguf_tensors, quantize_gguf
 
@@ -235,31 +240,67 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig,
     notes: list[str] = []
     if config.protect != "none" and not super_weights:
         notes.append(f"no super weight to protect in {lm.ref}: protect {config.protect} protects nothing")
-    if imatrix is None:
-        imatrix = importance_matrix(lm, config)
+    plan = gguf_steps(config, super_weights, f32=f32, imatrix=imatrix, stock_types=stock_types)
+    emit = emitter(on_event)
+
+    def begin(step: str) -> None:
+        emit(GGUF, step, plan.index(step) + 1, len(plan))
+
+    def end(step: str, said: str) -> None:
+        emit(GGUF, step, plan.index(step) + 1, len(plan), said, ended=True)
+
+    if imatrix is None and IMATRIX_STEP in plan:
+        begin(IMATRIX_STEP)
+        imatrix = importance_matrix(lm, config, on_event=on_event)
+        end(IMATRIX_STEP, f"{len(imatrix)} tensors")
     parent = out.parent if out.parent.is_dir() else None
     with tempfile.TemporaryDirectory(prefix=".superweight-f32-", dir=parent) as tmp:
         if f32 is None:
+            begin(F32_STEP)
             written = write_f32(lm, Path(tmp) / "model-f32.gguf")
             if written.note():
                 notes.append(written.note())
             f32 = written.path
+            end(F32_STEP, f"{Path(f32).stat().st_size / 2**20:,.1f} MiB")
         tensors = gguf_tensors(f32)
-        pin = config.pin_stock and bool(config.tensor_types or (config.protect != "none" and super_weights))
+        pin = _pinned(config, super_weights)
         if pin and stock_types is None:
+            begin(STOCK_STEP)
             stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
             stock_types = stock["tensors"]
+            end(STOCK_STEP, f"stock {config.type}: {stock['size_bytes'] / 2**20:,.1f} MiB")
         overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers, stock_types)
         metadata = {"config": config.label(), "source_model": lm.ref,
                     "super_weights": ";".join(",".join(map(str, s.coord)) for s in super_weights)}
         pins = stock_types if pin and overrides else None
+        begin(QUANTIZE_STEP)
         manifest = quantize_gguf(f32, out, config.type, overrides=overrides, imatrix=imatrix,
                                  imatrix_source=config.imatrix, nthread=n_threads, force=force,
                                  metadata=metadata, pin_types=pins,
                                  pinned_from=f"stock {config.type}" if pins else None)
+        end(QUANTIZE_STEP, f"{config.type}: {manifest['size_bytes'] / 2**20:,.1f} MiB, "
+                           f"{manifest['bits_per_weight']:.2f} bits per weight, {len(overrides)} override(s)")
         run = GGUFRun(GGUFQuantResult(config.to_dict(), str(out), list(super_weights), overrides, manifest, notes),
                       model=lm.describe(), super_weight_source=selection.source if selection else None,
                       evaluation=dict(score) if score is not None else None)
         if score is not None:
-            run.scores = score_gguf(lm, out, f32, n_threads=n_threads, **score)
+            run.scores = score_gguf(lm, out, f32, n_threads=n_threads, on_event=on_event, **score)
     return run
+
+
+IMATRIX_STEP, F32_STEP, STOCK_STEP, QUANTIZE_STEP = ("importance matrix", "F32 GGUF", "stock quantization",
+                                                     "quantization")
+
+
+def gguf_steps(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight], *, f32=None, imatrix=None,
+               stock_types=None) -> list[str]:
+    """The steps `quantize_to_gguf` will take with these arguments, in order (a progress plan);
+    the texts it scores come after them."""
+    pin = _pinned(config, super_weights)
+    return ([IMATRIX_STEP] * (imatrix is None and bool(config.imatrix)) + [F32_STEP] * (f32 is None)
+            + [STOCK_STEP] * (pin and stock_types is None) + [QUANTIZE_STEP])
+
+
+def _pinned(config: GGUFQuantConfig, super_weights: Sequence[SuperWeight]) -> bool:
+    """Whether the stock file's types pin the tensors no override names (there are overrides)."""
+    return config.pin_stock and bool(config.tensor_types or (config.protect != "none" and super_weights))

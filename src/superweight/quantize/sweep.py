@@ -18,6 +18,7 @@ from superweight._io import result_header
 from superweight.errors import SuperweightError
 from superweight.evaluate.metrics import AVERAGE_KEY, Metric
 from superweight.evaluate.settings import Evaluator, as_evaluator
+from superweight.events import STAGE, OnEvent, emitter
 from superweight.model.load import LoadedModel
 from superweight.quantize.w8a8 import W8A8_METHODS
 from superweight.records import SuperWeight
@@ -26,6 +27,7 @@ from superweight.selection import Selection, as_selection
 SWEEP_METHODS = ("rtn", "rtn-clip", "superweight")
 BASELINE, WEIGHT, W8A8 = "baseline", "weight", "w8a8"
 TABLE3 = ("naive", "smoothquant", "superact")  # (baseline, calibrated reference, ours)
+AS_LOADED = "as loaded"  # the stage that evaluates the model before any quantization
 
 
 @dataclass
@@ -158,15 +160,21 @@ def sweep_configs(bits: Sequence[int], blocks: Sequence[int], methods: Sequence[
 
 def evaluate_configs(lm: LoadedModel, evaluate: Callable, configs: Sequence,
                      super_weights: Sequence[SuperWeight] | None = None,
-                     on_start: Callable[[str], None] | None = None,
-                     on_row: Callable[[Row], None] | None = None) -> list[Row]:
-    """Evaluate the model under each config in turn (any registered method; restored after each)."""
+                     on_event: OnEvent | None = None, *, with_baseline: bool = False) -> list[Row]:
+    """Evaluate the model under each config in turn (any registered method; restored after each),
+    after the model as loaded with `with_baseline`. `on_event` hears each as a "stage" (its `Row`
+    when it ends; `superweight.events`)."""
     from superweight.quantize.api import applied, handler_for
 
+    emit, total = emitter(on_event), len(configs) + with_baseline
     rows = []
+    if with_baseline:
+        emit(STAGE, AS_LOADED, 1, total)
+        rows.append(baseline(lm, evaluate))
+        emit(STAGE, AS_LOADED, 1, total, rows[-1], ended=True)
     for cfg in configs:
-        if on_start:
-            on_start(cfg.label())
+        index = len(rows) + 1
+        emit(STAGE, cfg.label(), index, total)
         start = time.perf_counter()
         try:
             with applied(lm, cfg, super_weights) as report:
@@ -178,21 +186,19 @@ def evaluate_configs(lm: LoadedModel, evaluate: Callable, configs: Sequence,
         kind = handler_for(cfg).kind
         quant = (report.summary() if report else {}) if kind == WEIGHT else {"config": cfg.to_dict(),
                                                                              "plan": report.summary()}
-        row = Row(**cfg.row_key(), metrics=metrics, quant=quant, seconds=time.perf_counter() - start, kind=kind)
-        rows.append(row)
-        if on_row:
-            on_row(row)
+        rows.append(Row(**cfg.row_key(), metrics=metrics, quant=quant, seconds=time.perf_counter() - start,
+                        kind=kind))
+        emit(STAGE, cfg.label(), index, total, rows[-1], ended=True)
     return rows
 
 
 def weight_sweep(lm: LoadedModel, evaluate: Callable, bits: Sequence[int], blocks: Sequence[int],
                  methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
                  tail: str = "ragged", super_weights: Sequence[SuperWeight] | None = None,
-                 on_start: Callable[[str], None] | None = None,
-                 on_row: Callable[[Row], None] | None = None) -> list[Row]:
+                 on_event: OnEvent | None = None) -> list[Row]:
     """Evaluate every method × bits × block size; the model is restored after each."""
     configs = sweep_configs(bits, blocks, methods, z, granularity, tail)  # validate all before any work
-    return evaluate_configs(lm, evaluate, configs, super_weights, on_start, on_row)
+    return evaluate_configs(lm, evaluate, configs, super_weights, on_event)
 
 
 def w8a8_configs(methods: Sequence[str] = tuple(W8A8_METHODS), **settings) -> list:
@@ -209,10 +215,9 @@ def w8a8_configs(methods: Sequence[str] = tuple(W8A8_METHODS), **settings) -> li
 
 
 def w8a8_table(lm: LoadedModel, evaluate: Callable, methods: Sequence[str] = tuple(W8A8_METHODS),
-               on_start: Callable[[str], None] | None = None,
-               on_row: Callable[[Row], None] | None = None, **settings) -> list[Row]:
+               on_event: OnEvent | None = None, **settings) -> list[Row]:
     """Evaluate each W8A8 method (naive, superact, smoothquant) with the same bit widths."""
-    return evaluate_configs(lm, evaluate, w8a8_configs(methods, **settings), None, on_start, on_row)
+    return evaluate_configs(lm, evaluate, w8a8_configs(methods, **settings), None, on_event)
 
 
 def share_kept(naive: float, smooth: float, ours: float) -> float | None:
@@ -230,34 +235,21 @@ def share_kept(naive: float, smooth: float, ours: float) -> float | None:
 def run_sweep(lm: LoadedModel, evaluate: Evaluator | Callable, bits: Sequence[int], blocks: Sequence[int],
               methods: Sequence[str] = SWEEP_METHODS, z: float | None = None, granularity: str = "block",
               tail: str = "ragged", super_weights: Selection | Sequence[SuperWeight] | None = None,
-              on_start: Callable[[str], None] | None = None,
-              on_row: Callable[[Row], None] | None = None) -> QuantResult:
+              on_event: OnEvent | None = None) -> QuantResult:
     """Figure 7: the model as loaded, then every method × bits × block size, as one result.
     `super_weights` (kept by the methods that keep them): a `Selection`, or records."""
     evaluate = as_evaluator(evaluate)
-    sweep_configs(bits, blocks, methods, z, granularity, tail)
-    if on_start:
-        on_start("as loaded")
-    rows = [baseline(lm, evaluate)]
-    if on_row:
-        on_row(rows[0])
+    configs = sweep_configs(bits, blocks, methods, z, granularity, tail)
     sws = as_selection(super_weights).super_weights if super_weights is not None else None
-    rows += weight_sweep(lm, evaluate, bits, blocks, methods, z, granularity, tail, sws, on_start, on_row)
+    rows = evaluate_configs(lm, evaluate, configs, sws, on_event, with_baseline=True)
     config = {"bits": list(bits), "blocks": list(blocks), "methods": list(methods), "z": z,
               "granularity": granularity, "tail": tail}
     return QuantResult.of(lm, rows, evaluate, config, super_weights)
 
 
 def run_w8a8(lm: LoadedModel, evaluate: Evaluator | Callable, methods: Sequence[str] = tuple(W8A8_METHODS),
-             on_start: Callable[[str], None] | None = None,
-             on_row: Callable[[Row], None] | None = None, **settings) -> QuantResult:
+             on_event: OnEvent | None = None, **settings) -> QuantResult:
     """Table 3: the model as loaded, then each W8A8 method, as one result (with `share_kept()`)."""
     evaluate = as_evaluator(evaluate)
-    w8a8_configs(methods, **settings)
-    if on_start:
-        on_start("as loaded")
-    rows = [baseline(lm, evaluate)]
-    if on_row:
-        on_row(rows[0])
-    rows += w8a8_table(lm, evaluate, methods, on_start, on_row, **settings)
+    rows = evaluate_configs(lm, evaluate, w8a8_configs(methods, **settings), None, on_event, with_baseline=True)
     return QuantResult.of(lm, rows, evaluate, {"methods": list(methods), **settings})

@@ -180,19 +180,21 @@ class CensusProgress:
         self.total = self.finished = 0
         self.start = clock()
 
-    def on_event(self, kind: str, ref: str, entry: dict | None) -> None:
+    def on_event(self, event) -> None:
+        """`run_census`'s `on_event` (`superweight.events.Event`)."""
         from superweight.report.progress import duration
 
-        if kind == "skip":
-            self.console.print(f"already in the store ({entry['status']}): {ref}", markup=False)
-        elif kind == "plan":
-            self.total, self.start = int(ref), self.clock()
+        if event.kind == "skip":
+            self.console.print(f"already in the store ({event.result['status']}): {event.name}", markup=False)
+        elif event.kind == "plan":
+            self.total, self.start = event.total, self.clock()
             self.console.print(f"{self.total} model(s) to run", markup=False)
-        elif kind == "done":
+        elif event.kind == "model" and event.ended:
+            entry = event.result
             self.finished += 1
             elapsed = self.clock() - self.start
             left = elapsed / self.finished * (self.total - self.finished)
             what = "done" if entry["status"] == "done" else f"FAILED ({entry['error']})"
             secs = f" ({duration(entry['seconds'])})" if entry.get("seconds") is not None else ""
-            self.console.print(f"[{self.finished}/{self.total}] {what}: {ref}{secs} · about {duration(left)} left",
-                               markup=False)
+            self.console.print(f"[{self.finished}/{self.total}] {what}: {event.name}{secs} · "
+                               f"about {duration(left)} left", markup=False)

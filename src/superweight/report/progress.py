@@ -19,15 +19,20 @@ prints one line, so logs of non-interactive runs read the same story.
 >>> print(err.file.getvalue().strip())
 [1/2] a · wiki: ppl 16.6 (10 s) · about 10 s left
 [2/2] b · wiki: ppl 16.6 (9 s) · about 0 s left
+
+Every long operation of the library reports through one `on_event` (`superweight.events`), which a
+`RunProgress` takes as it is: `ablation_table(..., on_event=progress.on_event)`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
+
+from superweight.events import BATCH, STAGE, Event
 
 
 def duration(seconds: float | None) -> str:
@@ -56,13 +61,14 @@ class _Left(ProgressColumn):
 class RunProgress:
     """A progress bar over `stages` × `steps` on a rich console (stderr), with a time-left estimate.
 
-    `steps` names the steps of one stage in order (or gives their number when unnamed). Use
-    `stage(name)` when a stage begins, `start(step)` / `done(step, figure)` around each step, or
-    `on_event` as `superweight.evaluate.evaluate`'s callback.
+    `steps` names the steps of one stage in order (or gives their number when unnamed). Give
+    `on_event` to any long operation (`superweight.events`), or call `stage(name)` when a stage
+    begins and `start(step)` / `done(step, figure)` around each step. With `batches`, each "batch"
+    event is a step (for runs made of batches only); otherwise batches only move the description.
     """
 
     def __init__(self, title: str, stages: int, steps: Sequence[str] | int, console=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, batches: bool = False):
         from superweight.report.console import console as make_console
 
         self.title = title
@@ -71,6 +77,7 @@ class RunProgress:
         self.per_stage = max(1, len(self.plan))
         self.console = console or make_console(stderr=True)
         self.clock = clock
+        self.batches = batches
         self.step_times: dict[str, list[float]] = {}
         self.stage_times: list[float] = []
         self.stage_name = ""
@@ -137,14 +144,26 @@ class RunProgress:
     def log(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)
 
-    def on_event(self, kind: str, name: str, i: int, total: int, result) -> None:
-        """`evaluate`'s `on_event`: a perplexity text or a task, before (result None) and after."""
-        if result is None:
-            self.start(name)
-        elif kind == "ppl":
-            self.done(name, f"ppl {result.ppl:.4g} ({result.tokens:,} tokens)")
+    def on_event(self, event: Event) -> None:
+        """The one callback of every long operation (`superweight.events`): a stage begins, a step
+        begins or ends (a line with its figure), a batch is done."""
+        if event.kind == STAGE:
+            if not event.ended:
+                self.stage(event.name)
+        elif event.kind == BATCH:
+            if self.batches:
+                self.done(f"batch {self.done_in_stage + 1}", f"{event.index}/{event.total} {event.name}")
+            else:
+                where = f"{self.stage_name} · {self.step_name}" if self.stage_name else self.step_name
+                self._describe(f"{where} ({event.index}/{event.total} {event.name})")
+        elif not event.ended:
+            self.start(event.name)
         else:
-            self.done(name, f"acc {result.acc:.4f} ({result.items} items)")
+            self.done(event.name, figure(event), log=self.logs(event))
+
+    def logs(self, event: Event) -> bool:
+        """Whether a finished step prints its line (every one, here)."""
+        return True
 
     # --- estimate --------------------------------------------------------------------------------
 
@@ -181,6 +200,30 @@ class RunProgress:
         return max(0.0, left - (self.clock() - at))
 
 
+def _survivors(result: dict) -> str:
+    rows = result.get("rows") or []
+    return f"{sum(r.survives for r in rows)} of {len(rows)} super activation(s) survive"
+
+
+# What a finished step's line says, by the event's kind; any other kind prints its result as it is.
+FIGURES: dict[str, Callable[[Any], str]] = {
+    "ppl": lambda r: f"ppl {r.ppl:.4g} ({r.tokens:,} tokens)",
+    "task": lambda r: f"acc {r.acc:.4f} ({r.items} items)",
+    "train": lambda r: f"loss {r['loss']:.4f}",
+    "warmup": lambda r: "gradients accumulated",
+    "save": lambda r: f"checkpoint written to {r['out']}",
+    "check": _survivors,
+    "score": lambda r: f"ppl {r['ppl']:.4g}" + (f", KLD {r['kld_mean']:.4f}" if "kld_mean" in r else "")
+                       + f" ({r['tokens']:,} tokens)",
+}
+
+
+def figure(event: Event) -> str:
+    """The figure a finished step's line shows."""
+    fmt = FIGURES.get(event.kind)
+    return fmt(event.result) if fmt else ("" if event.result is None else str(event.result))
+
+
 LOGGED_STEPS = 20  # a fine-tuning run prints about this many step lines, however long it is
 
 
@@ -195,12 +238,14 @@ class TrainProgress(RunProgress):
     >>> from rich.console import Console
     >>> err = Console(file=io.StringIO(), width=100)
     >>> clock = iter([0, 2, 2, 2, 6, 6, 6, 7, 7]).__next__  # a fake clock: seconds
+    >>> from superweight.events import emitter
     >>> with TrainProgress("demo", steps=2, check=False, console=err, clock=clock) as p:
+    ...     emit = emitter(p.on_event)
     ...     for i in (1, 2):
-    ...         p.on_event("train", f"step {i}", i, 2, None)
-    ...         p.on_event("train", f"step {i}", i, 2, {"loss": 5.0 - i})
-    ...     p.on_event("save", "save", 1, 1, None)
-    ...     p.on_event("save", "save", 1, 1, {"out": "tuned"})
+    ...         emit("train", f"step {i}", i, 2)
+    ...         emit("train", f"step {i}", i, 2, {"loss": 5.0 - i}, ended=True)
+    ...     emit("save", "save", 1, 1)
+    ...     emit("save", "save", 1, 1, {"out": "tuned"}, ended=True)
     >>> print(err.file.getvalue().strip())
     [1/3] step 1: loss 4.0000 (2 s) · about 4 s left
     [2/3] step 2: loss 3.0000 (4 s) · about 3 s left
@@ -214,17 +259,7 @@ class TrainProgress(RunProgress):
         super().__init__(title, 1, plan, console, clock)
         self.every = max(1, steps // LOGGED_STEPS)
 
-    def on_event(self, kind: str, name: str, i: int, total: int, result) -> None:  # type: ignore[override]
-        if result is None:
-            self.start(name)
-        elif kind == "train":
-            self.done(name, f"loss {result['loss']:.4f}", log=i in (1, total) or i % self.every == 0)
-        elif kind == "warmup":
-            self.done(name, "gradients accumulated")
-        elif kind == "save":
-            self.done(name, f"checkpoint written to {result['out']}")
-        elif kind == "check":
-            rows = result.get("rows") or []
-            self.done(name, f"{sum(r.survives for r in rows)} of {len(rows)} super activation(s) survive")
-        else:
-            self.done(name, str(result))
+    def logs(self, event: Event) -> bool:
+        """The first and last optimizer step and about `LOGGED_STEPS` between print a line."""
+        i = event.index
+        return event.kind != "train" or i in (1, event.total) or i % self.every == 0

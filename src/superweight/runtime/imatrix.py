@@ -16,12 +16,11 @@ hook sees them); llama.cpp quantizes those without an importance matrix.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from superweight.errors import SuperweightError
+from superweight.events import BATCH, OnEvent, emitter
 
 
 def hf_to_gguf_names(lm, arch: str | None = None) -> dict[str, str]:
@@ -44,11 +43,11 @@ def hf_to_gguf_names(lm, arch: str | None = None) -> dict[str, str]:
 
 
 def compute_imatrix(lm, windows: torch.Tensor, *, arch: str | None = None, batch_size: int = 1,
-                    on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+                    on_event: OnEvent | None = None) -> dict[str, np.ndarray]:
     """Importance matrix of `lm` (a `LoadedModel`) over token windows `[n, seqlen]`, as llama.cpp's.
 
     Returns `{gguf tensor name: float32 [in_features]}`: per input column, the mean over every token
-    of the squared input of that weight.
+    of the squared input of that weight. `on_event` hears a "batch" event (windows done) after each batch.
 
     >>> im = compute_imatrix(lm, text_windows(lm, "wiki", seqlen=512, max_tokens=8192))  # doctest: +SKIP
     >>> im["blk.11.ffn_down.weight"].shape  # doctest: +SKIP
@@ -74,15 +73,14 @@ def compute_imatrix(lm, windows: torch.Tensor, *, arch: str | None = None, batch
             counts[name] = counts.get(name, 0) + x.shape[0]
         return hook
 
-    device = input_device(lm.model)
+    device, emit = input_device(lm.model), emitter(on_event)
     was_training = lm.model.training
     lm.model.eval()
     try:
         with torch.inference_mode(), hooked([(modules[p], make(n)) for p, n in names.items()]):
             for start in range(0, windows.shape[0], batch_size):
                 lm.model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
-                if on_batch:
-                    on_batch(min(start + batch_size, windows.shape[0]), windows.shape[0])
+                emit(BATCH, "imatrix", min(start + batch_size, windows.shape[0]), windows.shape[0], ended=True)
     finally:
         lm.model.train(was_training)
     out = {}
