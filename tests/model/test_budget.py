@@ -482,11 +482,11 @@ def test_cli_check_and_quantize_under_a_budget(model_dir, full, tmp_path, capsys
 
 
 def _timeless(obj, *drop):
-    """The payload without timings (and the keys in `drop`)."""
+    """The payload without timings (and the keys in `drop`, at any depth: nested results have headers)."""
     if isinstance(obj, dict):
-        return {k: _timeless(v) for k, v in obj.items() if k != "seconds" and k not in drop}
+        return {k: _timeless(v, *drop) for k, v in obj.items() if k != "seconds" and k not in drop}
     if isinstance(obj, list):
-        return [_timeless(v) for v in obj]
+        return [_timeless(v, *drop) for v in obj]
     return obj
 
 
