@@ -76,17 +76,32 @@ def read_gguf(path: Path):
     return reader
 
 
-def gguf_config(path: Path):
-    """The model config a GGUF file describes (its metadata only; no tensor is read)."""
+def gguf_config(path: Path, cache_dtype: str | None = None):
+    """The model config a GGUF file describes (its metadata only; no tensor is read). With
+    `cache_dtype`, the config its converted copy will carry (`converted_config`): what a memory plan
+    made before the conversion must see, `--dtype auto` included.
+
+    A damaged file is worded as `read_gguf` words it (that second parse happens only on the error path).
+    """
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     check_magic(path)
     try:
         parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-        return CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
+        config = CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
     except Exception as e:  # unsupported architecture, missing metadata, truncation
+        read_gguf(path)  # a damaged file: "corrupt or truncated", as the conversion would say
         raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
+    return config if cache_dtype is None else converted_config(config, cache_dtype)
+
+
+def converted_config(config, cache_dtype: str):
+    """`config` as a converted copy stores it: no quantization_config, `dtype` the cache dtype."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = cache_dtype
+    return config
 
 
 def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
@@ -379,10 +394,7 @@ def _name_shards(shards: list[list[str]], tmp: Path, plan: _Plan, dtype: torch.d
 
 def _write_config(plan: _Plan, tmp: Path, cache_dtype: str) -> None:
     """config.json and generation_config.json, as `save_pretrained` writes them (no quantization_config)."""
-    config = plan.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = cache_dtype
+    config = converted_config(plan.config, cache_dtype)
     config.architectures = [type(plan.model).__name__]
     config.save_pretrained(tmp)
     if plan.model.can_generate():
