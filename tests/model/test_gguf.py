@@ -9,6 +9,7 @@ quantized tensors so that dequantization is exercised; nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -206,7 +207,7 @@ def test_cache_hit_reads_nothing_but_the_magic_bytes(tmp_path, private_cache, mo
     assert again.source == first.source
     assert torch.equal(again.view.down_proj(0).matrix(), first.view.down_proj(0).matrix())
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a changed file
-    # a cache miss parses the GGUF (its metadata, for the memory plan, first: the refusal is worded
+    # a cache miss parses the GGUF (read once for the plan and the conversion; the refusal is worded
     # as a damaged file's, the message kept)
     with pytest.raises((AssertionError, SuperweightError), match="parsed on a cache hit"):
         load_model(str(path), quiet=True)
@@ -251,38 +252,36 @@ def test_an_impossible_budget_writes_nothing(tmp_path, private_cache, capsys):
 
 @pytest.mark.parametrize("budget", [None, "64MiB"], ids=["no-budget", "budget"])
 def test_the_memory_plan_is_made_once_on_a_first_conversion(tmp_path, private_cache, monkeypatch, budget):
-    """One plan, from one config read, before the conversion; the plan drives the load. A cache hit
-    reads the converted copy's config instead (the GGUF's metadata is not parsed) and plans once too."""
+    """The GGUF is read once, the plan made once from it, then converted; a cache hit reads the
+    converted copy's config instead and plans once too. Both record the same plan and memory."""
     from superweight.model import load as load_mod
 
     path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q8_0")
     calls: list[str] = []
-    real_plan, real_config, real_convert = load_mod.plan_memory, gguf_mod.gguf_config, gguf_mod.convert_gguf
 
-    def plan(*a, **k):
-        calls.append("plan")
-        return real_plan(*a, **k)
+    def counted(owner, name):
+        real = getattr(owner, name)
 
-    def config(*a, **k):
-        calls.append("gguf_config")
-        return real_config(*a, **k)
+        def call(*a, **k):
+            calls.append(name)
+            return real(*a, **k)
 
-    def convert(*a, **k):
-        calls.append("convert")
-        return real_convert(*a, **k)
+        monkeypatch.setattr(owner, name, call)
 
-    monkeypatch.setattr(load_mod, "plan_memory", plan)
-    monkeypatch.setattr(gguf_mod, "gguf_config", config)
-    monkeypatch.setattr(gguf_mod, "convert_gguf", convert)
+    for owner, name in ((load_mod, "plan_memory"), (load_mod, "_config"), (gguf_mod, "read_for_conversion"),
+                        (gguf_mod, "read_gguf"), (gguf_mod, "gguf_config"), (gguf_mod, "convert_gguf")):
+        counted(owner, name)
     first = load_model(str(path), max_memory=budget, quiet=True)
-    assert calls == ["gguf_config", "plan", "convert"]
+    assert calls == ["read_for_conversion", "read_gguf", "plan_memory", "convert_gguf"]
     assert first.plan.source == ("none" if budget is None else "given")
     calls.clear()
     again = load_model(str(path), max_memory=budget, quiet=True)
-    assert calls == ["plan"] and again.source == first.source
-    assert again.plan.device_map == first.plan.device_map and again.weight_files == first.weight_files
-    assert again.memory()["device_map"] == first.memory()["device_map"]
-    assert torch.equal(first.model(torch.tensor([[1, 2, 3]])).logits, again.model(torch.tensor([[1, 2, 3]])).logits)
+    assert calls == ["_config", "plan_memory"] and again.source == first.source
+    same = dataclasses.replace(first.plan, available=again.plan.available)  # the free RAM moves
+    assert again.plan == same and again.memory() == first.memory()
+    assert again.weight_files == first.weight_files
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(first.model(x).logits, again.model(x).logits)
 
 
 def test_dtype_auto_on_a_first_conversion_is_the_cache_dtype(tmp_path, private_cache):

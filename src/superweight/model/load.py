@@ -131,18 +131,17 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     a budget automatically (one line on stderr says so). `device` "auto" spreads the layers over
     the GPUs (device_map "auto"), then the RAM budget, then disk.
 
-    One straight pipeline: the reference is resolved (`_resolve`, nothing read but a GGUF's magic
+    One straight pipeline: the reference is resolved (`_resolve`: nothing read but a GGUF's magic
     bytes), its config read once, the architecture's adapter chosen and the memory plan made once,
     then a GGUF not converted yet is converted, then the weights load with the plan's device map. An
     impossible budget or an unsupported architecture is thus refused before any conversion work.
 
-    A GGUF not converted yet is planned from its own metadata, as its converted copy's config will say
-    it (`gguf.gguf_config` with the cache dtype, so `dtype` "auto" is the cache dtype), and without
-    file sizes: the plan's `weights_bytes` is the empty model's size at the load dtype (parameters and
-    buffers, as accelerate places them), not the GGUF's tensor shapes, whose names and count are
-    llama.cpp's and become the checkpoint's only in the conversion. It exceeds what the cached copy's
-    headers give on later loads (`checkpoint_bytes`) by the non-persistent buffers (rotary
-    frequencies: a few hundred bytes); the device map is the same.
+    A GGUF not converted yet is read once (`gguf.read_for_conversion`), for the plan and for the
+    conversion: its config is the one its converted copy will carry (so `dtype` "auto" is the cache
+    dtype), and the plan's `weights_bytes` is what the converted tensors will take at the load dtype,
+    computed from the very shapes the conversion writes (not from the GGUF's own tensors, whose
+    names, count and tied copies are llama.cpp's) — the number the copy's headers give on later
+    loads, so a first load and a cached one record the same memory.
 
     >>> lm = load_model("smollm2-135m")
     >>> lm.view.down_proj(11).matrix().shape
@@ -160,17 +159,20 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
         where = _resolve(ref, cache_dtype, quiet)
-        config = _read_config(where, trust_remote_code, cache_dtype)
+        pending = _read_gguf(where.gguf) if where.gguf is not None else None  # to convert: read once
+        config = (pending.config(cache_dtype) if pending is not None
+                  else _config(where.source, trust_remote_code, where.kind))
         adapter = adapter_for(config.model_type, layers, down_proj)
         torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
-        files = where.weight_files() if where.gguf is None else []  # to be converted: sized by the config
+        files = where.weight_files() if pending is None else []
+        weights_bytes = (pending.nbytes(torch_dtype) if pending is not None
+                         else checkpoint_bytes(files, torch_dtype) if files else None)
         plan = plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
-                           max_memory, trust_remote_code,
-                           weights_bytes=checkpoint_bytes(files, torch_dtype) if files else None)
+                           max_memory, trust_remote_code, weights_bytes=weights_bytes)
         if plan.source == "auto" and not quiet:
             print(plan.auto_message(), file=sys.stderr)
-        if where.gguf is not None:
-            _convert(where.gguf, Path(where.source), cache_dtype, quiet)
+        if pending is not None:
+            _convert(pending, Path(where.source), cache_dtype, quiet)
             files = where.weight_files()
         model, tok = _from_pretrained(where.source, torch_dtype, trust_remote_code, where.kind, plan.device_map)
     if plan.device_map is None:
@@ -230,16 +232,6 @@ def _resolve(ref: str, cache_dtype: str, quiet: bool) -> _Resolved:
     raise SuperweightError(
         f"model {ref!r} not found: not a built-in alias ({', '.join(ALIASES)}), "
         "not an existing path, not a hub id of the form org/name")
-
-
-def _read_config(where: _Resolved, trust_remote_code: bool, cache_dtype: str):
-    """The model's config, read once: from the GGUF's own metadata while it is not converted yet (as
-    its converted copy will carry it), else from the folder or the hub."""
-    if where.gguf is not None:
-        from superweight.model.gguf import gguf_config
-
-        return gguf_config(where.gguf, cache_dtype)
-    return _config(where.source, trust_remote_code, where.kind)
 
 
 def _looks_like_hub_id(ref: str) -> bool:
@@ -349,16 +341,24 @@ def _complete(entry: Path) -> bool:
     return (entry / SOURCE_FILE).is_file()
 
 
-def _convert(path: Path, entry: Path, cache_dtype: str, quiet: bool) -> None:
-    """Convert a GGUF file, tensor by tensor, into its cache entry (replacing what an interrupted
-    conversion left there; keeping a complete entry another run finished meanwhile). Full validation
-    of the file happens here, once."""
+def _read_gguf(path: Path):
+    """A GGUF file still to be converted, read once (`gguf.read_for_conversion`): the whole header
+    checked, its config and its converted tensors' sizes known before the memory plan is made."""
+    from superweight.model import gguf
+
+    return gguf.read_for_conversion(path)
+
+
+def _convert(pending, entry: Path, cache_dtype: str, quiet: bool) -> None:
+    """Convert a GGUF file already read (`_read_gguf`), tensor by tensor, into its cache entry
+    (replacing what an interrupted conversion left there; keeping a complete entry another run
+    finished meanwhile)."""
     from superweight.model import gguf
 
     if not quiet:
-        print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {entry}",
-              file=sys.stderr)
-    gguf.convert_gguf(path, entry, cache_dtype=cache_dtype, replace_partial=True)
+        print(f"Converting {pending.path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy "
+              f"in {entry}", file=sys.stderr)
+    gguf.convert_gguf(pending, entry, cache_dtype=cache_dtype, replace_partial=True)
 
 
 def gguf_cache_entry(path: Path, cache_dtype: str = "float32") -> Path:
