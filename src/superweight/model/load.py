@@ -22,7 +22,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
 from superweight.model.budget import MemoryPlan, checkpoint_bytes, format_size, plan_memory, summarize_device_map
 from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
+
+if TYPE_CHECKING:
+    from superweight.model.gguf import GgufCheckpoint
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -159,7 +162,11 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
         where = _resolve(ref, cache_dtype, quiet)
-        pending = _read_gguf(where.gguf) if where.gguf is not None else None  # to convert: read once
+        pending = None
+        if where.gguf is not None:  # still to convert: read once, for the plan and for the conversion
+            from superweight.model.gguf import read_for_conversion
+
+            pending = read_for_conversion(where.gguf)
         config = (pending.config(cache_dtype) if pending is not None
                   else _config(where.source, trust_remote_code, where.kind))
         adapter = adapter_for(config.model_type, layers, down_proj)
@@ -341,16 +348,8 @@ def _complete(entry: Path) -> bool:
     return (entry / SOURCE_FILE).is_file()
 
 
-def _read_gguf(path: Path):
-    """A GGUF file still to be converted, read once (`gguf.read_for_conversion`): the whole header
-    checked, its config and its converted tensors' sizes known before the memory plan is made."""
-    from superweight.model import gguf
-
-    return gguf.read_for_conversion(path)
-
-
-def _convert(pending, entry: Path, cache_dtype: str, quiet: bool) -> None:
-    """Convert a GGUF file already read (`_read_gguf`), tensor by tensor, into its cache entry
+def _convert(pending: GgufCheckpoint, entry: Path, cache_dtype: str, quiet: bool) -> None:
+    """Convert a GGUF file already read (`gguf.read_for_conversion`), tensor by tensor, into its cache entry
     (replacing what an interrupted conversion left there; keeping a complete entry another run
     finished meanwhile)."""
     from superweight.model import gguf
