@@ -9,6 +9,7 @@ quantized tensors so that dequantization is exercised; nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -206,9 +207,11 @@ def test_cache_hit_reads_nothing_but_the_magic_bytes(tmp_path, private_cache, mo
     assert again.source == first.source
     assert torch.equal(again.view.down_proj(0).matrix(), first.view.down_proj(0).matrix())
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a changed file
-    with pytest.raises(AssertionError, match="parsed on a cache hit"):
+    # a cache miss parses the GGUF (read once for the plan and the conversion; the refusal is worded
+    # as a damaged file's, the message kept)
+    with pytest.raises((AssertionError, SuperweightError), match="parsed on a cache hit"):
         load_model(str(path), quiet=True)
-    with pytest.raises(AssertionError, match="parsed on a cache hit"):  # another dtype, another entry
+    with pytest.raises((AssertionError, SuperweightError), match="parsed on a cache hit"):  # another dtype
         load_model(str(path), cache_dtype="bfloat16", quiet=True)
 
 
@@ -234,6 +237,60 @@ def test_impossible_budget_is_refused_before_the_first_conversion(tmp_path, priv
         load_model(str(path), max_memory="1KiB", quiet=True)
     assert "\n" not in str(info.value)
     assert leftovers(private_cache / "models") == []
+
+
+def test_an_impossible_budget_writes_nothing(tmp_path, private_cache, capsys):
+    """The real converter in place: refused before it starts, so no file appears anywhere (no cache
+    entry, no staging folder) and nothing says it is converting."""
+    path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q8_0")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SuperweightError, match="memory budget 1.0 KiB is too small"):
+        load_model(str(path), max_memory="1KiB", quiet=False)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == [p for p in before if p.is_file()]
+    assert "Converting" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", [None, "64MiB"], ids=["no-budget", "budget"])
+def test_the_memory_plan_is_made_once_on_a_first_conversion(tmp_path, private_cache, monkeypatch, budget):
+    """The GGUF is read once, the plan made once from it, then converted; a cache hit reads the
+    converted copy's config instead and plans once too. Both record the same plan and memory."""
+    from superweight.model import load as load_mod
+
+    path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q8_0")
+    calls: list[str] = []
+
+    def counted(owner, name):
+        real = getattr(owner, name)
+
+        def call(*a, **k):
+            calls.append(name)
+            return real(*a, **k)
+
+        monkeypatch.setattr(owner, name, call)
+
+    for owner, name in ((load_mod, "plan_memory"), (load_mod, "_config"), (gguf_mod, "read_for_conversion"),
+                        (gguf_mod, "read_gguf"), (gguf_mod, "gguf_config"), (gguf_mod, "convert_gguf")):
+        counted(owner, name)
+    first = load_model(str(path), max_memory=budget, quiet=True)
+    assert calls == ["read_for_conversion", "read_gguf", "plan_memory", "convert_gguf"]
+    assert first.plan.source == ("none" if budget is None else "given")
+    calls.clear()
+    again = load_model(str(path), max_memory=budget, quiet=True)
+    assert calls == ["_config", "plan_memory"] and again.source == first.source
+    same = dataclasses.replace(first.plan, available=again.plan.available)  # the free RAM moves
+    assert again.plan == same and again.memory() == first.memory()
+    assert again.weight_files == first.weight_files
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(first.model(x).logits, again.model(x).logits)
+
+
+def test_dtype_auto_on_a_first_conversion_is_the_cache_dtype(tmp_path, private_cache):
+    """The plan before the conversion sees the config the converted copy will carry."""
+    path = write_gguf(tiny_model("llama", num_layers=2), tmp_path / "l.gguf", qtype="Q8_0")
+    first = load_model(str(path), dtype="auto", cache_dtype="bfloat16", quiet=True)
+    assert first.dtype == first.plan.dtype == torch.bfloat16
+    again = load_model(str(path), dtype="auto", cache_dtype="bfloat16", quiet=True)
+    assert again.dtype == again.plan.dtype == torch.bfloat16
 
 
 def test_unknown_cache_dtype(tmp_path):
@@ -344,14 +401,14 @@ def test_a_users_non_empty_folder_is_refused_never_removed(tmp_path):
     assert (convert_gguf(path, tmp_path / "empty") / gguf_mod.SOURCE_FILE).is_file()
 
 
-def test_the_cache_replaces_its_own_partial_entry(tmp_path):
-    from superweight.model.load import _gguf_dir
+def test_the_cache_replaces_its_own_partial_entry(tmp_path, private_cache):
+    from superweight.model.load import gguf_cache_entry
 
     path = write_gguf(tiny_model("llama", num_layers=1), tmp_path / "l.gguf")
-    entry = tmp_path / "cache-entry"
+    entry = gguf_cache_entry(path)
     entry.mkdir()
     (entry / ".shard-00000").write_text("left by a killed conversion")
-    assert _gguf_dir(path, quiet=True, out=entry) == entry
+    assert load_model(str(path), quiet=True).source == str(entry)
     assert (entry / gguf_mod.SOURCE_FILE).is_file() and not (entry / ".shard-00000").exists()
 
 

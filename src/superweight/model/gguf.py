@@ -21,6 +21,7 @@ the GGUF again.
 
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import json
@@ -76,22 +77,67 @@ def read_gguf(path: Path):
     return reader
 
 
-def gguf_config(path: Path):
-    """The model config a GGUF file describes (its metadata only; no tensor is read)."""
+def gguf_config(path: Path, cache_dtype: str | None = None):
+    """The model config a GGUF file describes (its metadata only; no tensor is read); with
+    `cache_dtype`, as its converted copy will carry it (`converted_config`)."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     check_magic(path)
     try:
         parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-        return CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
+        config = CONFIG_MAPPING[parsed["config"]["model_type"]].from_dict(dict(parsed["config"]))
     except Exception as e:  # unsupported architecture, missing metadata, truncation
         raise SuperweightError(f"could not read GGUF file {str(path)!r}: {_first_line(e)}") from e
+    return config if cache_dtype is None else converted_config(config, cache_dtype)
 
 
-def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
+def converted_config(config, cache_dtype: str):
+    """`config` as a converted copy stores it: no quantization_config, `dtype` the cache dtype."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = cache_dtype
+    return config
+
+
+@dataclass
+class GgufCheckpoint:
+    """A GGUF file read once for its conversion (`read_for_conversion`): the whole header checked,
+    its tensor table (memory-mapped, no data read) and transformers' plan for it. The loader sizes
+    its memory plan from it, then hands it to `convert_gguf`, so the file is parsed once for both."""
+
+    path: Path
+    tensors: list  # gguf ReaderTensors
+    plan: _Plan | None  # None: an architecture transformers converts with its newer machinery
+
+    def config(self, cache_dtype: str):
+        """The config the converted copy will carry (a copy: the conversion writes its own)."""
+        if self.plan is None:
+            return gguf_config(self.path, cache_dtype)
+        return converted_config(copy.deepcopy(self.plan.config), cache_dtype)
+
+    def nbytes(self, dtype: torch.dtype) -> int | None:
+        """What the converted tensors take at `dtype`: the very shapes the conversion writes (tied
+        weights once), as `budget.checkpoint_bytes` reads them back from the files; None when the
+        reference path converts (its shapes are known only once the whole model is loaded)."""
+        return self.plan.nbytes(dtype) if self.plan is not None else None
+
+
+def read_for_conversion(path: Path) -> GgufCheckpoint:
+    """Parse a GGUF file for `convert_gguf`: one clear error if it is damaged or unreadable."""
+    reader = read_gguf(path)
+    architecture = _field(reader, "general.architecture", path)
+    tensors = reader.tensors
+    del reader  # its metadata (a vocabulary is many small arrays) is parsed again by transformers
+    return GgufCheckpoint(path, tensors, _plan(path, architecture, tensors))
+
+
+def convert_gguf(path: Path | GgufCheckpoint, out: Path, *, cache_dtype: str = "float32",
                  shard_bytes: int = SHARD_BYTES, replace_partial: bool = False) -> Path:
     """Convert a GGUF file tensor by tensor into a safetensors directory `out`; return `out`.
+
+    `path` is the file, or the file already read (`read_for_conversion`: the loader reads it once,
+    for its memory plan and for this).
 
     Weights are stored in `cache_dtype`: float32 is exact (the dequantized values), bfloat16 halves
     the disk and rounds each value as `tensor.to(torch.bfloat16)` does. `out` must not exist or be an
@@ -103,11 +149,8 @@ def convert_gguf(path: Path, out: Path, *, cache_dtype: str = "float32",
     """
     dtype = cache_torch_dtype(cache_dtype)
     _check_target(out, replace_partial)
-    reader = read_gguf(path)
-    architecture = _field(reader, "general.architecture", path)
-    tensors = reader.tensors
-    del reader  # its metadata (a vocabulary is many small arrays) is parsed again by transformers
-    plan = _plan(path, architecture, tensors)
+    checkpoint = path if isinstance(path, GgufCheckpoint) else read_for_conversion(path)
+    path, tensors, plan = checkpoint.path, checkpoint.tensors, checkpoint.plan
     if plan is None:  # an architecture transformers converts with its newer whole-model machinery
         return convert_gguf_reference(path, out, cache_dtype=cache_dtype, replace_partial=replace_partial)
     _check_space(out.parent, plan.nbytes(dtype), path)
@@ -379,10 +422,7 @@ def _name_shards(shards: list[list[str]], tmp: Path, plan: _Plan, dtype: torch.d
 
 def _write_config(plan: _Plan, tmp: Path, cache_dtype: str) -> None:
     """config.json and generation_config.json, as `save_pretrained` writes them (no quantization_config)."""
-    config = plan.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = cache_dtype
+    config = converted_config(plan.config, cache_dtype)
     config.architectures = [type(plan.model).__name__]
     config.save_pretrained(tmp)
     if plan.model.can_generate():

@@ -22,7 +22,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from superweight.errors import SuperweightError
 from superweight.model.adapters import ModelView, adapter_for
 from superweight.model.budget import MemoryPlan, checkpoint_bytes, format_size, plan_memory, summarize_device_map
 from superweight.model.offload import input_device, model_is_offloaded, private_folder, read_param
+
+if TYPE_CHECKING:
+    from superweight.model.gguf import GgufCheckpoint
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -131,6 +134,18 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     a budget automatically (one line on stderr says so). `device` "auto" spreads the layers over
     the GPUs (device_map "auto"), then the RAM budget, then disk.
 
+    One straight pipeline: the reference is resolved (`_resolve`: nothing read but a GGUF's magic
+    bytes), its config read once, the architecture's adapter chosen and the memory plan made once,
+    then a GGUF not converted yet is converted, then the weights load with the plan's device map. An
+    impossible budget or an unsupported architecture is thus refused before any conversion work.
+
+    A GGUF not converted yet is read once (`gguf.read_for_conversion`), for the plan and for the
+    conversion: its config is the one its converted copy will carry (so `dtype` "auto" is the cache
+    dtype), and the plan's `weights_bytes` is what the converted tensors will take at the load dtype,
+    computed from the very shapes the conversion writes (not from the GGUF's own tensors, whose
+    names, count and tied copies are llama.cpp's) — the number the copy's headers give on later
+    loads, so a first load and a cached one record the same memory.
+
     >>> lm = load_model("smollm2-135m")
     >>> lm.view.down_proj(11).matrix().shape
     torch.Size([576, 1536])
@@ -146,44 +161,33 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str 
     requested_device = device
     device = _resolve_device(device)
     with _status(f"Loading {ref}", quiet):
-        def check_budget(gguf_file: Path) -> None:  # before a first conversion: an impossible budget fails early
-            if max_memory is not None:
-                from superweight.model.gguf import gguf_config
+        where = _resolve(ref, cache_dtype, quiet)
+        pending = None
+        if where.gguf is not None:  # still to convert: read once, for the plan and for the conversion
+            from superweight.model.gguf import read_for_conversion
 
-                config = gguf_config(gguf_file)
-                torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
-                plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
-                            max_memory, trust_remote_code)
-
-        if ref in ALIASES:
-            path, kind = _alias_dir(ref, quiet, cache_dtype, check_budget), "alias"
-        elif ref.lower().endswith(".gguf"):
-            path, kind = _gguf_dir(Path(ref), quiet, cache_dtype=cache_dtype, before_convert=check_budget), "gguf"
-        elif Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-            path, kind = _local_dir(Path(ref).expanduser()), "local"
-        elif _looks_like_hub_id(ref):
-            path, kind = None, "hub"
-        else:
-            raise SuperweightError(
-                f"model {ref!r} not found: not a built-in alias ({', '.join(ALIASES)}), "
-                "not an existing path, not a hub id of the form org/name")
-        source = str(path) if path else ref
-        config = _config(source, trust_remote_code, kind)
+            pending = read_for_conversion(where.gguf)
+        config = (pending.config(cache_dtype) if pending is not None
+                  else _config(where.source, trust_remote_code, where.kind))
         adapter = adapter_for(config.model_type, layers, down_proj)
         torch_dtype = _checkpoint_dtype(config) if dtype == "auto" else DTYPES[dtype]
-        files = sorted(path.glob("*.safetensors")) if path else []
+        files = where.weight_files() if pending is None else []
+        weights_bytes = (pending.nbytes(torch_dtype) if pending is not None
+                         else checkpoint_bytes(files, torch_dtype) if files else None)
         plan = plan_memory(config, torch_dtype, requested_device if requested_device == "auto" else device,
-                           max_memory, trust_remote_code,
-                           weights_bytes=checkpoint_bytes(files, torch_dtype) if files else None)
+                           max_memory, trust_remote_code, weights_bytes=weights_bytes)
         if plan.source == "auto" and not quiet:
             print(plan.auto_message(), file=sys.stderr)
-        model, tok = _from_pretrained(source, torch_dtype, trust_remote_code, kind, plan.device_map)
+        if pending is not None:
+            _convert(pending, Path(where.source), cache_dtype, quiet)
+            files = where.weight_files()
+        model, tok = _from_pretrained(where.source, torch_dtype, trust_remote_code, where.kind, plan.device_map)
     if plan.device_map is None:
         model.to(device)
     model.eval()
     view = ModelView(model, adapter)
-    model_id = ALIASES[ref].hub_id if kind == "alias" else ref if kind == "hub" else None
-    return LoadedModel(model, tok, view, ref, kind, str(path) if path else ref, files, model_id, plan)
+    model_id = ALIASES[ref].hub_id if where.kind == "alias" else ref if where.kind == "hub" else None
+    return LoadedModel(model, tok, view, ref, where.kind, where.source, files, model_id, plan)
 
 
 def wrap_model(model: nn.Module, tokenizer: object = None, ref: str = "<in-memory>",
@@ -194,6 +198,48 @@ def wrap_model(model: nn.Module, tokenizer: object = None, ref: str = "<in-memor
 
 
 # --- references --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What a model reference names, found before anything is read beyond a GGUF's magic bytes."""
+
+    kind: str  # "alias" | "gguf" | "local" | "hub"
+    source: str  # what transformers loads: a folder (a GGUF's or alias's cache entry) or the hub id
+    gguf: Path | None = None  # the GGUF file still to convert into `source`; None: nothing to convert
+    # (a cached alias's GGUF is not even looked for: locating it verifies a checksum)
+
+    def weight_files(self) -> list[Path]:
+        """The safetensors files in `source` (none for a hub id; call it once a conversion is done)."""
+        if self.kind == "hub":
+            return []
+        return sorted(Path(self.source).glob("*.safetensors"))
+
+
+def _resolve(ref: str, cache_dtype: str, quiet: bool) -> _Resolved:
+    """The kind of `ref`, its folder or hub id and, for a GGUF or an alias, its cache entry and whether
+    it is still to be converted (an entry is complete once it holds `gguf.SOURCE_FILE`: a cache hit
+    reads nothing of the GGUF but its 4 magic bytes)."""
+    from superweight.model import gguf
+
+    if ref in ALIASES or ref.lower().endswith(".gguf"):
+        gguf.cache_torch_dtype(cache_dtype)  # an unknown name is refused before the cache is looked at
+    if ref in ALIASES:
+        entry = alias_cache_entry(ref, cache_dtype)
+        return _Resolved("alias", str(entry), None if _complete(entry) else alias_gguf(ref, quiet))
+    if ref.lower().endswith(".gguf"):
+        path = Path(ref).expanduser()
+        path = path.resolve() if path.exists() else path
+        gguf.check_magic(path)
+        entry = gguf_cache_entry(path, cache_dtype)
+        return _Resolved("gguf", str(entry), None if _complete(entry) else path)
+    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        return _Resolved("local", str(_local_dir(Path(ref).expanduser())))
+    if _looks_like_hub_id(ref):
+        return _Resolved("hub", ref)
+    raise SuperweightError(
+        f"model {ref!r} not found: not a built-in alias ({', '.join(ALIASES)}), "
+        "not an existing path, not a hub id of the form org/name")
+
 
 def _looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
@@ -295,31 +341,23 @@ def _quiet_accelerate() -> Iterator[None]:
 
 # --- GGUF --------------------------------------------------------------------------------------
 
-def _gguf_dir(path: Path, quiet: bool, out: Path | None = None, cache_dtype: str = "float32",
-              before_convert: Callable[[Path], None] | None = None) -> Path:
-    """The cached safetensors copy of a GGUF file, converted (tensor by tensor) on first use.
+def _complete(entry: Path) -> bool:
+    """A cache entry is complete once its conversion wrote `gguf.SOURCE_FILE` (last)."""
+    from superweight.model.gguf import SOURCE_FILE
 
-    A cache hit is decided without reading the file beyond its 4 magic bytes: the entry is keyed by
-    the file's path, size and mtime, the cache dtype and the converter's format version, and exists
-    only once complete. Full validation happens once, in the conversion. `before_convert(path)` runs
-    before a conversion (the memory budget check, on the file's own config).
-    """
+    return (entry / SOURCE_FILE).is_file()
+
+
+def _convert(pending: GgufCheckpoint, entry: Path, cache_dtype: str, quiet: bool) -> None:
+    """Convert a GGUF file already read (`gguf.read_for_conversion`), tensor by tensor, into its cache entry
+    (replacing what an interrupted conversion left there; keeping a complete entry another run
+    finished meanwhile)."""
     from superweight.model import gguf
 
-    path = path.expanduser()
-    path = path.resolve() if path.exists() else path
-    gguf.check_magic(path)
-    gguf.cache_torch_dtype(cache_dtype)  # an unknown name is refused before the cache is looked at
-    if out is None:
-        out = gguf_cache_entry(path, cache_dtype)
-    if (out / gguf.SOURCE_FILE).is_file():
-        return out
-    if before_convert is not None:
-        before_convert(path)
     if not quiet:
-        print(f"Converting {path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy in {out}",
-              file=sys.stderr)
-    return gguf.convert_gguf(path, out, cache_dtype=cache_dtype, replace_partial=True)  # a cache entry
+        print(f"Converting {pending.path.name} once, tensor by tensor, into a {cache_dtype} safetensors copy "
+              f"in {entry}", file=sys.stderr)
+    gguf.convert_gguf(pending, entry, cache_dtype=cache_dtype, replace_partial=True)
 
 
 def gguf_cache_entry(path: Path, cache_dtype: str = "float32") -> Path:
@@ -394,17 +432,6 @@ def alias_cache_entry(name: str, cache_dtype: str = "float32") -> Path:
     from superweight.model.gguf import FORMAT_VERSION
 
     return cache_dir("models") / f"{name}-{ALIASES[name].wheel_sha256[:16]}-{cache_dtype}-v{FORMAT_VERSION}"
-
-
-def _alias_dir(name: str, quiet: bool, cache_dtype: str = "float32",
-               before_convert: Callable[[Path], None] | None = None) -> Path:
-    from superweight.model.gguf import SOURCE_FILE
-
-    out = alias_cache_entry(name, cache_dtype)
-    if (out / SOURCE_FILE).is_file():
-        return out
-    return _gguf_dir(alias_gguf(name, quiet), quiet, out=out, cache_dtype=cache_dtype,
-                     before_convert=before_convert)
 
 
 # --- hashing -----------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def quantize_to_gguf(lm: LoadedModel, config: GGUFQuantConfig,
             begin(STOCK_STEP)
             stock = quantize_gguf(f32, Path(tmp) / "stock.gguf", config.type, imatrix=imatrix, nthread=n_threads)
             stock_types = stock["tensors"]
-            end(STOCK_STEP, f"stock {config.type}: {stock['size_bytes'] / 2**20:,.1f} MiB")
+            end(STOCK_STEP, f"{config.type}: {stock['size_bytes'] / 2**20:,.1f} MiB")
         overrides = plan_overrides(config, super_weights, tensors, lm.view.num_layers, stock_types)
         metadata = {"config": config.label(), "source_model": lm.ref,
                     "super_weights": ";".join(",".join(map(str, s.coord)) for s in super_weights)}
