@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from superweight.errors import SuperweightError
+from superweight.errors import SuperweightError, check_fields
 from superweight.interventions import prune
 from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, OriginConfig, ResidualLayer, ResidualProbe,
                                  massive_activations)
@@ -76,21 +76,10 @@ class DetectConfig:
         return MassiveCriterion(self.massive_floor, self.massive_ratio)
 
     def __post_init__(self) -> None:
-        for name in ("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
-                     "massive_ratio"):
-            if not getattr(self, name) > 0:
-                raise SuperweightError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.max_rounds < 1:
-            raise SuperweightError(f"max-rounds must be at least 1, got {self.max_rounds}")
-        if not 0 < self.late_fraction <= 1:
-            raise SuperweightError(f"late-fraction must be in (0, 1], got {self.late_fraction}")
-        for name in ("weight_share", "min_product_share"):
-            if not 0 < getattr(self, name) <= 1:
-                raise SuperweightError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
-        if self.max_weights < 1:
-            raise SuperweightError(f"max-weights must be at least 1, got {self.max_weights}")
-        if self.spikes_per_layer < 1:
-            raise SuperweightError(f"spikes-per-layer must be at least 1, got {self.spikes_per_layer}")
+        check_fields(self, positive=("min_output", "output_ratio", "min_input", "input_ratio", "massive_floor",
+                                     "massive_ratio"),
+                     fractions=("late_fraction", "weight_share", "min_product_share"),
+                     counts=("max_rounds", "max_weights", "spikes_per_layer"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -41,7 +41,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from superweight.errors import SuperweightError
+from superweight.errors import SuperweightError, check_fields
 from superweight.massive import MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, residual_scan, runs
 from superweight.model.adapters import DownProj, ModelView, get_path
 from superweight.model.hooks import observe_down_projs
@@ -73,14 +73,8 @@ class SuperExpertConfig:
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
             raise SuperweightError(f"percentile must be in (0, 100], got {self.percentile}")
-        for name in ("fraction", "depth", "weight_share", "min_product_share"):
-            if not 0 < getattr(self, name) <= 1:
-                raise SuperweightError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
-        for name in ("min_ratio", "massive_floor", "massive_ratio"):
-            if not getattr(self, name) > 0:
-                raise SuperweightError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.max_weights < 1:
-            raise SuperweightError(f"max-weights must be at least 1, got {self.max_weights}")
+        check_fields(self, positive=("min_ratio", "massive_floor", "massive_ratio"),
+                     fractions=("fraction", "depth", "weight_share", "min_product_share"), counts=("max_weights",))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -82,7 +82,7 @@ def test_quantize_one_config_sweep_and_no_eval(files, tmp_path):
                   "--block", "64", *fast(files)], tmp_path / "q.json")
     assert_header(p, "quantize", "quantize")
     assert p["super_weight_source"] == "given coordinates" and p["super_weights"][0]["row"] == ROW
-    assert p["evaluation"]["seqlen"] == 64 and p["config"]["config"]["method"] == "superweight"
+    assert p["evaluation"]["seqlen"] == 64 and p["config"]["method"] == "superweight"
     assert p["report"] and [r["kind"] for r in p["rows"]] == ["baseline", "weight"]
     p = run_json(["quantize", files["model"], "--sweep", "64", "--methods", "rtn", "--bits", "4", *fast(files)],
                  tmp_path / "sweep.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from superweight.commands._common import (add_coords_args, add_eval_args, add_json_arg, add_model_args, console,
@@ -305,37 +304,18 @@ def _run_table(lm, plan, selection, settings):
 
 def _run_single(lm, args, config, selection, settings):
     """One config: the model as loaded and quantized (evaluated unless --no-eval), saved if asked."""
-    from superweight.quantize.export import quantization_manifest, save_checkpoint
-    from superweight.quantize.sweep import QuantResult, Row, baseline
-    from superweight.quantize.weights import quantized
+    from superweight.quantize.sweep import run_single
 
-    err = console(stderr=True)
-    sws = selection.super_weights if selection else []
     if settings is None:
-        from superweight.quantize.api import export
-
-        with err.status(f"quantizing ({config.label()})…"):
-            if args.save:
-                report = export(lm, config, sws, args.save, force=args.force)
-                err.print(f"saved the quantized model to {args.save}")
-            else:
-                with quantized(lm, config, sws) as report:
-                    pass
-        return QuantResult.of(lm, [], None, config.to_dict(), selection, report)
-    with _progress(lm, {"configs": [config]}, settings) as progress:
-        evaluator = settings.evaluator(progress.on_event)
-        progress.stage("as loaded")
-        rows = [baseline(lm, evaluator)]
-        progress.stage(config.label())
-        start = time.perf_counter()
-        with quantized(lm, config, sws) as report:
-            rows.append(Row(config.method, config.bits, config.block, evaluator(lm), report.summary()))
-            rows[-1].seconds = time.perf_counter() - start
-            if args.save:
-                manifest = quantization_manifest(lm, config, report, rows[-1].metrics)
-                out = save_checkpoint(lm, args.save, manifest, force=args.force)
-                progress.log(f"saved the quantized model to {out}")
-    return QuantResult.of(lm, rows, evaluator, {"config": config.to_dict()}, selection, report)
+        with console(stderr=True).status(f"quantizing ({config.label()})…"):
+            result = run_single(lm, config, None, selection, save=args.save, force=args.force)
+    else:
+        with _progress(lm, {"configs": [config]}, settings) as progress:
+            result = run_single(lm, config, settings.evaluator(progress.on_event), selection, save=args.save,
+                                force=args.force, on_event=progress.on_event)
+    if args.save:
+        console(stderr=True).print(f"saved the quantized model to {args.save}", markup=False)
+    return result
 
 
 def _show(args, result, lm, plan) -> None:

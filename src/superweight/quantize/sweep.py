@@ -253,3 +253,39 @@ def run_w8a8(lm: LoadedModel, evaluate: Evaluator | Callable, methods: Sequence[
     evaluate = as_evaluator(evaluate)
     rows = evaluate_configs(lm, evaluate, w8a8_configs(methods, **settings), None, on_event, with_baseline=True)
     return QuantResult.of(lm, rows, evaluate, {"methods": list(methods), **settings})
+
+
+def run_single(lm: LoadedModel, config, evaluate: Evaluator | Callable | None = None,
+               super_weights: Selection | Sequence[SuperWeight] | None = None, *, save=None, force: bool = False,
+               on_event: OnEvent | None = None) -> QuantResult:
+    """One weight config: the model as loaded and quantized, each evaluated (unless `evaluate` is
+    None), the quantized weights saved to folder `save` when given (a checkpoint transformers loads,
+    with its figures in the manifest); the model is restored after. `on_event` hears the two stages
+    ("as loaded" only when evaluating).
+
+    >>> r = run_single(lm, RTNConfig(bits=4), EvalSettings.from_options(quick=True).evaluator())  # doctest: +SKIP
+    >>> r.rows[1].metrics["wiki_ppl"] / r.rows[0].metrics["wiki_ppl"]  # doctest: +SKIP
+    """
+    from superweight.quantize.export import quantization_manifest, save_checkpoint
+    from superweight.quantize.weights import quantized
+
+    selection = as_selection(super_weights) if super_weights is not None else None
+    sws = selection.super_weights if selection else []
+    evaluate = as_evaluator(evaluate) if evaluate is not None else None
+    emit, total = emitter(on_event), 1 + (evaluate is not None)
+    rows = []
+    if evaluate is not None:
+        emit(STAGE, AS_LOADED, 1, total)
+        rows.append(baseline(lm, evaluate))
+        emit(STAGE, AS_LOADED, 1, total, rows[-1], ended=True)
+    emit(STAGE, config.label(), total, total)
+    start = time.perf_counter()
+    with quantized(lm, config, sws) as report:
+        if evaluate is not None:
+            rows.append(Row(config.method, config.bits, config.block, dict(evaluate(lm)), report.summary(),
+                            seconds=time.perf_counter() - start))
+        if save is not None:
+            save_checkpoint(lm, save, quantization_manifest(lm, config, report, rows[-1].metrics if rows else None),
+                            force=force)
+    emit(STAGE, config.label(), total, total, rows[-1] if rows else report, ended=True)
+    return QuantResult.of(lm, rows, evaluate, config.to_dict(), selection, report)
