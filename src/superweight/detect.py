@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from superweight.errors import SuperweightError, check_fields
+from superweight.events import PROMPT, OnEvent, emitter
 from superweight.interventions import prune
 from superweight.massive import (MASSIVE_FLOOR, MASSIVE_RATIO, MassiveCriterion, OriginConfig, ResidualLayer, ResidualProbe,
                                  massive_activations)
@@ -394,10 +395,9 @@ def _share_records(massive: Sequence[MassiveActivation], sws: Sequence[SuperWeig
 
 
 def detect(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
-           config: DetectConfig | None = None,
-           progress: Callable[[int, int], None] | None = None) -> DetectionResult:
+           config: DetectConfig | None = None, on_event: OnEvent | None = None) -> DetectionResult:
     """Find massive activations and super weight candidates; with several prompts, keep in how many
-    prompts each appeared.
+    prompts each appeared. `on_event` hears each prompt ("prompt", ended with its result).
 
     >>> result = detect(load_model("smollm2-135m"))
     >>> [sw.coord for sw in result.early]
@@ -405,19 +405,24 @@ def detect(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT,
     >>> [(a.channel, a.first_layer, a.origin.kind) for a in result.massive]
     [(507, 11, 'super weight')]
     """
+    return over_prompts(lambda p: detect_prompt(lm, p, config), prompts, on_event)
+
+
+def over_prompts(detect_one: Callable[[str], DetectionResult], prompts: str | Sequence[str],
+                 on_event: OnEvent | None = None) -> DetectionResult:
+    """Detection on each prompt (`detect_one`, whatever engine runs it), merged over the prompts
+    (`prompts_found` counts them); `on_event` hears each prompt begin and end."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise SuperweightError("no prompt given")
-    results = []
-    for i, p in enumerate(prompts):
-        results.append(detect_prompt(lm, p, config))
-        if progress:
-            progress(i + 1, len(prompts))
+    emit, results = emitter(on_event), []
+    for i, prompt in enumerate(prompts, 1):
+        emit(PROMPT, f"prompt {i}", i, len(prompts))
+        results.append(detect_one(prompt))
+        emit(PROMPT, f"prompt {i}", i, len(prompts), results[-1], ended=True)
     if len(results) == 1:
-        for sw in results[0].super_weights:
-            sw.prompts_found = 1
-        for act in results[0].massive:
-            act.prompts_found = 1
+        for rec in [*results[0].super_weights, *results[0].massive]:
+            rec.prompts_found = 1
         return results[0]
     return _merge(results)
 
@@ -494,13 +499,14 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
                   config: DetectConfig | None = None, *, verify_threshold: float | None = None,
                   model_id: str | None = None, text: str | None = None,
                   experts: object | None = None, matters_threshold: float | None = None,
-                  expert_draws: int = 3, choice=None) -> DetectionRun:
+                  expert_draws: int = 3, choice=None, on_event: OnEvent | None = None) -> DetectionRun:
     """Detect; with `verify_threshold`, verify every candidate and massive activation causally and
     grade it (`verify.VerdictScale(verify_threshold, matters_threshold)`: needed / matters / not
     needed); compare the early super weights with the catalog entry for `model_id` (default: the model's).
     For a mixture of experts, also find the super experts (`experts`: a `SuperExpertConfig`) and,
     with `verify_threshold`, prune them against `expert_draws` sets of random experts (`superweight.moe`).
     `choice` (a `runtime.detect.EngineChoice`) says why PyTorch runs the model, for the record.
+    `on_event` hears each prompt and each perplexity of the verification (`superweight.events`).
 
     >>> run = run_detection(load_model("smollm2-135m"), verify_threshold=3.0)
     >>> run.result.massive[0].verdict
@@ -510,12 +516,12 @@ def run_detection(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT
     from superweight.verify import verify
 
     config = config or DetectConfig()
-    result = detect(lm, prompts, config)
+    result = detect(lm, prompts, config, on_event)
     verification = None
     if verify_threshold is not None:
         verification = verify(lm, result.super_weights, text=text, threshold=verify_threshold,
                               massive=result.massive, criterion=config.criterion,
-                              matters=matters_threshold)
+                              matters=matters_threshold, on_event=on_event)
     moe = None
     if lm.view.is_moe:
         from superweight.moe import SuperExpertConfig, super_experts, verify_super_experts

@@ -17,6 +17,8 @@ Kinds (what sort of step `name` is):
 | `batch`   | what the batches belong to   | none: `index` of `total` items are done |
 | `score`   | a text scored in llama.cpp   | its perplexity (and KL divergence), a dict |
 | `gguf`    | a step of writing a GGUF     | what it wrote, in words                 |
+| `prompt`  | a detection prompt           | its `DetectionResult`                   |
+| `verify`  | one perplexity of a verification | the perplexity                      |
 | `warmup`, `train`, `save`, `check` | a fine-tuning step | its figures (a dict)            |
 | `plan`, `skip`, `model` | a census's models | the model's store entry             |
 
@@ -37,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-STAGE, BATCH, SCORE, GGUF = "stage", "batch", "score", "gguf"
+STAGE, BATCH, SCORE, GGUF, PROMPT, VERIFY = "stage", "batch", "score", "gguf", "prompt", "verify"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 
 from superweight.errors import SuperweightError
+from superweight.events import VERIFY, OnEvent, emitter
 from superweight.interventions import ablate_massive, prune
 from superweight.massive import MassiveCriterion
 from superweight.model.load import LoadedModel
@@ -120,13 +121,14 @@ def verify(lm: LoadedModel, super_weights: Sequence[SuperWeight], text: str | No
            max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
            massive: Sequence[MassiveActivation] = (),
            criterion: MassiveCriterion = MassiveCriterion(),
-           matters: float | None = None) -> Verification:
+           matters: float | None = None, on_event: OnEvent | None = None) -> Verification:
     """Zero each candidate alone, measure perplexity, and set its `ppl_ratio` and `verdict`; ablate
     each massive activation (`criterion`: detection's) and set its `ppl_ratio` and `verdict`
     ("needed" / "matters" / "not needed", on the `VerdictScale(threshold, matters)`); one that does
     not form on the text gets no verdict and is listed in `not_formed`."""
     return verify_with(lambda t, n: _TorchScorer(lm, t, n), super_weights, text=text, max_tokens=max_tokens,
-                       threshold=threshold, massive=massive, criterion=criterion, matters=matters)
+                       threshold=threshold, massive=massive, criterion=criterion, matters=matters,
+                       on_event=on_event)
 
 
 class _TorchScorer:
@@ -163,10 +165,12 @@ class _TorchScorer:
 def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str | None = None,
                 max_tokens: int = VERIFY_TOKENS, threshold: float = VERIFY_THRESHOLD,
                 massive: Sequence[MassiveActivation] = (),
-                criterion: MassiveCriterion = MassiveCriterion(), matters: float | None = None) -> Verification:
+                criterion: MassiveCriterion = MassiveCriterion(), matters: float | None = None,
+                on_event: OnEvent | None = None) -> Verification:
     """`verify` with any engine: `make_scorer(text, max_tokens)` gives an object with `tokens` and
     `ppl(pruned=records, ablate=(channel, first_layer, MassiveCriterion), log=AblationLog)` (the
-    PyTorch model here; llama.cpp in `superweight.runtime.detect`)."""
+    PyTorch model here; llama.cpp in `superweight.runtime.detect`). `on_event` hears each perplexity
+    ("verify", ended with the perplexity)."""
     from superweight.interventions import AblationLog
 
     scale = VerdictScale(threshold, matters)
@@ -176,24 +180,35 @@ def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str 
     if not text.strip():
         raise SuperweightError("the verification text is empty")
     scorer = make_scorer(text, max_tokens)
-    base = scorer.ppl()
     early = [sw for sw in super_weights if not sw.late]
-    all_pruned = scorer.ppl(early)
+    emit, done = emitter(on_event), [0]
+    total = 2 + len(super_weights) + (len(early) if len(early) > 1 else 0) + len(massive)
+
+    def ppl(name: str, *args, **kwargs) -> float:
+        done[0] += 1
+        emit(VERIFY, name, done[0], total)
+        value = scorer.ppl(*args, **kwargs)
+        emit(VERIFY, name, done[0], total, value, ended=True)
+        return value
+
+    base = ppl("as loaded")
+    all_pruned = ppl("early candidates zeroed", early)
     for sw in super_weights:
-        sw.ppl_ratio = scorer.ppl([sw]) / base
+        sw.ppl_ratio = ppl(f"{sw.label()} zeroed", [sw]) / base
         if any(sw is o for o in early) and len(early) > 1:  # two weights can make one super activation together
-            sw.ppl_ratio_given_others = all_pruned / scorer.ppl([o for o in early if o is not sw])
+            others = [o for o in early if o is not sw]
+            sw.ppl_ratio_given_others = all_pruned / ppl(f"the others than {sw.label()} zeroed", others)
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = scale.weight(max(sw.ppl_ratio, joint))
     not_formed = []
     for act in massive:
         log = AblationLog(act.channel, act.first_layer)
-        ppl = scorer.ppl(ablate=(act.channel, act.first_layer, criterion), log=log)
+        value = ppl(f"channel {act.channel} ablated", ablate=(act.channel, act.first_layer, criterion), log=log)
         if log.replaced == 0:  # nothing to ablate on this text: no evidence either way
             act.ppl_ratio, act.verdict = None, None
             not_formed.append((act.channel, act.first_layer))
             continue
-        act.ppl_ratio = ppl / base
+        act.ppl_ratio = value / base
         act.verdict = scale.activation(act.ppl_ratio)
     return Verification(source, scorer.tokens, base, all_pruned, scale.needed, not_formed=not_formed, scale=scale)
 

@@ -91,3 +91,23 @@ def test_batches_as_steps_for_a_run_made_of_batches(lm):
                                                       "[3/4] pruned · batch 1", "[4/4] pruned · batch 2"]
     assert "2/4 passages" in lines[0] and "4/4 passages" in lines[3]
 
+
+
+def test_detection_tells_each_prompt_and_each_perplexity_of_its_verification(lm):
+    from superweight.detect import run_detection
+    from superweight.report.progress import StatusLine
+
+    heard: list[Event] = []
+    run = run_detection(lm, ["the cat sat", "birds sang"], verify_threshold=3.0, text="some plain text " * 8,
+                        on_event=heard.append)
+    prompts = [(e.name, e.ended) for e in heard if e.kind == "prompt"]
+    assert prompts == [("prompt 1", False), ("prompt 1", True), ("prompt 2", False), ("prompt 2", True)]
+    checks = [e for e in heard if e.kind == "verify" and e.ended]
+    assert [e.index for e in checks] == list(range(1, checks[0].total + 1))  # the plan counted every one
+    assert checks[0].name == "as loaded" and checks[0].result == run.verification.ppl
+    assert any(e.name == f"{SW.label()} zeroed" for e in checks)
+    err = Console(file=io.StringIO(), width=200)
+    with StatusLine("Detecting", err) as line:  # what `detect` shows: the step running, from the same events
+        for e in heard:
+            line.on_event(e)
+    assert line.text == f"Detecting: {checks[-1].name} ({checks[-1].index}/{checks[-1].total})…"

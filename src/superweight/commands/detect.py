@@ -138,6 +138,7 @@ def prompts_from_args(args) -> list[str]:
 def run(args) -> int:
     from superweight.detect import run_detection
     from superweight.report.detect_tables import render_detection
+    from superweight.report.progress import StatusLine
     from superweight.verify import VerdictScale
 
     from superweight.moe import SuperExpertConfig
@@ -156,12 +157,11 @@ def run(args) -> int:
     out = console()
     lm = load_from_args(args)
     model_id = args.model_id or lm.model_id
-    status = "Detecting and verifying…" if args.verify else "Detecting…"
-    with console(stderr=True).status(f"{status} ({len(prompts)} prompt(s))"):
+    with StatusLine("Detecting and verifying" if args.verify else "Detecting") as status:
         run = run_detection(lm, prompts, config, model_id=model_id,
                             verify_threshold=args.verify_threshold if args.verify else None,
                             matters_threshold=args.matters_threshold, experts=experts,
-                            expert_draws=args.expert_draws, choice=choice)
+                            expert_draws=args.expert_draws, choice=choice, on_event=status.on_event)
     result = run.result
     if str(args.json) != "-":  # stdout carries the JSON then
         render_detection(out, lm, run)
@@ -198,16 +198,16 @@ def _save_and_plot(args, result, catalog_id: str, ref: str, engine: str, digest:
 def _run_llamacpp(args, choice, config, prompts) -> int:
     """`detect` with llama.cpp running the GGUF as it is (`superweight.runtime.detect`)."""
     from superweight.report.detect_tables import detection_tables
+    from superweight.report.progress import StatusLine
     from superweight.report.tables import show
     from superweight.runtime.detect import run_detection_gguf
 
     out = console()
-    status = "Detecting and verifying" if args.verify else "Detecting"
-    with console(stderr=True).status(f"{status} in llama.cpp… ({len(prompts)} prompt(s))"):
+    with StatusLine(("Detecting and verifying" if args.verify else "Detecting") + " in llama.cpp") as status:
         run = run_detection_gguf(
             choice.gguf, prompts, config, model_id=args.model_id or choice.model_id, n_threads=args.threads,
             verify_threshold=args.verify_threshold if args.verify else None, matters_threshold=args.matters_threshold,
-            ref=args.model, choice=choice)
+            ref=args.model, choice=choice, on_event=status.on_event)
     result = run.result
     if str(args.json) != "-":
         show(out, detection_tables(run.model, run))

@@ -213,6 +213,8 @@ FIGURES: dict[str, Callable[[Any], str]] = {
     "warmup": lambda r: "gradients accumulated",
     "save": lambda r: f"checkpoint written to {r['out']}",
     "check": _survivors,
+    "prompt": lambda r: f"{len(r.massive)} massive activation(s), {len(r.super_weights)} candidate(s)",
+    "verify": lambda r: f"ppl {r:.4g}",
     "score": lambda r: f"ppl {r['ppl']:.4g}" + (f", KLD {r['kld_mean']:.4f}" if "kld_mean" in r else "")
                        + f" ({r['tokens']:,} tokens)",
 }
@@ -222,6 +224,40 @@ def figure(event: Event) -> str:
     """The figure a finished step's line shows."""
     fmt = FIGURES.get(event.kind)
     return fmt(event.result) if fmt else ("" if event.result is None else str(event.result))
+
+
+class StatusLine:
+    """For runs of seconds to minutes whose steps are not known in advance (detection, its
+    verification): a spinner on stderr that names the step running, from the same events.
+
+    >>> import io
+    >>> from rich.console import Console
+    >>> from superweight.events import Event
+    >>> with StatusLine("Detecting", Console(file=io.StringIO())) as line:
+    ...     line.on_event(Event("verify", "(11, 507, 1229) zeroed", 3, 6))
+    ...     line.text
+    'Detecting: (11, 507, 1229) zeroed (3/6)…'
+    """
+
+    def __init__(self, title: str, console=None):
+        from superweight.report.console import console as make_console
+
+        self.title, self.text = title, title + "…"
+        self._status = (console or make_console(stderr=True)).status(self.text)
+
+    def __enter__(self) -> "StatusLine":
+        self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._status.__exit__(*exc)
+
+    def on_event(self, event: Event) -> None:
+        if event.ended or event.kind == BATCH:
+            return
+        count = f" ({event.index}/{event.total})" if event.total > 1 else ""
+        self.text = f"{self.title}: {event.name}{count}…"
+        self._status.update(self.text)
 
 
 LOGGED_STEPS = 20  # a fine-tuning run prints about this many step lines, however long it is

@@ -506,25 +506,18 @@ class _Pass:
 
 # --- detection -------------------------------------------------------------------------------------
 
-def detect_gguf(engine: LlamaCppEngine, prompts: str | Sequence[str] | None = None, config=None):
+def detect_gguf(engine: LlamaCppEngine, prompts: str | Sequence[str] | None = None, config=None, on_event=None):
     """`superweight.detect.detect` run by llama.cpp: the same records, thresholds and rounds.
 
     >>> with LlamaCppEngine(alias_gguf("smollm2-135m")) as engine:  # doctest: +SKIP
     ...     [sw.coord for sw in detect_gguf(engine).early]
     [(11, 507, 1229), (11, 507, 1487)]
     """
-    from superweight.detect import DEFAULT_PROMPT, DetectConfig, _merge
+    from superweight.detect import DEFAULT_PROMPT, DetectConfig, over_prompts
 
     config = config or DetectConfig()
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts or [DEFAULT_PROMPT])
-    if not prompts:
-        raise SuperweightError("no prompt given")
-    results = [_detect_prompt(engine, p, config) for p in prompts]
-    if len(results) == 1:
-        for rec in [*results[0].super_weights, *results[0].massive]:
-            rec.prompts_found = 1
-        return results[0]
-    return _merge(results)
+    return over_prompts(lambda p: _detect_prompt(engine, p, config),
+                        DEFAULT_PROMPT if prompts is None else prompts, on_event)
 
 
 def _detect_prompt(engine: LlamaCppEngine, prompt: str, config):
@@ -618,14 +611,15 @@ class LlamaCppScorer:
 
 
 def verify_gguf(engine: LlamaCppEngine, super_weights, *, text: str | None = None, threshold: float,
-                massive=(), criterion=None, max_tokens: int | None = None, matters: float | None = None):
+                massive=(), criterion=None, max_tokens: int | None = None, matters: float | None = None,
+                on_event=None):
     """`superweight.verify.verify` with llama.cpp computing the perplexities (same rules, same text)."""
     from superweight.massive import MassiveCriterion
     from superweight.verify import VERIFY_TOKENS, verify_with
 
     return verify_with(lambda t, n: LlamaCppScorer(engine, t, n), super_weights, text=text,
                        max_tokens=max_tokens or VERIFY_TOKENS, threshold=threshold, massive=massive,
-                       criterion=criterion or MassiveCriterion(), matters=matters)
+                       criterion=criterion or MassiveCriterion(), matters=matters, on_event=on_event)
 
 
 # --- what `superweight detect --engine llama.cpp` runs ------------------------------------------------
@@ -647,7 +641,7 @@ class EngineRun:
 def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: float | None = None,
                        model_id: str | None = None, text: str | None = None, n_ctx: int = DEFAULT_CTX,
                        n_threads: int | None = None, matters_threshold: float | None = None,
-                       ref: str | None = None, choice: "EngineChoice | None" = None):
+                       ref: str | None = None, choice: "EngineChoice | None" = None, on_event=None):
     """The `DetectionRun` of `superweight detect FILE --engine llama.cpp`: its `model` is the engine's
     description of the file (with `ref`, the reference as the user gave it, and `model_id`), its
     `engine` the `choice` that picked llama.cpp with this run's `EngineRun`."""
@@ -657,12 +651,12 @@ def run_detection_gguf(path, prompts=None, config=None, *, verify_threshold: flo
     config = config or DetectConfig()
     start = time.perf_counter()
     with LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads) as engine:
-        result = detect_gguf(engine, prompts, config)
+        result = detect_gguf(engine, prompts, config, on_event)
         verification = None
         if verify_threshold is not None:
             verification = verify_gguf(engine, result.super_weights, text=text, threshold=verify_threshold,
-                                       massive=result.massive,
-                                       criterion=config.criterion, matters=matters_threshold)
+                                       massive=result.massive, criterion=config.criterion,
+                                       matters=matters_threshold, on_event=on_event)
         model = engine.describe()
     model["model_id"] = model_id
     if ref is not None:
