@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     set_command(argv)
     try:
+        if getattr(args, "max_memory", None) is not None:  # the budget in bytes, once, at the edge
+            from superweight.model.budget import parse_size
+
+            args.max_memory = parse_size(args.max_memory)
         return int(args.func(args) or 0)
     except SuperweightError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -130,15 +130,14 @@ def load_from_args(args: argparse.Namespace, ref: str | None = None, share: int 
     memory budget), after setting torch's CPU threads if asked (`quiet`: no spinner, e.g. under a
     progress bar)."""
     from superweight.model import load_model
-    from superweight.model.budget import parse_size
 
     if getattr(args, "threads", None) is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    budget = getattr(args, "max_memory", None)
+    budget = getattr(args, "max_memory", None)  # bytes (`superweight.cli.main` parsed it)
     if budget is not None and share > 1:
-        budget = parse_size(budget) // share
+        budget //= share
     return load_model(ref or args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, layers=args.layers_path,
                       down_proj=args.down_proj_path, quiet=quiet,

@@ -77,10 +77,6 @@ def _run(args, pool) -> int:
                           dtype=args.dtype, device=args.device, cache_dtype=args.cache_dtype,
                           trust_remote_code=args.trust_remote_code, layers=args.layers_path,
                           down_proj=args.down_proj_path)
-    if args.max_memory is not None:
-        from superweight.model.budget import parse_size
-
-        parse_size(args.max_memory)
     progress = CensusProgress(console(stderr=True))
     census = run_census(refs, config, args.out, workers=args.workers, max_memory=args.max_memory,
                         threads=args.threads, retry_failed=args.retry_failed, ray=args.ray, retries=args.retries,
