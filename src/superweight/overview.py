@@ -112,8 +112,8 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
 
     `detect_config` (a `DetectConfig`) sets detection's thresholds (default: its defaults).
     `evaluator(lm) -> summary` evaluates the model as it is (an `EvalSettings.evaluator()`); it is
-    needed only for `ablate` / `quantize`. `on_event` hears each evaluation as a "stage"
-    (`planned_evaluations(config)` of them; `superweight.events`).
+    needed only for `ablate` / `quantize`. `on_event` hears detection's prompts and verification,
+    then each evaluation as a "stage" (`planned_evaluations(config)` of them; `superweight.events`).
 
     >>> ov = gather(load_model("smollm2-135m"))
     >>> ov.detection.result.massive[0].origin.kind
@@ -129,7 +129,7 @@ def gather(lm, config: OverviewConfig | None = None, detect_config=None, evaluat
     prompts = list(config.prompts) or [DEFAULT_PROMPT]
     detect_config = detect_config or DetectConfig()
     run = run_detection(lm, prompts, detect_config, verify_threshold=config.verify_threshold if config.verify else None,
-                        matters_threshold=config.matters_threshold)
+                        matters_threshold=config.matters_threshold, on_event=on_event)
     # the trace follows the first prompt; a detection merged over several prompts is not that prompt's
     traced = trace(lm, prompts[0], detect_config, detection=run.result if len(set(prompts)) == 1 else None)
     results = list(included)

@@ -111,3 +111,18 @@ def test_detection_tells_each_prompt_and_each_perplexity_of_its_verification(lm)
         for e in heard:
             line.on_event(e)
     assert line.text == f"Detecting: {checks[-1].name} ({checks[-1].index}/{checks[-1].total})…"
+
+
+def test_steps_the_plan_does_not_name_only_move_the_description(lm):
+    """A report detects (and verifies) before its evaluations: those steps are told too, but the bar
+    and its lines count the evaluations the plan names."""
+    from superweight.overview import OverviewConfig, gather
+
+    err = Console(file=io.StringIO(), width=200)
+    config = OverviewConfig(ablate=True, verify=True, verify_threshold=3.0)
+    with RunProgress("report", 4, ["docs"], console=err, clock=ticking()) as progress:
+        overview = gather(lm, config, evaluator=evaluator(progress.on_event), on_event=progress.on_event)
+    lines = err.file.getvalue().strip().splitlines()
+    ran = [r["condition"] for r in overview.results[0]["rows"] if r["summary"]]  # the rows evaluated
+    assert [line.split(" · docs")[0] for line in lines] == [f"[{i}/4] {c}" for i, c in enumerate(ran, 1)]
+    assert overview.detection.verification is not None and progress.completed == len(ran) >= 2

@@ -75,8 +75,10 @@ def run(args) -> int:
     lm = load_from_args(args)
     err = console(stderr=True)
     if settings is None:
-        with err.status("Detecting, verifying and tracing…" if config.verify else "Detecting and tracing…"):
-            overview = gather(lm, config, detect_config)
+        from superweight.report.progress import StatusLine
+
+        with StatusLine("Detecting, verifying and tracing" if config.verify else "Detecting and tracing") as line:
+            overview = gather(lm, config, detect_config, on_event=line.on_event)
     else:
         from superweight.report.progress import RunProgress
 

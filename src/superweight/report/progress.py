@@ -64,7 +64,8 @@ class RunProgress:
     `steps` names the steps of one stage in order (or gives their number when unnamed). Give
     `on_event` to any long operation (`superweight.events`), or call `stage(name)` when a stage
     begins and `start(step)` / `done(step, figure)` around each step. With `batches`, each "batch"
-    event is a step (for runs made of batches only); otherwise batches only move the description.
+    event is a step (for runs made of batches only); otherwise batches only move the description,
+    as does a step that named `steps` do not name (e.g. detection's before a report's evaluations).
     """
 
     def __init__(self, title: str, stages: int, steps: Sequence[str] | int, console=None,
@@ -73,7 +74,8 @@ class RunProgress:
 
         self.title = title
         self.stages = max(1, stages)
-        self.plan = list(steps) if not isinstance(steps, int) else [f"step {i + 1}" for i in range(steps)]
+        self.named = not isinstance(steps, int)
+        self.plan = list(steps) if self.named else [f"step {i + 1}" for i in range(steps)]
         self.per_stage = max(1, len(self.plan))
         self.console = console or make_console(stderr=True)
         self.clock = clock
@@ -156,6 +158,9 @@ class RunProgress:
             else:
                 where = f"{self.stage_name} · {self.step_name}" if self.stage_name else self.step_name
                 self._describe(f"{where} ({event.index}/{event.total} {event.name})")
+        elif self.named and event.name not in self.plan:  # not one of the steps counted
+            if not event.ended:
+                self._describe(f"{event.name} ({event.index}/{event.total})" if event.total > 1 else event.name)
         elif not event.ended:
             self.start(event.name)
         else:
