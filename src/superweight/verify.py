@@ -197,7 +197,7 @@ def verify_with(make_scorer, super_weights: Sequence[SuperWeight], *, text: str 
         sw.ppl_ratio = ppl(f"{sw.label()} zeroed", [sw]) / base
         if any(sw is o for o in early) and len(early) > 1:  # two weights can make one super activation together
             others = [o for o in early if o is not sw]
-            sw.ppl_ratio_given_others = all_pruned / ppl(f"the others than {sw.label()} zeroed", others)
+            sw.ppl_ratio_given_others = all_pruned / ppl(f"early candidates but {sw.label()} zeroed", others)
         joint = sw.ppl_ratio_given_others or 0.0
         sw.verdict = scale.weight(max(sw.ppl_ratio, joint))
     not_formed = []

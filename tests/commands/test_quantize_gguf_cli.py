@@ -216,3 +216,25 @@ def test_a_gguf_models_patterns_are_checked_before_it_loads(tiny_gguf, tmp_path,
     err = capsys.readouterr().err
     assert "matches no tensor of tiny-f32.gguf" in err and "Converting" not in err
     assert not (tmp_path / "fresh-cache").exists() and not (tmp_path / "out.gguf").exists()
+
+
+def test_every_planned_step_and_text_is_told_in_order(tiny_gguf, text, tmp_path):
+    """The progress a user sees: each step `gguf_steps` plans (the imatrix, the F32 file, the stock
+    file that pins the other tensors, the quantization), then each text scored, begin and end."""
+    from superweight.model import load_model
+    from superweight.quantize.api import export
+    from superweight.quantize.gguf import GGUFQuantConfig, gguf_steps
+    from superweight.records import SuperWeight
+
+    lm = load_model(str(tiny_gguf), quiet=True)
+    config = GGUFQuantConfig("Q4_0", protect="weight", imatrix=str(text), imatrix_tokens=512)
+    sws = [SuperWeight(LAYER, ROW, COL)]
+    heard = []
+    export(lm, config, sws, tmp_path / "q.gguf", score={"sources": [str(text)], "seqlen": 64, "max_tokens": 512},
+           on_event=heard.append)
+    steps = [(e.kind, e.name, e.ended) for e in heard if e.kind != "batch"]
+    plan = gguf_steps(config, sws)
+    assert plan == ["importance matrix", "F32 GGUF", "stock quantization", "quantization"]
+    assert steps == [s for name in plan for s in (("gguf", name, False), ("gguf", name, True))] + [
+        ("score", str(text), False), ("score", str(text), True)]
+    assert heard[-1].result["kld_mean"] >= 0 and any(e.kind == "batch" for e in heard)  # the imatrix's windows
