@@ -69,7 +69,7 @@ def scale(view: ModelView, coords: Iterable, factor: float) -> Iterator[None]:
     """Multiply the given super weights by `factor` for the block (Figure 6)."""
     factor = check_factor(factor)
     keys = [sw.key for sw in view.check(coords)]
-    vals = {k: view.down_proj(k[0], k[3]).matrix()[k[1], k[2]].item() * factor for k in keys}
+    vals = {k: view.down_proj(k[0], k[3]).value(k[1], k[2]) * factor for k in keys}
     with set_weights(view, vals):
         yield
 
@@ -268,7 +268,7 @@ def restore_super_activation(view: ModelView, super_weights: Iterable, *,
         raise SuperweightError("no super weights given to prune")
     originals = {}
     for rec, key in zip(records, keys):
-        cur = view.down_proj(key[0]).matrix()[key[1], key[2]].item()
+        cur = view.down_proj(key[0]).value(key[1], key[2])
         if cur == 0.0 and isinstance(rec, SuperWeight) and rec.value:
             cur = rec.value  # already pruned by an outer context: use the recorded value
         originals[key] = cur
@@ -340,7 +340,7 @@ def measure_super_activations(lm, super_weights: Iterable, text: str = PROBE_TEX
     out = []
     for rec, key in zip(recs, keys):
         y, t, x = seen[key]
-        w = lm.view.down_proj(key[0], key[3]).matrix()[key[1], key[2]].item()
+        w = lm.view.down_proj(key[0], key[3]).value(key[1], key[2])
         out.append(replace(rec, value=w, output_value=y, position=t, input_value=x))
     return out
 

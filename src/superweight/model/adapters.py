@@ -307,6 +307,10 @@ class DownProj:
         layer it only observes; a GGUF-backed projection reads just that row)."""
         return self.matrix()[row].detach().float().cpu()
 
+    def value(self, row: int, col: int) -> float:
+        """W[row, col], the weight itself, as a Python float (any layout, any device)."""
+        return float(self.matrix()[row, col].detach())
+
     def column(self, col: int) -> torch.Tensor:
         """W[:, col] as float32 on the CPU: what one input feature feeds into every output channel."""
         return self.matrix()[:, col].detach().float().cpu()

@@ -95,8 +95,8 @@ def check_models(original: LoadedModel, other: LoadedModel,
     act_b = channel_activations(other, ids, sws)
     rows = []
     for sw in sws:
-        a = float(original.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
-        b = float(other.view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
+        a = original.view.down_proj(sw.layer, sw.expert).value(sw.row, sw.col)
+        b = other.view.down_proj(sw.layer, sw.expert).value(sw.row, sw.col)
         rows.append(check_row(sw, a, b, act_a, act_b))
     return rows
 

@@ -38,7 +38,7 @@ def quantization_manifest(lm: LoadedModel, config, report, metrics: dict | None 
     """How a quantized model was made: the config, the super weights kept with their (exact) values,
     what quantization did, and its evaluation if there was one."""
     kept = [{"layer": s.layer, "row": s.row, "col": s.col, "expert": s.expert,
-             "value": float(lm.view.down_proj(s.layer, s.expert).matrix()[s.row, s.col].detach())}
+             "value": lm.view.down_proj(s.layer, s.expert).value(s.row, s.col)}
             for s in report.super_weights] if config.protects != "none" else []
     return {"config": config.to_dict(), "super_weights_kept": kept, "summary": report.summary(),
             "metrics": metrics or {}}

@@ -847,7 +847,7 @@ def check_against_gguf(original, engine: LlamaCppEngine, super_weights=None, pro
     act_b = handler.out
     rows = []
     for sw in sws:
-        a = float(view.down_proj(sw.layer, sw.expert).matrix()[sw.row, sw.col].detach())
+        a = view.down_proj(sw.layer, sw.expert).value(sw.row, sw.col)
         b = float(engine.view.down_proj(sw.layer).row(sw.row)[sw.col])
         rows.append(check_row(sw, a, b, act_a, act_b))
     return rows
